@@ -1,0 +1,143 @@
+"""Walk a traced graph in order and label every tensor dimension with atoms, applying the rules.
+
+Placeholders (model inputs) and graph outputs are frozen: their sizes are the model's contract.
+Parameters and buffers (``get_attr`` nodes) get fresh atoms per dimension. Ops without a rule freeze
+every dimension they touch and are reported with their source line.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+
+from amgp_fx.groups.atoms import AtomTable
+from amgp_fx.groups.context import RuleContext
+from amgp_fx.groups.model import Role, UnknownOp
+from amgp_fx.groups.registry import RuleRegistry
+
+_NON_TENSOR_OPS = {operator.mul, operator.add, operator.sub, operator.floordiv, operator.truediv, operator.mod,
+                   operator.neg, torch.sym_int, torch.sym_float, torch.sym_max, torch.sym_min}
+
+
+@dataclass
+class Propagation:
+    atoms: AtomTable
+    labels: dict  # fx.Node -> tensor label, list of tensor labels, or None
+    tensors: dict  # get_attr fx.Node -> (fully qualified name, is_parameter)
+    roles: dict  # (fqn, dim) -> Role
+    unknown_ops: list = field(default_factory=list)
+
+
+def _is_tensor(value) -> bool:
+    return isinstance(value, torch.Tensor)
+
+
+def _input_label(ctx_fresh, value, reason):
+    if _is_tensor(value):
+        return tuple(ctx_fresh(s, reason, d) for d, s in enumerate(value.shape))
+    if isinstance(value, (list, tuple)):
+        return [_input_label(ctx_fresh, v, reason) for v in value]
+    return None
+
+
+def _freeze_all(ctx: RuleContext, label, reason: str) -> None:
+    if isinstance(label, list):
+        for item in label:
+            _freeze_all(ctx, item, reason)
+    elif isinstance(label, tuple):
+        ctx.freeze(label, reason)
+
+
+def _tensor_args(node: fx.Node):
+    for arg in node.all_input_nodes:
+        yield arg
+
+
+def propagate(module: fx.GraphModule, registry: RuleRegistry) -> Propagation:
+    atoms = AtomTable()
+    labels: dict = {}
+    roles: dict = {}
+    parameter_names = {name for name, _ in module.named_parameters()}
+    tensors: dict = {}
+    param_names: dict = {}
+    result = Propagation(atoms, labels, tensors, roles)
+
+    for node in module.graph.nodes:
+        ctx = RuleContext(node, atoms, labels, roles, param_names)
+        value = node.meta.get("val")
+        if node.op == "placeholder":
+            labels[node] = _input_label(
+                lambda s, why, d: ctx.fresh(s, frozen=why, what=f"[{d}]"), value,
+                f"input '{node.name}' (its sizes are the model's contract)")
+        elif node.op == "get_attr":
+            tensor = _fetch_attr(module, node.target)
+            if not _is_tensor(tensor):
+                labels[node] = None
+                continue
+            tensors[node] = (node.target, node.target in parameter_names)
+            param_names[node] = node.target
+            labels[node] = tuple(ctx.fresh(s, what=f"{node.target}[{d}]") for d, s in enumerate(tensor.shape))
+            if not tensor.dtype.is_floating_point:
+                ctx.freeze(labels[node], f"integer tensor '{node.target}' holds ids or positions")
+        elif node.op == "call_function":
+            labels[node] = _apply(ctx, node, registry, result)
+        elif node.op == "output":
+            reason = "model output (its sizes are the model's contract)"
+            for arg in node.all_input_nodes:
+                _freeze_all(ctx, labels.get(arg), reason)
+        else:  # call_module (_guards_fn), call_method: no tensors produced that we track
+            labels[node] = None
+    return result
+
+
+def _fetch_attr(module: fx.GraphModule, target: str):
+    obj = module
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _apply(ctx: RuleContext, node: fx.Node, registry: RuleRegistry, result: Propagation):
+    value = node.meta.get("val")
+    if node.target is operator.getitem:
+        source = result.labels.get(node.args[0])
+        if isinstance(source, list) and isinstance(node.args[1], int) and node.args[1] < len(source):
+            return source[node.args[1]]
+        return None
+    if node.target in _NON_TENSOR_OPS or not _produces_tensor(value):
+        rule = registry.get(node.target)
+        if rule is None:
+            return None
+    rule = registry.get(node.target)
+    if rule is None:
+        return _unknown(ctx, node, result)
+    return rule.propagate(ctx)
+
+
+def _produces_tensor(value) -> bool:
+    if _is_tensor(value):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_is_tensor(v) for v in value)
+    return False
+
+
+def _unknown(ctx: RuleContext, node: fx.Node, result: Propagation):
+    """No rule: freeze every tensor dim the op touches; never guess element-wise."""
+    reason = f"op {node.target} ({node.name}) has no coupling rule"
+    for arg in node.all_input_nodes:
+        _freeze_all(ctx, result.labels.get(arg), reason)
+    stack = node.meta.get("nn_module_stack")
+    module_stack = " > ".join(str(v[0]) for v in stack.values()) if stack else None
+    result.unknown_ops.append(UnknownOp(node.name, str(node.target), node.meta.get("stack_trace"), module_stack))
+    value = node.meta.get("val")
+    if _is_tensor(value):
+        return ctx.fresh_tensor(value, reason)
+    if isinstance(value, (list, tuple)):
+        return [ctx.fresh_tensor(v, reason) if _is_tensor(v) else None for v in value]
+    return None
+
+
+__all__ = ["propagate", "Propagation", "Role"]

@@ -1,0 +1,61 @@
+"""Element-wise ops: unary ops keep their input's label, broadcasting ops couple aligned dims."""
+from __future__ import annotations
+
+import torch
+
+from amgp_fx.groups.context import RuleContext
+from amgp_fx.groups.registry import builtin
+
+aten = torch.ops.aten
+
+_UNARY = [
+    aten.relu.default, aten.relu_.default, aten.sigmoid.default, aten.sigmoid_.default, aten.tanh.default,
+    aten.gelu.default, aten.silu.default, aten.silu_.default, aten.elu.default, aten.leaky_relu.default,
+    aten.leaky_relu_.default, aten.hardtanh.default, aten.hardtanh_.default, aten.hardsigmoid.default,
+    aten.hardswish.default, aten.softplus.default, aten.mish.default, aten.prelu.default,
+    aten.dropout.default, aten.dropout_.default, aten.feature_dropout.default, aten.alpha_dropout.default,
+    aten.clone.default, aten.contiguous.default, aten.detach.default, aten.alias.default,
+    aten.lift_fresh_copy.default, aten.neg.default, aten.exp.default, aten.log.default, aten.log1p.default,
+    aten.abs.default, aten.sqrt.default, aten.rsqrt.default, aten.reciprocal.default, aten.square.default,
+    aten.pow.Tensor_Scalar, aten.clamp.default, aten.clamp.Tensor, aten.clamp_min.default,
+    aten.clamp_max.default, aten.clamp_.default, aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout,
+    aten.to.device, aten.to.other, aten.type_as.default, aten.sign.default, aten.sin.default, aten.cos.default,
+    aten.erf.default, aten.logit.default, aten.nan_to_num.default, aten.isnan.default, aten.logical_not.default,
+    aten.bitwise_not.default, aten.zeros_like.default, aten.ones_like.default, aten.full_like.default,
+    aten.empty_like.default, aten.rand_like.default, aten.randn_like.default, aten.cumsum.default,
+    aten.add.Scalar, aten.sub.Scalar, aten.mul.Scalar, aten.div.Scalar, aten.rsub.Scalar, aten.eq.Scalar,
+    aten.ne.Scalar, aten.gt.Scalar, aten.lt.Scalar, aten.ge.Scalar, aten.le.Scalar, aten.fill_.Scalar,
+]
+
+_BROADCAST = [
+    aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.sub_.Tensor, aten.mul.Tensor, aten.mul_.Tensor,
+    aten.div.Tensor, aten.div_.Tensor, aten.div.Tensor_mode, aten.pow.Tensor_Tensor, aten.maximum.default,
+    aten.minimum.default, aten.eq.Tensor, aten.ne.Tensor, aten.gt.Tensor, aten.lt.Tensor, aten.ge.Tensor,
+    aten.le.Tensor, aten.logical_and.default, aten.logical_or.default, aten.bitwise_and.Tensor,
+    aten.bitwise_or.Tensor, aten.where.self, aten.masked_fill.Scalar, aten.masked_fill.Tensor,
+    aten.masked_fill_.Scalar, aten.rsub.Tensor, aten.copy_.default, aten.copy.default, aten.addcmul.default,
+    aten.lerp.Scalar, aten.atan2.default, aten.remainder.Tensor, aten.fmod.Tensor,
+]
+
+
+def _unique(ops):
+    seen, out = set(), []
+    for op in ops:
+        if op not in seen:
+            seen.add(op)
+            out.append(op)
+    return out
+
+
+@builtin(*_unique(_UNARY), family="pointwise")
+def aten_unary(ctx: RuleContext):
+    """``relu(Tensor self) -> Tensor`` and friends: output index i is input index i."""
+    return ctx.label(ctx.node.args[0])
+
+
+@builtin(*_unique(_BROADCAST), family="pointwise")
+def aten_broadcast(ctx: RuleContext):
+    """``add.Tensor(Tensor self, Tensor other)`` and friends: right-aligned dims of equal size couple."""
+    labels = [ctx.label(a) for a in ctx.node.args]
+    labels = [lab for lab in labels if lab is not None]
+    return ctx.broadcast(*labels, out_rank=len(ctx.out.shape))

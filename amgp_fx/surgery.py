@@ -1,0 +1,250 @@
+"""Physical shrink and regrow of dependency groups.
+
+``shrink_`` removes channels from every parameter, buffer, gradient and optimizer state tensor
+that holds them, in place (the same ``nn.Parameter`` objects, so an existing optimizer keeps
+working), and rewrites the graph's size literals. The removed slices are kept on the CPU in the
+returned ``SurgeryRecord``; ``grow_`` puts them back (or initialises new units: random incoming
+and zero outgoing weights, which leaves the function unchanged at the moment of growth).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from amgp_fx.groups.analyze import DependencyGraph
+from amgp_fx.groups.model import Role
+
+_ZERO_ROLES = {Role.CONSUMER, Role.BIAS, Role.SHIFT, Role.RUNNING_MEAN, Role.OTHER}
+_ONE_ROLES = {Role.SCALE, Role.RUNNING_VAR}
+
+
+class SurgeryError(ValueError):
+    """A shrink or grow request that cannot be carried out (names the group and the fix)."""
+
+
+@dataclass
+class TensorSurgery:
+    """How one tensor was cut: per changed dim, the kept and removed positions (of the tensor as
+    it was before that step) and the removed slices of its value and optimizer state."""
+
+    name: str
+    steps: list[tuple[int, torch.Tensor, torch.Tensor, Role]]
+    saved: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for slices in self.saved.values() for t in slices)
+
+
+@dataclass
+class SurgeryRecord:
+    """What a shrink changed; hand it to ``grow_`` to undo it. ``nbytes`` is its CPU memory."""
+
+    alive_before: np.ndarray
+    alive_after: np.ndarray
+    tensors: list[TensorSurgery]
+    sizes: dict[str, tuple[int, int]]  # group id -> (size before, size after)
+    keep: dict[str, list[int]]  # group id -> kept channel positions (relative to before)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def saved_state(self) -> dict:
+        """The removed slices as a weights_only-safe dict (for checkpoints)."""
+        return {t.name: {k: list(v) for k, v in t.saved.items()} for t in self.tensors}
+
+    def load_saved_state_(self, state: Mapping) -> None:
+        for t in self.tensors:
+            if t.name in state:
+                t.saved = {k: list(v) for k, v in state[t.name].items()}
+
+
+def _optimizers(optimizers) -> list[torch.optim.Optimizer]:
+    if optimizers is None:
+        return []
+    if isinstance(optimizers, torch.optim.Optimizer):
+        return [optimizers]
+    if hasattr(optimizers, "optimizers"):
+        return list(optimizers.optimizers)
+    return list(optimizers)
+
+
+def _get_tensor(module: nn.Module, name: str) -> torch.Tensor:
+    obj = module
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _state_tensors(optimizers: list, param: torch.Tensor, shape) -> Iterable[tuple[str, dict, str]]:
+    for i, opt in enumerate(optimizers):
+        state = opt.state.get(param)
+        if not state:
+            continue
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and tuple(value.shape) == tuple(shape) and value.dim() > 0:
+                yield f"opt{i}:{key}", state, key
+
+
+def _new_alive(graph: DependencyGraph, keep: Mapping[str, Sequence[int]]) -> tuple[np.ndarray, dict, dict]:
+    alive = graph.alive.copy()
+    sizes, kept = {}, {}
+    for group_id, indices in keep.items():
+        group = graph.group(group_id)
+        if not group.prunable:
+            raise SurgeryError(f"group {group.id} ({group.name}) cannot be pruned: {group.reason}")
+        index = torch.as_tensor(indices, dtype=torch.long).reshape(-1).tolist()
+        size = group.size
+        if len(index) == 0:
+            raise SurgeryError(f"keeping no channel of group {group.id} ({group.name}) would empty it; keep at least one")
+        if len(set(index)) != len(index) or min(index) < 0 or max(index) >= size:
+            raise SurgeryError(f"keep indices of group {group.id} must be distinct and in [0, {size}); got {indices!r}")
+        present = group._channel_ids[group.alive]
+        dropped = np.setdiff1d(present, present[sorted(index)])
+        alive[dropped] = False
+        sizes[group.id] = (size, len(index))
+        kept[group.id] = sorted(index)
+    return alive, sizes, kept
+
+
+def _plan(graph: DependencyGraph, before: np.ndarray, after: np.ndarray) -> dict[str, list]:
+    """Per tensor, the (dim, keep, removed, role) steps taking it from ``before`` to ``after``."""
+    plan: dict[str, list] = {}
+    for td in graph.tensor_dims:
+        was = graph.present(td.channels, before)
+        now = graph.present(td.channels, after)
+        if np.array_equal(was, now):
+            continue
+        local = now[was]
+        keep = torch.from_numpy(np.nonzero(local)[0])
+        removed = torch.from_numpy(np.nonzero(~local)[0])
+        plan.setdefault(td.tensor, []).append((td.dim, keep, removed, td.role))
+    return plan
+
+
+def shrink_(graph: DependencyGraph, keep: Mapping[str, Sequence[int]], optimizers=None) -> SurgeryRecord:
+    """Remove channels in place from every tensor that holds them.
+
+    Args:
+        graph: the analysed model.
+        keep: group id -> positions (among the group's present channels) to keep; shape (K,), 0 < K <= size.
+        optimizers: an optimizer, a list of them, or an object with ``.optimizers``; their
+            per-parameter state (momentum, Adam moments, Adagrad sums) is sliced too.
+    Returns:
+        ``SurgeryRecord`` with the removed slices (on the CPU).
+    Raises:
+        SurgeryError: a frozen group, an empty keep list, or out-of-range indices.
+    Example:
+        A Linear 16->32 -> Linear 32->8 pair kept at 24 hidden units has weights (24, 16) and (8, 24).
+    """
+    opts = _optimizers(optimizers)
+    before = graph.alive.copy()
+    after, sizes, kept = _new_alive(graph, keep)
+    records = []
+    for name, steps in _plan(graph, before, after).items():
+        tensor = _get_tensor(graph.module, name)
+        record = TensorSurgery(name, [(d, k, r, role) for d, k, r, role in steps])
+        old_shape = tuple(tensor.shape)
+        states = list(_state_tensors(opts, tensor, old_shape))
+        record.saved["value"], new_value = _cut(tensor.data, steps)
+        for key, state, field_name in states:
+            record.saved[key], state[field_name] = _cut(state[field_name], steps)
+        tensor.data = new_value
+        if isinstance(tensor, nn.Parameter) and tensor.grad is not None:
+            tensor.grad = None if tensor.grad.is_sparse else _cut(tensor.grad, steps, save=False)[1]
+        records.append(record)
+    graph.set_alive_(after)
+    sync_module_attributes_(graph.model)
+    return SurgeryRecord(before, after, records, sizes, kept)
+
+
+def _cut(tensor: torch.Tensor, steps, save: bool = True):
+    saved = []
+    for dim, keep, removed, _ in steps:
+        if save:
+            saved.append(tensor.index_select(dim, removed.to(tensor.device)).detach().to("cpu", copy=True))
+        tensor = tensor.index_select(dim, keep.to(tensor.device))
+    return saved, tensor
+
+
+def _fresh(role: Role, shape, like: torch.Tensor, generator) -> torch.Tensor:
+    if role in _ONE_ROLES:
+        return torch.ones(shape, dtype=like.dtype)
+    if role is Role.PRODUCER:
+        std = float(like.float().std()) if like.numel() > 1 else 0.0
+        std = std if std > 0 else 0.02
+        return torch.randn(shape, generator=generator, dtype=torch.float32).mul_(std).to(like.dtype)
+    return torch.zeros(shape, dtype=like.dtype)
+
+
+def _paste(tensor: torch.Tensor, steps, fills) -> torch.Tensor:
+    for (dim, keep, removed, _), fill in zip(reversed(steps), reversed(fills)):
+        shape = list(tensor.shape)
+        shape[dim] = len(keep) + len(removed)
+        full = tensor.new_empty(shape)
+        full.index_copy_(dim, keep.to(tensor.device), tensor)
+        full.index_copy_(dim, removed.to(tensor.device), fill(dim, tuple(full.index_select(dim, removed.to(tensor.device)).shape), tensor))
+        tensor = full
+    return tensor
+
+
+def grow_(graph: DependencyGraph, record: SurgeryRecord, optimizers=None, *, init: str = "restore",
+          optimizer_state: str = "restore", generator: torch.Generator | None = None) -> None:
+    """Bring the channels removed by ``record`` back.
+
+    Args:
+        init: ``"restore"`` puts the saved values back; ``"fresh"`` initialises new units (random
+            incoming weights, zero outgoing weights and biases, unit norm scales), which keeps the
+            function unchanged for hidden units.
+        optimizer_state: ``"restore"`` puts saved optimizer state back; ``"reset"`` zeros it.
+    Raises:
+        SurgeryError: the record is not the most recent shrink still in effect.
+    """
+    if init not in ("restore", "fresh") or optimizer_state not in ("restore", "reset"):
+        raise SurgeryError("init must be 'restore' or 'fresh' and optimizer_state 'restore' or 'reset'")
+    if not np.array_equal(graph.alive, record.alive_after):
+        raise SurgeryError("this record is not the most recent shrink in effect; grow the later shrinks first")
+    opts = _optimizers(optimizers)
+    for ts in record.tensors:
+        tensor = _get_tensor(graph.module, ts.name)
+        shrunk_shape = tuple(tensor.shape)
+        steps = ts.steps
+
+        def restore_or(saved, fallback):
+            def fill(dim, shape, current):
+                index = [s[0] for s in steps].index(dim) if saved is None else None
+                if saved is not None:
+                    position = [s[0] for s in steps].index(dim)
+                    return saved[position].to(current.device, current.dtype)
+                return fallback(steps[index][3], shape, current).to(current.device)
+            return fill
+
+        saved_value = ts.saved.get("value") if init == "restore" else None
+        new_value = _paste(tensor.data, steps, [restore_or(saved_value, lambda role, shape, cur: _fresh(role, shape, cur, generator))] * len(steps))
+        for key, state, field_name in _state_tensors(opts, tensor, shrunk_shape):
+            saved = ts.saved.get(key) if optimizer_state == "restore" else None
+            state[field_name] = _paste(state[field_name], steps, [restore_or(saved, lambda role, shape, cur: torch.zeros(shape, dtype=cur.dtype))] * len(steps))
+        tensor.data = new_value
+        if isinstance(tensor, nn.Parameter) and tensor.grad is not None:
+            tensor.grad = None if tensor.grad.is_sparse else _paste(
+                tensor.grad, steps, [restore_or(None, lambda role, shape, cur: torch.zeros(shape, dtype=cur.dtype))] * len(steps))
+    graph.set_alive_(record.alive_before)
+    sync_module_attributes_(graph.model)
+
+
+def sync_module_attributes_(model: nn.Module) -> None:
+    """Keep size attributes of standard layers (``in_features``, ``embedding_dim``, ...) truthful."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.out_features, module.in_features = module.weight.shape
+        elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            module.embedding_dim = module.weight.shape[1]
+        elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+            module.normalized_shape = tuple(module.weight.shape)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
+            module.num_features = module.weight.shape[0]

@@ -1,0 +1,191 @@
+"""Trace a model to a runnable ATen-level FX graph with ``torch.export`` (non-strict, dynamic batch).
+
+``torch.export`` survives far more third-party recommendation code than ``symbolic_trace``. The
+returned ``TracedModel.module`` is the unlifted ``fx.GraphModule`` of the exported program: it
+shares the model's ``nn.Parameter`` and buffer objects, so an optimizer built on the model keeps
+working when surgery later slices those tensors in place and rewrites the graph's size literals.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.utils import _pytree as pytree
+
+log = logging.getLogger(__name__)
+aten = torch.ops.aten
+
+# ops whose boolean "training" literal decides dropout / batch-norm behaviour, and its position
+_TRAINING_FLAG_POSITION = {
+    aten.dropout.default: 2,
+    aten.dropout_.default: 2,
+    aten.feature_dropout.default: 2,
+    aten.alpha_dropout.default: 2,
+    aten.batch_norm.default: 5,
+}
+
+
+class TraceError(RuntimeError):
+    """``torch.export`` could not trace the model; the message names the line and what to try."""
+
+
+class ExampleInputError(ValueError):
+    """The model's own forward fails on the example inputs."""
+
+
+@dataclass
+class TracedModel:
+    """A model, its exported program and the runnable graph module that shares its parameters."""
+
+    model: nn.Module
+    program: torch.export.ExportedProgram
+    module: fx.GraphModule
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+
+
+def _as_args(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+def _batch_dynamic_shapes(args: tuple, kwargs: dict):
+    """Mark dim 0 of every tensor input as a (possibly specialised) dynamic batch dim."""
+
+    def spec(leaf):
+        if isinstance(leaf, torch.Tensor) and leaf.dim() >= 1:
+            return {0: torch.export.Dim.AUTO}
+        return None
+
+    shapes_args = tuple(pytree.tree_map(spec, a) for a in args)
+    if not kwargs:
+        return shapes_args
+    return {"args": shapes_args, **{k: pytree.tree_map(spec, v) for k, v in kwargs.items()}}
+
+
+def _user_frame(exc: BaseException) -> str | None:
+    """The innermost traceback frame outside torch: the line of user code that failed."""
+    torch_dir = os.path.dirname(torch.__file__)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(torch_dir)]
+    frames = [f for f in frames if not f.filename.endswith(os.path.join("amgp_fx", "trace.py"))]
+    if not frames:
+        return None
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno}: {f.line}"
+
+
+def check_example_inputs(model: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """Run the model eagerly once so that wrong inputs fail with a clear message before tracing."""
+    try:
+        with torch.no_grad():
+            return model(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure here is the inputs' or model's
+        where = _user_frame(e)
+        shapes = pytree.tree_map(lambda x: tuple(x.shape) + (str(x.dtype),) if isinstance(x, torch.Tensor) else x, args)
+        raise ExampleInputError(
+            f"{type(model).__name__}.forward failed on the example inputs {shapes}: {type(e).__name__}: {e}"
+            + (f" (at {where})" if where else "")
+            + ". Pass inputs of the shapes and dtypes the model expects (batch size >= 2)."
+        ) from e
+
+
+def trace(model: nn.Module, example_inputs: Any, *, kwargs: dict | None = None, dynamic_batch: bool = True,
+          check_inputs: bool = True) -> TracedModel:
+    """Export ``model`` with ``torch.export`` (non-strict) and unlift it into a runnable graph module.
+
+    Args:
+        model: any ``nn.Module``; its inputs may be tensors, dicts or tuples of tensors.
+        example_inputs: positional arguments (a tuple; any other value is one positional argument).
+            The batch (dim 0 of every tensor) is traced as dynamic; use a batch size >= 2.
+        kwargs: keyword arguments of ``forward``.
+    Returns:
+        ``TracedModel`` whose ``module`` shares the model's Parameter objects and accepts any batch size.
+    Raises:
+        ExampleInputError: the model's own forward fails on the inputs.
+        TraceError: ``torch.export`` fails; the message names the user line and what to try.
+    """
+    args, kwargs = _as_args(example_inputs), dict(kwargs or {})
+    if check_inputs:
+        check_example_inputs(model, args, kwargs)
+    was_training = model.training
+    model.train()  # trace the training behaviour of dropout / batch norm; the flags are flipped later
+    try:
+        dynamic_shapes = _batch_dynamic_shapes(args, kwargs) if dynamic_batch else None
+        if kwargs and dynamic_shapes is not None:
+            import inspect
+
+            names = list(inspect.signature(model.forward).parameters)
+            shapes = dict(zip(names, dynamic_shapes["args"]))
+            shapes.update({k: v for k, v in dynamic_shapes.items() if k != "args"})
+            dynamic_shapes = shapes
+        program = torch.export.export(model, args, kwargs or None, dynamic_shapes=dynamic_shapes, strict=False)
+    except Exception as e:  # noqa: BLE001
+        where = _user_frame(e)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TraceError(
+            f"torch.export could not trace {type(model).__name__}: {type(e).__name__}: {first}"
+            + (f"\n  at {where}" if where else "")
+            + "\n  What to try: make the failing line shape-independent (no Python branching on tensor"
+            " values, no .item()/.tolist() in forward), move data-dependent code out of forward, or"
+            " wrap it in a custom op (torch.library.custom_op) and register a rule for it."
+        ) from e
+    finally:
+        model.train(was_training)
+    module = program.module()
+    _strip_assertions(module)
+    enable_train_eval_(module)
+    module.train(was_training)
+    return TracedModel(model, program, module, args, kwargs)
+
+
+def _strip_assertions(module: fx.GraphModule) -> None:
+    """Drop metadata assertions whose size literals would be stale after surgery."""
+    changed = False
+    for node in list(module.graph.nodes):
+        if node.op == "call_function" and node.target in (aten._assert_tensor_metadata.default,) and not node.users:
+            module.graph.erase_node(node)
+            changed = True
+    if changed:
+        module.recompile()
+
+
+def set_training_(module: fx.GraphModule, mode: bool) -> int:
+    """Flip the training literals of dropout and batch-norm nodes; returns how many changed."""
+    changed = 0
+    for node in module.graph.nodes:
+        position = _TRAINING_FLAG_POSITION.get(node.target) if node.op == "call_function" else None
+        if position is not None and len(node.args) > position and node.args[position] != mode:
+            args = list(node.args)
+            args[position] = mode
+            node.args = tuple(args)
+            changed += 1
+    if changed:
+        module.recompile()
+    return changed
+
+
+def _train(self: fx.GraphModule, mode: bool = True):
+    set_training_(self, mode)
+    self.training = mode
+    return self
+
+
+def enable_train_eval_(module: fx.GraphModule) -> fx.GraphModule:
+    """Let ``module.train()``/``.eval()`` work on an exported graph module by flipping its literals.
+
+    Exported modules refuse ``.eval()``; torch.ao's ``allow_exported_model_train_eval`` binds
+    replacements on the instance the same way.
+    """
+    module.train = types.MethodType(_train, module)
+    module.eval = types.MethodType(lambda self: _train(self, False), module)
+    return module
