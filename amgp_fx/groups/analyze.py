@@ -195,7 +195,11 @@ class DependencyGraph:
             for b in loose[1:]:
                 parent[find(b)] = find(loose[0])
             covered.update(loose)
+        by_block: dict[int, int] = {}  # channels only seen inside products: group by where they were minted
         for b in in_tensors:
+            if b not in covered:
+                first = by_block.setdefault(atoms._block_of[b], b)
+                parent[find(b)] = find(first)
             order.setdefault(b, None)
 
         members_of: dict[int, list[int]] = {}
@@ -234,7 +238,11 @@ class DependencyGraph:
             producers = [m for m in g.members if m.role is Role.PRODUCER]
             first = (producers or g.members)[0]
             g.name = f"{first.tensor}[{first.dim}]"
-            if g.kind == "other" and producers:
+            producer_kinds = {prop.roles.get(("kind", m.tensor, m.dim)) for m in producers
+                              if len(np.unique(m.channels)) == len(m.positions)}  # the member's dim is these channels
+            if "embedding" in producer_kinds:
+                g.kind = "embedding"
+            elif g.kind in ("other", "reshape") and producers:
                 g.kind = "hidden"
             if g.prunable and not any(m.is_parameter for m in g.members):
                 g.prunable, g.reason = False, "no parameter holds these channels"

@@ -133,6 +133,8 @@ class RuleContext:
         rank = len(self.shape(value))
         dim = dim % rank
         self._roles.setdefault((name, dim), role)
+        if role is Role.PRODUCER:
+            self._roles.setdefault(("kind", name, dim), kind)
         lab = self._labels[value][dim]
         if role is Role.PRODUCER and lab is not None and len(lab):
             block = self.atoms.block_of(int(lab[0]))

@@ -1,0 +1,411 @@
+"""Export a model (eager, or a pruned ``torch.export`` GraphModule) to a checked, validated ONNX file.
+
+Path: inference mode (``eval_mode`` / training literals flipped on a graph copy) -> ``torch.export``
+(non-strict, dim 0 of every input dynamic) -> export passes (:mod:`amgp_fx.passes`, each checked for
+equal outputs) -> ``torch.onnx.export(..., dynamo=True)`` at opset :data:`DEFAULT_OPSET` -> save into a
+temporary folder beside ``path`` -> ``onnx.checker`` (by path, so > 2 GB works) -> ONNX Runtime parity
+against PyTorch at two batch sizes (and 1) -> move into place. Any failure leaves nothing at ``path``.
+
+Tolerance, stated up front: ONNX Runtime fp32 vs PyTorch fp32 agree within ``|ort - torch| <= atol +
+rtol * |torch|`` with :data:`DEFAULT_ATOL` / :data:`DEFAULT_RTOL`. On CUDA, ONNX Runtime runs MatMul/Gemm
+in TF32 by default; parity therefore turns TF32 off (``use_tf32=False``) unless asked, and TF32 runs
+use :data:`TF32_ATOL` / :data:`TF32_RTOL` (TF32 keeps 10 mantissa bits, about 1e-3 relative per product).
+
+Dim letters: B batch. ONNX Runtime is imported only inside functions that need it.
+
+Example:
+    >>> import torch, tempfile, os
+    >>> model = torch.nn.Sequential(torch.nn.Linear(13, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     report = export_onnx(model, (torch.randn(8, 13),), os.path.join(folder, "mlp.onnx"))
+    ...     report.max_abs_diff <= report.atol and os.path.exists(report.path)
+    True
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import fx
+
+from amgp_fx.passes import ExportPass, PassRegistry, apply_passes
+from amgp_fx.passes.inference_mode import eval_mode, inference_graph
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_ATOL", "DEFAULT_OPSET", "DEFAULT_RTOL", "TF32_ATOL", "TF32_RTOL",
+    "ExportError", "ExportReport", "ParityError", "export_onnx", "make_ort_session",
+]
+
+#: torchlib (torch.onnx's op library) is written for opset 18 in torch 2.11 and 2.13 alike, so 18
+#: needs no version-converter pass (2.13 defaults to 20 and converts); it has ScatterElements max
+#: reduction and axes-as-input reductions, and every onnxruntime >= 1.14 runs it on CPU and CUDA.
+DEFAULT_OPSET = 18
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+TF32_ATOL = 1e-2
+TF32_RTOL = 1e-2
+#: protobuf caps a file at 2 GiB; weights beyond this go to ``<name>.onnx.data``.
+EXTERNAL_DATA_THRESHOLD_BYTES = int(1.5 * 2**30)
+BATCH_DIM_NAME = "batch"
+
+
+class ExportError(RuntimeError):
+    """Export failed; the message names the stage and the fix. Nothing was left at the target path."""
+
+
+class ParityError(ExportError):
+    """ONNX Runtime and PyTorch outputs differ beyond tolerance (the file was not moved into place)."""
+
+    def __init__(self, message: str, *, output_name: str, batch_size: int, max_abs_diff: float,
+                 max_rel_diff: float, atol: float, rtol: float) -> None:
+        super().__init__(message)
+        self.output_name, self.batch_size = output_name, batch_size
+        self.max_abs_diff, self.max_rel_diff, self.atol, self.rtol = max_abs_diff, max_rel_diff, atol, rtol
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_onnx` wrote and how it was validated."""
+
+    path: str
+    opset: int
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    onnx_bytes: int
+    external_data_bytes: int  # 0 when the weights are inside the .onnx file
+    dynamic_batch: bool
+    passes_applied: tuple[str, ...]
+    max_abs_diff: float | None  # None when parity=False
+    max_rel_diff: float | None
+    atol: float
+    rtol: float
+    parity_provider: str | None
+    parity_batch_sizes: tuple[int, ...]
+    use_tf32: bool
+    exporter: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _load_onnxruntime(cuda: bool):
+    """Import onnxruntime quietly; for CUDA, preload its CUDA/cuDNN libraries (onnxruntime-gpu >= 1.21)."""
+    if cuda:
+        import torch.cuda  # noqa: F401  (torch's CUDA libraries become resolvable by soname first)
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    if cuda and hasattr(ort, "preload_dlls"):
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()) as captured:
+            ort.preload_dlls()
+        if captured.getvalue().strip():
+            logger.info("onnxruntime.preload_dlls: %s", captured.getvalue().strip())
+    return ort
+
+
+def cuda_provider_available() -> bool:
+    """True when onnxruntime has the CUDA execution provider (onnxruntime-gpu) and a GPU is visible."""
+    try:
+        ort = _load_onnxruntime(cuda=torch.cuda.is_available())
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def make_ort_session(path: str | os.PathLike, provider: str = "cpu", *, use_tf32: bool = False,
+                     cuda_graph: bool = False, device_id: int = 0, fixed_dims: dict[str, int] | None = None):
+    """An ``onnxruntime.InferenceSession`` on ``provider`` ("cpu" or "cuda").
+
+    Args:
+        path: the .onnx file (external data is found beside it).
+        provider: "cpu" or "cuda" (CUDA execution provider, CPU for the nodes it lacks).
+        use_tf32: CUDA only: the CUDA EP option ``use_tf32`` (ORT's default is on; ours is off).
+        cuda_graph: CUDA only: ``enable_cuda_graph`` (needs static shapes: pass ``fixed_dims``).
+        fixed_dims: symbolic dim name -> size, e.g. ``{"batch": 4096}`` (free dimension overrides).
+
+    Raises:
+        ExportError: unknown provider, or the CUDA provider is missing (install onnxruntime-gpu).
+    """
+    if provider not in ("cpu", "cuda"):
+        raise ExportError(f"provider must be 'cpu' or 'cuda', got {provider!r}")
+    ort = _load_onnxruntime(cuda=provider == "cuda")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    for name, size in (fixed_dims or {}).items():
+        options.add_free_dimension_override_by_name(name, int(size))
+    if provider == "cpu":
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ExportError(
+            f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (providers: {ort.get_available_providers()}). "
+            "Install onnxruntime-gpu built for your CUDA major version (docs/onnx.md), or use provider='cpu'."
+        )
+    cuda_options = {"device_id": str(device_id), "use_tf32": "1" if use_tf32 else "0"}
+    if cuda_graph:
+        cuda_options["enable_cuda_graph"] = "1"
+    session = ort.InferenceSession(
+        str(path), options, providers=[("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
+    )
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        raise ExportError(f"onnxruntime could not start the CUDA provider (got {session.get_providers()}); "
+                          "check that onnxruntime-gpu matches the CUDA and cuDNN libraries of torch")
+    return session
+
+
+def _check_inputs(example_inputs) -> tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)) or not all(isinstance(x, torch.Tensor) for x in example_inputs):
+        raise TypeError("example_inputs must be a tuple of tensors, e.g. (dense (B, 13), sparse (B, 26)); "
+                        f"got {type(example_inputs).__name__}")
+    return tuple(example_inputs)
+
+
+def _resize_batch(inputs: Sequence[torch.Tensor], size: int) -> tuple[torch.Tensor, ...]:
+    """Rows ``i % B`` of every input: valid ids stay valid. (B, ...) -> (size, ...)."""
+    return tuple(x[torch.arange(size, device=x.device) % x.shape[0]] for x in inputs)
+
+
+def _input_names(model: torch.nn.Module, count: int) -> list[str]:
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    try:
+        names = [p.name for p in inspect.signature(model.forward).parameters.values() if p.kind in kinds]
+    except (TypeError, ValueError):
+        names = []
+    return names[:count] + [f"input_{i}" for i in range(len(names), count)]
+
+
+def _output_names(model: torch.nn.Module, count: int) -> list[str]:
+    annotation = getattr(inspect.signature(model.forward), "return_annotation", None)
+    fields = getattr(annotation, "_fields", None)  # a NamedTuple return type names its outputs
+    if fields and len(fields) == count:
+        return list(fields)
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def _flat_outputs(outputs) -> list[torch.Tensor]:
+    from amgp_fx.passes import _flatten_outputs
+
+    return _flatten_outputs(outputs)
+
+
+def _to_inference_graph(model, inputs, dynamic_shapes) -> tuple[fx.GraphModule, int]:
+    """An eval-mode GraphModule sharing ``model``'s parameters, and the number of literals flipped."""
+    if isinstance(model, fx.GraphModule):
+        return inference_graph(model)
+    try:
+        exported = torch.export.export(model, inputs, strict=False, dynamic_shapes=dynamic_shapes)
+    except Exception as error:
+        raise ExportError(f"torch.export could not trace {type(model).__name__}: {type(error).__name__}: {error}. "
+                          "Fix the model's data-dependent Python control flow, or export with dynamic_batch=False "
+                          "if the batch size is baked in.") from error
+    return exported.module(), 0
+
+
+def _rename_batch_dim(onnx_program, batch_symbols: set[str]) -> None:
+    """Call the batch dim ``batch`` on graph inputs and outputs (torch.export names it ``s35`` or so)."""
+    for value in [*onnx_program.model.graph.inputs, *onnx_program.model.graph.outputs]:
+        shape = value.shape
+        if shape is not None and shape.rank() and not isinstance(shape[0], int) and str(shape[0]) in batch_symbols:
+            shape[0] = BATCH_DIM_NAME
+
+
+def _parameter_bytes(exported: torch.export.ExportedProgram) -> int:
+    tensors = [*exported.state_dict.values(), *exported.constants.values()]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _compare(name: str, batch: int, actual: np.ndarray, expected: np.ndarray, atol: float, rtol: float,
+             provider: str, use_tf32: bool) -> tuple[float, float]:
+    if actual.shape != expected.shape:
+        raise ParityError(f"ONNX Runtime output {name!r} at batch {batch} has shape {actual.shape}, PyTorch "
+                          f"{expected.shape}", output_name=name, batch_size=batch, max_abs_diff=float("inf"),
+                          max_rel_diff=float("inf"), atol=atol, rtol=rtol)
+    actual64, expected64 = actual.astype(np.float64), expected.astype(np.float64)
+    difference = np.abs(actual64 - expected64)
+    difference[np.isnan(actual64) & np.isnan(expected64)] = 0.0
+    difference[np.isnan(difference)] = np.inf
+    max_abs = float(difference.max(initial=0.0))
+    relative = difference / np.maximum(np.abs(expected64), np.finfo(np.float64).tiny)
+    max_rel = float(relative.max(initial=0.0))
+    if np.any(difference > atol + rtol * np.abs(expected64)):
+        tf32 = ("ONNX Runtime ran with TF32 (use_tf32=True): expect about 1e-3 relative error per matmul; "
+                f"use use_tf32=False, or atol/rtol near {TF32_ATOL}/{TF32_RTOL}. ") if use_tf32 else ""
+        raise ParityError(
+            f"ONNX Runtime ({provider}) output {name!r} differs from PyTorch at batch {batch}: "
+            f"max abs diff {max_abs:.3g}, max rel diff {max_rel:.3g}, tolerance |ort - torch| <= "
+            f"{atol:g} + {rtol:g} * |torch|. {tf32}The ONNX file was not moved into place; export with "
+            "parity=False to inspect it, or find the op with torch.onnx.export(..., verify=True).",
+            output_name=name, batch_size=batch, max_abs_diff=max_abs, max_rel_diff=max_rel, atol=atol, rtol=rtol)
+    return max_abs, max_rel
+
+
+def _check_parity(onnx_path, cases, input_names, output_names, provider, use_tf32, atol, rtol):
+    session = make_ort_session(onnx_path, provider, use_tf32=use_tf32)
+    worst_abs = worst_rel = 0.0
+    for inputs, expected in cases:
+        feeds = {name: x.detach().cpu().numpy() for name, x in zip(input_names, inputs)}
+        actual = session.run(list(output_names), feeds)
+        batch = int(inputs[0].shape[0])
+        for name, got, want in zip(output_names, actual, expected):
+            max_abs, max_rel = _compare(name, batch, got, want.detach().cpu().numpy(), atol, rtol, provider, use_tf32)
+            worst_abs, worst_rel = max(worst_abs, max_abs), max(worst_rel, max_rel)
+    return worst_abs, worst_rel
+
+
+def _prepare_target(path: str | os.PathLike) -> Path:
+    target = Path(path)
+    if target.is_dir():
+        raise ExportError(f"{target} is a folder; pass a file path such as {target / 'model.onnx'}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExportError(f"cannot create the folder for {target}: {error}. Pass a path in a writable folder.") from error
+    if not os.access(target.parent, os.W_OK):
+        raise ExportError(f"folder {target.parent} is not writable. Pass a path in a writable folder.")
+    return target
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: str | os.PathLike,
+    *,
+    dynamic_batch: bool = True,
+    opset: int = DEFAULT_OPSET,
+    external_data: bool | None = None,
+    check: bool = True,
+    parity: bool = True,
+    atol: float | None = None,
+    rtol: float | None = None,
+    parity_provider: str = "cpu",
+    use_tf32: bool = False,
+    passes: PassRegistry | Sequence[ExportPass] | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+) -> ExportReport:
+    """Export ``model`` to ``path`` as ONNX, check it and compare ONNX Runtime with PyTorch.
+
+    Args:
+        model: an eager ``nn.Module`` (put in eval mode during export, flags restored after) or a
+            ``torch.export(...).module()`` GraphModule, e.g. after pruning (training literals flipped
+            on a copy). Not modified.
+        example_inputs: e.g. ``(dense (B, 13) float32, sparse (B, 26) int64)``, all batch-major.
+        path: the .onnx file to write; large weights go to ``<path>.data`` beside it.
+        dynamic_batch: dim 0 of every input and output is the symbolic ``batch``; False bakes B in
+            (what ONNX Runtime CUDA graphs need).
+        opset: ONNX opset (see :data:`DEFAULT_OPSET` for why 18).
+        external_data: weights in a separate file; None: when they exceed 1.5 GiB.
+        check: run ``onnx.checker.check_model`` on the file.
+        parity: run ONNX Runtime at batch B, B + 3 and 1 (B only when static) against PyTorch.
+        atol, rtol: parity tolerance; None: DEFAULT_ATOL/RTOL, or TF32_ATOL/RTOL when ``use_tf32``.
+        parity_provider: "cpu", "cuda" or "auto" (CUDA when onnxruntime-gpu and a GPU are present).
+        use_tf32: let the CUDA provider use TF32 during the parity run.
+        passes: FX rewrites to run first; None: :func:`amgp_fx.passes.default_passes`; () for none.
+        input_names, output_names: ONNX names; default: forward's parameter names, and ``output``
+            (``output_i`` when several, NamedTuple field names when forward is annotated with one).
+
+    Returns:
+        An :class:`ExportReport` (sizes, names, passes applied, max differences, tolerance).
+
+    Raises:
+        ExportError: tracing, translation, the checker or the file system failed (message says which).
+        ParityError: ONNX Runtime disagrees with PyTorch beyond tolerance.
+    """
+    started = time.perf_counter()
+    inputs = _check_inputs(example_inputs)
+    target = _prepare_target(path)
+    atol = (TF32_ATOL if use_tf32 else DEFAULT_ATOL) if atol is None else atol
+    rtol = (TF32_RTOL if use_tf32 else DEFAULT_RTOL) if rtol is None else rtol
+    if parity_provider == "auto":
+        parity_provider = "cuda" if cuda_provider_available() else "cpu"
+    batch = int(inputs[0].shape[0])
+    if dynamic_batch:
+        if any(x.dim() == 0 or x.shape[0] != batch for x in inputs):
+            raise ExportError(f"dynamic_batch needs every input batch-major with the same B; got shapes "
+                              f"{[tuple(x.shape) for x in inputs]}. Pass dynamic_batch=False.")
+        if batch < 2:  # torch.export specialises a dynamic dim seen as 1
+            inputs, batch = _resize_batch(inputs, 2), 2
+        batch_dim = torch.export.Dim(BATCH_DIM_NAME)
+        dynamic_shapes = tuple({0: batch_dim} for _ in inputs)
+    else:
+        dynamic_shapes = None
+    names_in = list(input_names) if input_names is not None else _input_names(model, len(inputs))
+    parity_batches = tuple(dict.fromkeys((batch, batch + 3, 1))) if dynamic_batch else (batch,)
+    with eval_mode(model), torch.no_grad():
+        graph_module, flipped = _to_inference_graph(model, inputs, dynamic_shapes)
+        cases = [(case, _flat_outputs(graph_module(*case)))
+                 for case in (_resize_batch(inputs, b) if b != batch else inputs for b in parity_batches)]
+        names_out = list(output_names) if output_names is not None else _output_names(model, len(cases[0][1]))
+        results = apply_passes(graph_module, inputs, passes)
+        applied = (("inference_mode",) if flipped else ()) + tuple(r.name for r in results if r.rewrites)
+        try:
+            exported = torch.export.export(graph_module, inputs, strict=False, dynamic_shapes=dynamic_shapes)
+        except Exception as error:
+            raise ExportError(f"torch.export failed on the rewritten graph: {type(error).__name__}: {error}. "
+                              "Retry with passes=() to see whether a pass caused it.") from error
+        try:
+            onnx_program = torch.onnx.export(exported, inputs, dynamo=True, opset_version=opset, verbose=False,
+                                             input_names=names_in, output_names=names_out, optimize=True)
+        except Exception as error:
+            raise ExportError(f"torch.onnx could not translate the graph to ONNX opset {opset}: "
+                              f"{type(error).__name__}: {error}. An op without an ONNX translation needs an FX "
+                              "pass (amgp_fx.passes) that rewrites it into supported ops.") from error
+    if dynamic_batch:
+        values = [p.meta.get("val") for p in exported.graph_module.graph.find_nodes(op="placeholder")]
+        symbols = {str(v.shape[0]) for v in values
+                   if isinstance(v, torch.Tensor) and v.dim() and isinstance(v.shape[0], torch.SymInt)}
+        _rename_batch_dim(onnx_program, symbols)
+    use_external = _parameter_bytes(exported) > EXTERNAL_DATA_THRESHOLD_BYTES if external_data is None else external_data
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        staged = staging / target.name
+        try:
+            onnx_program.save(staged, external_data=use_external)
+        except Exception as error:
+            raise ExportError(f"saving {target.name} failed: {type(error).__name__}: {error}. Check disk space "
+                              "and permissions; weights over 2 GiB need external_data=True.") from error
+        if check:
+            import onnx
+
+            try:
+                onnx.checker.check_model(str(staged))
+            except Exception as error:
+                raise ExportError(f"onnx.checker rejected the exported model: {error}") from error
+        max_abs = max_rel = None
+        if parity:
+            max_abs, max_rel = _check_parity(staged, cases, names_in, names_out, parity_provider, use_tf32, atol, rtol)
+        extra_files = [f for f in staging.iterdir() if f != staged]
+        external_bytes = sum(f.stat().st_size for f in extra_files)
+        onnx_bytes = staged.stat().st_size
+        for file in extra_files:  # external data first, so the .onnx never points at a missing file
+            os.replace(file, target.parent / file.name)
+        os.replace(staged, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report = ExportReport(
+        path=str(target), opset=opset, input_names=tuple(names_in), output_names=tuple(names_out),
+        onnx_bytes=onnx_bytes, external_data_bytes=external_bytes, dynamic_batch=dynamic_batch,
+        passes_applied=applied, max_abs_diff=max_abs, max_rel_diff=max_rel, atol=atol, rtol=rtol,
+        parity_provider=parity_provider if parity else None, parity_batch_sizes=parity_batches if parity else (),
+        use_tf32=use_tf32, exporter=f"torch.onnx.export(dynamo=True) torch {torch.__version__}",
+        seconds=time.perf_counter() - started,
+    )
+    logger.info("exported %s (%d bytes + %d external), passes %s, max abs diff %s",
+                target, onnx_bytes, external_bytes, applied, max_abs)
+    return report
