@@ -52,6 +52,9 @@ def aten_convolution(ctx: RuleContext):
         and all(p == 0 for p in seq(padding)) and all(d == 1 for d in seq(dilation))
     if pointwise:
         spatial = xl[2:]
+        if bl is not None:
+            for lab in spatial:
+                ctx.note(lab, f"{node.name}: the convolution bias is added at every position")
     else:
         ctx.freeze(xl[2:], f"{node.name}: spatial positions of a convolution")
         spatial = tuple(ctx.fresh(s, frozen=f"{node.name}: convolution output positions") for s in out_shape[2:])

@@ -27,6 +27,10 @@ _UNARY = [
     aten.ne.Scalar, aten.gt.Scalar, aten.lt.Scalar, aten.ge.Scalar, aten.le.Scalar, aten.fill_.Scalar,
 ]
 
+# adding a constant along a dim makes removed channels differ from zeroed ones
+_ADDITIVE = {aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.sub_.Tensor, aten.rsub.Tensor,
+             aten.add.Scalar, aten.sub.Scalar, aten.rsub.Scalar}
+
 _BROADCAST = [
     aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.sub_.Tensor, aten.mul.Tensor, aten.mul_.Tensor,
     aten.div.Tensor, aten.div_.Tensor, aten.div.Tensor_mode, aten.pow.Tensor_Tensor, aten.maximum.default,
@@ -50,7 +54,19 @@ def _unique(ops):
 @builtin(*_unique(_UNARY), family="pointwise")
 def aten_unary(ctx: RuleContext):
     """``relu(Tensor self) -> Tensor`` and friends: output index i is input index i."""
-    return ctx.label(ctx.node.args[0])
+    out = ctx.label(ctx.node.args[0])
+    if ctx.node.target in _ADDITIVE:
+        _note_added_constant(ctx, out, [])
+    return out
+
+
+def _note_added_constant(ctx: RuleContext, out, operands) -> None:
+    """Note output dims along which some operand is constant (broadcast or a scalar)."""
+    rank = len(out)
+    for k in range(1, rank + 1):
+        covered = [lab for lab in operands if lab is not None and len(lab) >= k and (lab[-k] is None or len(lab[-k]) > 1)]
+        if len(covered) < max(len(operands), 2):
+            ctx.note(out[-k], f"{ctx.node.name}: a constant is added along this dim")
 
 
 @builtin(*_unique(_BROADCAST), family="pointwise")
@@ -58,4 +74,7 @@ def aten_broadcast(ctx: RuleContext):
     """``add.Tensor(Tensor self, Tensor other)`` and friends: right-aligned dims of equal size couple."""
     labels = [ctx.label(a) for a in ctx.node.args]
     labels = [lab for lab in labels if lab is not None]
-    return ctx.broadcast(*labels, out_rank=len(ctx.out.shape))
+    out = ctx.broadcast(*labels, out_rank=len(ctx.out.shape))
+    if ctx.node.target in _ADDITIVE:
+        _note_added_constant(ctx, out, labels)
+    return out

@@ -256,10 +256,12 @@ def _rewrite_split(rw):
         return rw.target, rw.args
     if rw.target is aten.split_with_sizes.default:
         sizes = list(rw.args[1])
+    elif rw.target is aten.chunk.default:
+        sizes = _uniform_sizes(length, -(-length // rw.args[1]))
     else:
         sizes = _uniform_sizes(length, rw.args[1])
     new = [rw.count(xl[dim][a:b]) for a, b in _split_bounds(length, sizes)]
-    if rw.target is not aten.split_with_sizes.default and new == _uniform_sizes(sum(new), rw.args[1]):
+    if new == sizes:
         return rw.target, rw.args
     return aten.split_with_sizes.default, (x, new, dim)
 
@@ -279,6 +281,17 @@ def aten_split(ctx: RuleContext):
     if not is_concrete(length):
         return [ctx.label(x) for _ in ctx.out]
     return _split_outputs(ctx, _uniform_sizes(length, ctx.arg(1)))
+
+
+@builtin(aten.chunk.default, family="shape", rewrite=_rewrite_split)
+def aten_chunk(ctx: RuleContext):
+    """``chunk(Tensor self, int chunks, int dim=0)``: equal sub-ranges of ceil(n / chunks)."""
+    x = ctx.arg(0)
+    dim = normalize_dim(ctx.arg(2, "dim", 0), len(ctx.shape(x)))
+    length = ctx.shape(x)[dim]
+    if not is_concrete(length):
+        return [ctx.label(x) for _ in ctx.out]
+    return _split_outputs(ctx, _uniform_sizes(length, -(-length // ctx.arg(1))))
 
 
 @builtin(aten.unbind.int, family="shape")

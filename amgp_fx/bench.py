@@ -1,0 +1,335 @@
+"""Latency benchmarks: ONNX Runtime (CUDA with IOBinding and optional CUDA graphs, or CPU) and PyTorch.
+
+Each function runs ``warmup`` untimed calls, then ``iters`` timed calls per batch size, and returns one
+:class:`LatencyRecord` per batch size with p50/p90/p99 latency (ms) and samples/s (from the mean).
+
+- ONNX Runtime on CUDA binds inputs and outputs as device ``OrtValue`` s once (IOBinding), so a timed
+  call is compute only, as for PyTorch with inputs already on the GPU; ``Run`` synchronises the
+  stream before it returns. CUDA graphs need static shapes: one session per batch size, with the
+  symbolic batch dim fixed by a free-dimension override (or a static export passed in ``path``).
+- PyTorch on CUDA is timed with CUDA events around each call; on CPU with ``perf_counter``.
+- Without onnxruntime-gpu or a GPU, ``provider="cuda"`` falls back to the CPU provider (logged).
+
+Dim letters: B batch. onnxruntime is imported inside the functions only.
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Linear(8, 2)
+    >>> records = benchmark_torch(model, lambda b: (torch.randn(b, 8),), [4], device="cpu", warmup=1, iters=3)
+    >>> records[0].runtime, records[0].batch_size, records[0].flops, records[0].p50_ms <= records[0].p99_ms
+    ('torch-eager', 4, 128, True)
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from amgp_fx.passes.inference_mode import eval_mode, inference_graph
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RUNTIMES", "LatencyRecord", "benchmark_onnx", "benchmark_torch", "count_forward_flops", "device_name"]
+
+RUNTIMES = ("ort-cuda", "ort-cuda-graph", "ort-cpu", "torch-eager", "torch-compile")
+InputsFactory = Callable[[int], Sequence[torch.Tensor]]
+FlopsSource = Callable[[int], int] | Mapping[int, int] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyRecord:
+    """One (model, variant, runtime, batch size) measurement; times in milliseconds."""
+
+    model: str
+    variant: str
+    runtime: str
+    batch_size: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    samples_per_s: float
+    flops: int | None  # forward FLOPs per batch (FlopCounterMode), None when unknown
+    device: str
+    command: str
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyRecord:
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown LatencyRecord fields {sorted(unknown)}")
+        return cls(**dict(data))
+
+
+def _default_command() -> str:
+    return shlex.join([os.path.basename(sys.executable), *sys.argv])
+
+
+def device_name(device: str | torch.device = "cpu") -> str:
+    """GPU name (``torch.cuda.get_device_name``) or the CPU model from /proc/cpuinfo."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def _inference_module(model: torch.nn.Module) -> torch.nn.Module:
+    """``model``, or for a torch.export GraphModule an eval-literal copy (dropout/batch-norm flags off)."""
+    return inference_graph(model)[0] if isinstance(model, torch.fx.GraphModule) else model
+
+
+def count_forward_flops(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> int:
+    """Forward FLOPs of one call (matmuls, convs, attention; gathers count 0), in eval mode."""
+    model = _inference_module(model)
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    return int(counter.get_total_flops())
+
+
+def _flops_for(flops: FlopsSource, batch_size: int) -> int | None:
+    if flops is None:
+        return None
+    value = flops(batch_size) if callable(flops) else flops.get(batch_size)
+    return None if value is None else int(value)
+
+
+def _summarise(times_ms: Sequence[float], batch_size: int, **fields) -> LatencyRecord:
+    times = np.asarray(times_ms, dtype=np.float64)
+    p50, p90, p99 = (float(v) for v in np.percentile(times, [50, 90, 99]))
+    return LatencyRecord(batch_size=batch_size, p50_ms=p50, p90_ms=p90, p99_ms=p99,
+                         samples_per_s=batch_size / (float(times.mean()) / 1e3), **fields)
+
+
+def _check_counts(warmup: int, iters: int) -> None:
+    if warmup < 0 or iters < 1:
+        raise ValueError(f"need warmup >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
+
+
+def _batch_dim_names(path) -> set[str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {value.type.tensor_type.shape.dim[0].dim_param for value in model.graph.input
+            if value.type.tensor_type.shape.dim and value.type.tensor_type.shape.dim[0].dim_param}
+
+
+def _output_shape(declared, batch_size: int, batch_names: set[str]) -> list[int]:
+    shape = [batch_size if (isinstance(d, str) and d in batch_names) or d is None else d for d in declared]
+    if not all(isinstance(d, int) for d in shape):
+        raise ValueError(f"output shape {declared} has symbolic dims besides the batch; export with a static shape")
+    return shape
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+
+
+def _time_ort(session, inputs, batch_size, provider, io_binding, batch_names, warmup, iters) -> list[float]:
+    from amgp_fx.export import _load_onnxruntime
+
+    ort = _load_onnxruntime(cuda=provider == "cuda")
+    names = [value.name for value in session.get_inputs()]
+    arrays = [np.ascontiguousarray(x.detach().cpu().numpy()) for x in inputs]
+    if io_binding:  # on CPU too, so the binding path is exercised without a GPU
+        device = "cuda" if provider == "cuda" else "cpu"
+        binding = session.io_binding()
+        keep_alive = []  # the bound OrtValues must outlive every run (CUDA graphs replay their addresses)
+        for name, array in zip(names, arrays):
+            value = ort.OrtValue.ortvalue_from_numpy(array, device, 0)
+            binding.bind_ortvalue_input(name, value)
+            keep_alive.append(value)
+        for output in session.get_outputs():
+            shape = _output_shape(output.shape, batch_size, batch_names)
+            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, _NUMPY_TYPES[output.type], device, 0)
+            binding.bind_ortvalue_output(output.name, value)
+            keep_alive.append(value)
+
+        def call():
+            session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+    else:
+        feeds = dict(zip(names, arrays))
+
+        def call():
+            session.run(None, feeds)
+
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def benchmark_onnx(
+    path: str | os.PathLike | Mapping[int, str | os.PathLike],
+    inputs_factory: InputsFactory,
+    batch_sizes: Sequence[int],
+    *,
+    provider: str = "cuda",
+    io_binding: bool = True,
+    cuda_graph: bool = False,
+    use_tf32: bool = False,
+    warmup: int = 10,
+    iters: int = 100,
+    model: str = "",
+    variant: str = "",
+    flops: FlopsSource = None,
+    command: str | None = None,
+) -> list[LatencyRecord]:
+    """Time an ONNX model with ONNX Runtime at each batch size.
+
+    Args:
+        path: the .onnx file (dynamic batch), or ``{batch_size: static .onnx}`` for CUDA graphs.
+        inputs_factory: ``batch_size -> (dense (B, 13), sparse (B, 26))``-like tensors, in ONNX input order.
+        batch_sizes: e.g. ``[256, 1024, 4096]``.
+        provider: "cuda" (falls back to "cpu", logged, without onnxruntime-gpu or a GPU) or "cpu".
+        io_binding: bind inputs/outputs once as OrtValues on the provider's device (no host copies in
+            the timed call); False: ``session.run`` with numpy feeds (CUDA then includes the copies).
+        cuda_graph: CUDA: capture and replay a CUDA graph (one session per batch size); skipped on CPU.
+        use_tf32: CUDA EP option ``use_tf32`` (ORT's own default is on; off here to match fp32 PyTorch).
+        warmup, iters: untimed and timed calls per batch size.
+        model, variant, flops, command: copied into the records (flops: callable or mapping by B).
+
+    Returns:
+        One :class:`LatencyRecord` per batch size, runtime ``ort-cuda``, ``ort-cuda-graph`` or ``ort-cpu``.
+    """
+    from amgp_fx.export import cuda_provider_available, make_ort_session
+
+    _check_counts(warmup, iters)
+    if provider not in ("cuda", "cpu"):
+        raise ValueError(f"provider must be 'cuda' or 'cpu', got {provider!r}")
+    if provider == "cuda" and not cuda_provider_available():
+        logger.warning("onnxruntime CUDA provider or GPU not available; benchmarking on the CPU provider")
+        provider = "cpu"
+    if cuda_graph and provider != "cuda":
+        logger.warning("CUDA graphs need the CUDA provider; skipping the ort-cuda-graph runs")
+        return []
+    if cuda_graph and not io_binding:
+        raise ValueError("cuda_graph=True needs io_binding=True (a graph replays fixed device addresses)")
+    if cuda_graph:
+        warmup = max(warmup, 3)  # ORT captures the graph after a couple of regular runs
+    runtime = "ort-cuda-graph" if cuda_graph else f"ort-{provider}"
+    device = device_name("cuda" if provider == "cuda" else "cpu")
+    command = _default_command() if command is None else command
+    static_paths = path if isinstance(path, Mapping) else None
+    session = None
+    records = []
+    for batch_size in batch_sizes:
+        file = static_paths[batch_size] if static_paths is not None else path
+        batch_names = _batch_dim_names(file)
+        if cuda_graph or static_paths is not None:
+            session = make_ort_session(file, provider, use_tf32=use_tf32, cuda_graph=cuda_graph,
+                                       fixed_dims={name: batch_size for name in batch_names})
+        elif session is None:
+            session = make_ort_session(file, provider, use_tf32=use_tf32)
+        inputs = tuple(inputs_factory(batch_size))
+        times = _time_ort(session, inputs, batch_size, provider, io_binding, batch_names, warmup, iters)
+        records.append(_summarise(times, batch_size, model=model, variant=variant, runtime=runtime,
+                                  flops=_flops_for(flops, batch_size), device=device, command=command))
+        logger.info("%s %s %s B=%d p50 %.3f ms", model, variant, runtime, batch_size, records[-1].p50_ms)
+        if cuda_graph or static_paths is not None:
+            session = None
+            gc.collect()
+    return records
+
+
+def benchmark_torch(
+    model: torch.nn.Module,
+    inputs_factory: InputsFactory,
+    batch_sizes: Sequence[int],
+    *,
+    mode: str = "eager",
+    device: str | torch.device | None = None,
+    warmup: int = 10,
+    iters: int = 100,
+    model_name: str = "",
+    variant: str = "",
+    flops: FlopsSource | bool = True,
+    command: str | None = None,
+) -> list[LatencyRecord]:
+    """Time ``model`` in PyTorch (eval mode, no grad) at each batch size.
+
+    Args:
+        model: moved to ``device`` in place (as ``nn.Module.to`` does); run in eval mode, flags restored.
+        inputs_factory: ``batch_size -> input tensors``; moved to ``device``.
+        batch_sizes: e.g. ``[256, 1024]``.
+        mode: "eager" or "compile" (``torch.compile``, default mode, automatic dynamic shapes; compiling
+            happens in the warm-up calls).
+        device: default CUDA when available, else CPU.
+        flops: True: count forward FLOPs at each batch size with FlopCounterMode; False/None: none;
+            or a callable/mapping by batch size.
+
+    Returns:
+        One :class:`LatencyRecord` per batch size, runtime ``torch-eager`` or ``torch-compile``.
+    """
+    _check_counts(warmup, iters)
+    if mode not in ("eager", "compile"):
+        raise ValueError(f"mode must be 'eager' or 'compile', got {mode!r}")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = _inference_module(model.to(device))
+    command = _default_command() if command is None else command
+    records = []
+    with eval_mode(model), torch.no_grad():
+        function = torch.compile(model) if mode == "compile" else model
+        for batch_size in batch_sizes:
+            inputs = tuple(x.to(device) for x in inputs_factory(batch_size))
+            if flops is True:
+                batch_flops = count_forward_flops(model, inputs)
+            else:
+                batch_flops = _flops_for(flops or None, batch_size)
+            times = _time_torch(function, inputs, device, warmup, iters)
+            records.append(_summarise(times, batch_size, model=model_name, variant=variant,
+                                      runtime=f"torch-{mode}", flops=batch_flops,
+                                      device=device_name(device), command=command))
+            logger.info("%s %s torch-%s B=%d p50 %.3f ms", model_name, variant, mode, batch_size,
+                        records[-1].p50_ms)
+    return records
+
+
+def _time_torch(function, inputs, device: torch.device, warmup: int, iters: int) -> list[float]:
+    for _ in range(warmup):
+        function(*inputs)
+    if device.type != "cuda":
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            function(*inputs)
+            times.append((time.perf_counter() - start) * 1e3)
+        return times
+    torch.cuda.synchronize(device)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for start, end in events:
+        start.record()
+        function(*inputs)
+        end.record()
+    torch.cuda.synchronize(device)
+    return [start.elapsed_time(end) for start, end in events]

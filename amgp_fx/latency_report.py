@@ -1,0 +1,118 @@
+"""Latency records as a table (tabulate), a JSON file and a PNG plot of latency against batch size.
+
+The table puts each variant's measured speedup over the baseline variant (``p50 baseline / p50``,
+same model, runtime and batch size) next to its FLOPs ratio (``FLOPs baseline / FLOPs``), so a
+reader sees at once how much of the FLOPs reduction turns into wall-clock time. matplotlib is
+imported only by :func:`plot_latency`.
+
+Example:
+    >>> from amgp_fx.bench import LatencyRecord
+    >>> dense = LatencyRecord("dlrm", "dense", "ort-cpu", 8, 2.0, 2.1, 2.2, 4000.0, 1000, "cpu", "")
+    >>> half = dataclasses.replace(dense, variant="width-0.5", p50_ms=1.0, flops=400)
+    >>> "2.00x" in format_table([dense, half]) and "2.50x" in format_table([dense, half])
+    True
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from amgp_fx.bench import LatencyRecord
+
+__all__ = ["REPORT_VERSION", "format_table", "load_records", "plot_latency", "save_records", "speedups"]
+
+REPORT_VERSION = 1
+
+
+def speedups(records: Sequence[LatencyRecord], baseline_variant: str = "dense") -> dict[int, tuple[float, float]]:
+    """``{index: (speedup, flops_ratio)}`` for records with a baseline at the same model/runtime/batch."""
+    baseline = {(r.model, r.runtime, r.batch_size): r for r in records if r.variant == baseline_variant}
+    result = {}
+    for index, record in enumerate(records):
+        base = baseline.get((record.model, record.runtime, record.batch_size))
+        if base is None:
+            continue
+        speedup = base.p50_ms / record.p50_ms if record.p50_ms > 0 else float("nan")
+        flops_ratio = base.flops / record.flops if base.flops and record.flops else float("nan")
+        result[index] = (speedup, flops_ratio)
+    return result
+
+
+def _times(value: float) -> str:
+    return "-" if value != value else f"{value:.2f}x"  # NaN -> "-"
+
+
+def format_table(records: Sequence[LatencyRecord], baseline_variant: str = "dense", tablefmt: str = "github") -> str:
+    """A tabulate table, one row per record, with speedup and FLOPs ratio against ``baseline_variant``."""
+    from tabulate import tabulate
+
+    ratios = speedups(records, baseline_variant)
+    rows = []
+    for index, r in enumerate(records):
+        speedup, flops_ratio = ratios.get(index, (float("nan"), float("nan")))
+        rows.append([
+            r.model, r.variant, r.runtime, r.batch_size, f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
+            f"{r.samples_per_s:,.0f}", "-" if r.flops is None else f"{r.flops / 1e9:.4g}",
+            _times(speedup), _times(flops_ratio),
+        ])
+    headers = ["model", "variant", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s", "GFLOPs",
+               f"speedup vs {baseline_variant}", f"FLOPs ratio vs {baseline_variant}"]
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def save_records(records: Sequence[LatencyRecord], path: str | os.PathLike,
+                 metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write ``{"version", "metadata", "records"}`` JSON atomically (temp file, then rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"version": REPORT_VERSION, "metadata": dict(metadata or {}), "records": [r.to_dict() for r in records]}
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    os.replace(temporary, target)
+    return target
+
+
+def load_records(path: str | os.PathLike) -> list[LatencyRecord]:
+    """Read a file written by :func:`save_records`; raises ValueError on another version."""
+    payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    if payload.get("version") != REPORT_VERSION:
+        raise ValueError(f"{path}: latency report version {payload.get('version')!r}, expected {REPORT_VERSION}")
+    return [LatencyRecord.from_dict(record) for record in payload["records"]]
+
+
+def plot_latency(records: Sequence[LatencyRecord], path: str | os.PathLike, title: str = "") -> Path:
+    """PNG: p50 latency (ms, log) against batch size (log2), one panel per model, a line per variant/runtime."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+
+    models = list(dict.fromkeys(r.model for r in records))
+    variants = list(dict.fromkeys(r.variant for r in records))
+    runtimes = list(dict.fromkeys(r.runtime for r in records))
+    figure = Figure(figsize=(5.5 * max(len(models), 1), 4.2))
+    axes = figure.subplots(1, max(len(models), 1), squeeze=False)
+    for axis, model in zip(axes[0], models):
+        lines = {}
+        for r in records:
+            if r.model == model:
+                lines.setdefault((r.variant, r.runtime), []).append((r.batch_size, r.p50_ms))
+        for (variant, runtime), points in sorted(lines.items()):
+            points.sort()
+            axis.plot(*zip(*points), linestyle=("-", "--", ":", "-.")[variants.index(variant) % 4],
+                      color=f"C{runtimes.index(runtime) % 10}", marker="o", markersize=3, label=f"{runtime} / {variant}")
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("batch size")
+        axis.set_ylabel("p50 latency (ms)")
+        axis.set_title(model)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    devices = sorted({r.device for r in records})
+    figure.suptitle(title or f"latency vs batch size ({', '.join(devices)})", fontsize=9)
+    figure.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=120)
+    return target
+
