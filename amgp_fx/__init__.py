@@ -11,8 +11,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it, grouped by pipeline stage
 _EXPORTS = {
     # trace / groups / importance / surgery
-    "trace": "amgp_fx.trace",
-    "TracedModel": "amgp_fx.trace",
+    "trace": "amgp_fx.tracing",
+    "TracedModel": "amgp_fx.tracing",
     "analyze": "amgp_fx.groups.analyze",
     "DependencyGraph": "amgp_fx.groups.analyze",
     "Group": "amgp_fx.groups.model",

@@ -164,6 +164,9 @@ def shrink_(graph: DependencyGraph, keep: Mapping[str, Sequence[int]], optimizer
 
 
 def _cut(tensor: torch.Tensor, steps, save: bool = True):
+    if tensor.is_sparse:  # e.g. SGD momentum of a sparse embedding gradient
+        saved, dense = _cut(tensor.to_dense(), steps, save)
+        return saved, dense.to_sparse(tensor.sparse_dim())
     saved = []
     for dim, keep, removed, _ in steps:
         if save:
@@ -183,6 +186,8 @@ def _fresh(role: Role, shape, like: torch.Tensor, generator) -> torch.Tensor:
 
 
 def _paste(tensor: torch.Tensor, steps, fills) -> torch.Tensor:
+    if tensor.is_sparse:
+        return _paste(tensor.to_dense(), steps, fills).to_sparse(tensor.sparse_dim())
     for (dim, keep, removed, _), fill in zip(reversed(steps), reversed(fills)):
         shape = list(tensor.shape)
         shape[dim] = len(keep) + len(removed)

@@ -99,6 +99,8 @@ def _assert_state_equal(a: Any, b: Any) -> None:
         for key, value in state.items():
             other = b["state"][pid][key]
             if isinstance(value, torch.Tensor):
+                if value.is_sparse:  # representation may differ (coalescing); values must not
+                    value, other = value.to_dense(), other.to_dense()
                 torch.testing.assert_close(other, value, atol=0, rtol=0, msg=lambda m, k=key: f"optimizer state {k}: {m}")
             else:
                 assert other == value, f"optimizer state {key}: {other} != {value}"

@@ -4,7 +4,10 @@ Every model follows the contract in docs/design.md: `Model(num_dense, table_size
 `forward(dense (B, num_dense) float32, sparse (B, F) int64)` -> logits (B,) or (B, T), and
 `example_inputs(batch_size) -> (dense, sparse)`. Each module has `PRESETS` and `build(preset)`.
 
-Example: `model = build_model("dlrm")` gives `model(*model.example_inputs(2)).shape == (2,)`.
+Example:
+    >>> model = build_model("dlrm")
+    >>> model(*model.example_inputs(2)).shape
+    torch.Size([2])
 """
 
 from __future__ import annotations

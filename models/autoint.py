@@ -59,7 +59,10 @@ class AutoInt(nn.Module):
         num_heads: H.
         head_dim: dh.
 
-    Example: `AutoInt(4, (10, 20), 8, 2, 2, 4)` maps `example_inputs(3)` to shape (3,).
+    Example:
+        >>> model = AutoInt(4, (10, 20), 8, 2, 2, 4)
+        >>> model(*model.example_inputs(3)).shape
+        torch.Size([3])
     """
 
     def __init__(

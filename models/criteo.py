@@ -22,7 +22,9 @@ DEFAULT_ROW_CAP = 100_000
 def capped_table_sizes(row_cap: int = DEFAULT_ROW_CAP) -> tuple[int, ...]:
     """Criteo-Kaggle table sizes hashed into at most `row_cap` rows each.
 
-    Example: `len(capped_table_sizes())` is 26 and `max(capped_table_sizes(1000))` is 1000.
+    Example:
+        >>> len(capped_table_sizes()), max(capped_table_sizes(1000))
+        (26, 1000)
     """
     return tuple(min(rows, row_cap) for rows in CARDINALITIES)
 

@@ -54,7 +54,10 @@ class DCNv2(nn.Module):
     Raises:
         ValueError: for an unknown `structure`.
 
-    Example: `DCNv2(4, (10, 20), 8, 2, (16,))` maps `example_inputs(3)` to shape (3,).
+    Example:
+        >>> model = DCNv2(4, (10, 20), 8, 2, (16,))
+        >>> model(*model.example_inputs(3)).shape
+        torch.Size([3])
     """
 
     def __init__(

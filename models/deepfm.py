@@ -36,7 +36,10 @@ class DeepFM(nn.Module):
         deep_mlp: deep tower hidden widths (Linear -> BatchNorm1d -> ReLU -> Dropout).
         dropout: dropout probability in the deep tower.
 
-    Example: `DeepFM(4, (10, 20), 8, (16,))` maps `example_inputs(3)` to shape (3,).
+    Example:
+        >>> model = DeepFM(4, (10, 20), 8, (16,))
+        >>> model(*model.example_inputs(3)).shape
+        torch.Size([3])
     """
 
     def __init__(

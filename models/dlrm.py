@@ -42,7 +42,10 @@ class DLRM(nn.Module):
     Raises:
         ValueError: when `bottom_mlp[-1] != embedding_dim` or `table_sizes` is empty.
 
-    Example: `DLRM(4, (10, 20), 8, (16, 8), (16,))(*model.example_inputs(3))` has shape (3,).
+    Example:
+        >>> model = DLRM(4, (10, 20), 8, (16, 8), (16,))
+        >>> model(*model.example_inputs(3)).shape
+        torch.Size([3])
     """
 
     def __init__(
@@ -126,7 +129,7 @@ PRESETS: dict[str, dict] = {
         num_dense=NUM_DENSE, table_sizes=capped_table_sizes(), embedding_dim=128,
         bottom_mlp=(512, 256, 128), top_mlp=(1024, 1024, 512, 256),
     ),
-    # Wide MLPs and 26 x 200k-row tables (about 690M parameters, 2.8 GB fp32): GPU benchmarks only.
+    # Wide MLPs and 26 x 200k-row tables (about 700M parameters, 2.8 GB fp32): GPU benchmarks only.
     # The bottom MLP ends in 128 because the dot interaction needs its width to equal D.
     "industrial": dict(
         num_dense=NUM_DENSE, table_sizes=(200_000,) * 26, embedding_dim=128,

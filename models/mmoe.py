@@ -36,7 +36,10 @@ class MMoE(nn.Module):
         tower_mlp: hidden widths of each task tower; a Linear to 1 logit is appended.
         num_tasks: T.
 
-    Example: `MMoE(4, (10, 20), 8, 3, (16,), (8,), 2)` maps `example_inputs(3)` to (3, 2).
+    Example:
+        >>> model = MMoE(4, (10, 20), 8, 3, (16,), (8,), 2)
+        >>> model(*model.example_inputs(3)).shape
+        torch.Size([3, 2])
     """
 
     def __init__(

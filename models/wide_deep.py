@@ -26,7 +26,10 @@ class WideDeep(nn.Module):
         deep_mlp: deep hidden widths, each block Linear -> LayerNorm -> ReLU -> Dropout.
         dropout: dropout probability in the deep part.
 
-    Example: `WideDeep(4, (10, 20), 8, (16,))` maps `example_inputs(3)` to shape (3,).
+    Example:
+        >>> model = WideDeep(4, (10, 20), 8, (16,))
+        >>> model(*model.example_inputs(3)).shape
+        torch.Size([3])
     """
 
     def __init__(

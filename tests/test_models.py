@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import doctest
 import importlib
 import itertools
 import pathlib
@@ -14,10 +15,8 @@ from torch import nn
 import models
 from models import criteo, deepfm, dlrm
 
-try:  # `python -m pytest` from the repository root, or a `pythonpath = ["."]` setting
-    from tests.fixtures.export_checks import export_batch_dynamic
-except ModuleNotFoundError:  # plain `pytest`, which puts tests/ itself on sys.path
-    from fixtures.export_checks import export_batch_dynamic
+# tests/conftest.py puts tests/ on sys.path, so fixture modules import as `fixtures.*`.
+from fixtures.export_checks import export_batch_dynamic
 
 TRAILING_DIMS = {"mmoe": (2,)}
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
@@ -147,3 +146,9 @@ def test_reference_code_never_imports_amgp_fx(folder):
             else:
                 continue
             assert not any(name.split(".")[0] == "amgp_fx" for name in names), path
+
+
+@pytest.mark.parametrize("module_name", ["models", "models.criteo", *(f"models.{name}" for name in models.MODEL_NAMES)])
+def test_docstring_examples_run(module_name):
+    result = doctest.testmod(importlib.import_module(module_name))
+    assert result.attempted > 0 and result.failed == 0

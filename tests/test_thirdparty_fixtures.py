@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import doctest
+
 import pytest
 import torch
 import torch.utils._pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
-try:  # `python -m pytest` from the repository root, or a `pythonpath = ["."]` setting
-    from tests.fixtures.export_checks import export_batch_dynamic
-    from tests.fixtures.thirdparty import BATCH_SIZE, EXAMPLE_INPUTS, FIXTURES, OUTPUT_TRAILING_DIMS
-except ModuleNotFoundError:  # plain `pytest`, which puts tests/ itself on sys.path
-    from fixtures.export_checks import export_batch_dynamic
-    from fixtures.thirdparty import BATCH_SIZE, EXAMPLE_INPUTS, FIXTURES, OUTPUT_TRAILING_DIMS
+# tests/conftest.py puts tests/ on sys.path, so fixture modules import as `fixtures.*`.
+from fixtures.export_checks import export_batch_dynamic
+import fixtures.thirdparty
+from fixtures.thirdparty import BATCH_SIZE, EXAMPLE_INPUTS, FIXTURES, OUTPUT_TRAILING_DIMS
 
 NAMES = sorted(FIXTURES)
 # Softmax is shift-invariant, so the bias of the Linear feeding it has an exactly zero gradient.
@@ -64,6 +64,8 @@ def test_backward_reaches_every_parameter(name):
             assert parameter.grad.abs().sum() > 0, parameter_name
 
 
+# nn.GRU re-assigns its `_flat_weights` list while exporting; the weights still come out as parameters.
+@pytest.mark.filterwarnings("ignore:The tensor attributes self.gru_layers._flat_weights")
 @pytest.mark.parametrize("name", NAMES)
 def test_export_with_dynamic_batch_matches_eager(name):
     model, args = _fixture(name)
@@ -80,3 +82,8 @@ def test_example_inputs_are_deterministic():
         first, second = EXAMPLE_INPUTS[name](3, seed=7), EXAMPLE_INPUTS[name](3, seed=7)
         for left, right in zip(pytree.tree_leaves(first), pytree.tree_leaves(second), strict=True):
             torch.testing.assert_close(left, right, rtol=0, atol=0)
+
+
+def test_docstring_example_runs():
+    result = doctest.testmod(fixtures.thirdparty)
+    assert result.attempted > 0 and result.failed == 0

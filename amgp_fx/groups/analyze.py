@@ -20,7 +20,7 @@ import torch.nn as nn
 from amgp_fx.groups.model import Group, Member, Role, UnknownOp
 from amgp_fx.groups.propagate import Propagation, propagate
 from amgp_fx.groups.registry import RuleRegistry, default_registry
-from amgp_fx.trace import TracedModel, trace
+from amgp_fx.tracing import TracedModel, trace
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class DependencyGraph:
         self.module: fx.GraphModule = traced.module
         self.registry = registry
         self._prop = propagation
-        self._resolved: dict[int, tuple[int, ...]] = {}
+        self._resolved: dict = {}
         self.unknown_ops: list[UnknownOp] = propagation.unknown_ops
         self.tensor_dims: list[TensorDim] = []
         self.groups: list[Group] = []
@@ -100,12 +100,14 @@ class DependencyGraph:
         """(n, k) base channel ids of a full-size dim label (``None`` for symbolic dims)."""
         if label is None:
             return None
-        rows = [self._resolve_atom(a) for a in label.tolist()]
-        width = max((len(r) for r in rows), default=1)
-        out = np.full((len(rows), width), -1, dtype=np.int64)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = r
-        return out
+        key = (int(label[0]), len(label)) if len(label) else None
+        cached = self._resolved.get(key) if key else None
+        if cached is not None and cached[0] is label:
+            return cached[1]
+        resolved = self._prop.atoms.resolve_many(label)
+        if key:
+            self._resolved[key] = (label, resolved)
+        return resolved
 
     def present(self, channels: np.ndarray, alive: np.ndarray | None = None) -> np.ndarray:
         """Bool (n,): which indices of a full-size dim are present given the alive channels."""
@@ -128,111 +130,139 @@ class DependencyGraph:
         return self._prop.labels.get(node)
 
     # -- internals --------------------------------------------------------------------------
-    def _resolve_atom(self, atom: int) -> tuple[int, ...]:
-        cached = self._resolved.get(atom)
-        if cached is None:
-            try:
-                cached = self._prop.atoms.resolve(atom)
-            except RecursionError:
-                cached = (self._prop.atoms.find(atom),)
-                self._prop.atoms.freeze_atom(atom, "cyclic reshape of channels")
-            self._resolved[atom] = cached
-        return cached
-
     def _build(self) -> None:
         atoms, prop = self._prop.atoms, self._prop
-        frozen: dict[int, str] = {}
-        for root, why in atoms.frozen_roots().items():
-            for base in self._resolve_atom(root):
-                frozen.setdefault(base, why)
-        notes: dict[int, set[str]] = {}
-        for root, ns in atoms.noted_roots().items():
-            for base in self._resolve_atom(root):
-                notes.setdefault(base, set()).update(ns)
+        atoms.finalize()
+        frozen_reason, frozen_texts = atoms.frozen_bases()
 
+        self.fixed_dims: list[tuple[str, int, str]] = []  # dims that can never change, e.g. embedding rows
         for node, (name, is_param) in prop.tensors.items():
             for dim, label in enumerate(prop.labels[node]):
                 if label is None:
+                    continue
+                if len(label) > 64 and self._isolated_and_frozen(label, frozen_reason):
+                    self.fixed_dims.append((name, dim, frozen_texts[int(frozen_reason[label[0]])]))
                     continue
                 role = prop.roles.get((name, dim), Role.OTHER)
                 self.tensor_dims.append(TensorDim(name, dim, self.resolve(label), role, is_param))
 
         # channels that live in parameters and buffers are the ones that can be removed
-        in_tensors: dict[int, None] = {}
+        n_atoms = len(atoms)
+        in_tensor = np.zeros(n_atoms, dtype=bool)
         for td in self.tensor_dims:
-            for base in td.channels.reshape(-1).tolist():
-                if base >= 0:
-                    in_tensors.setdefault(base, None)
+            flat = td.channels.reshape(-1)
+            in_tensor[flat[flat >= 0]] = True
+        bases = np.nonzero(in_tensor)[0]
+        group_parent = np.arange(n_atoms, dtype=np.int64)  # union-find over base channels
+
+        def roots_of(values: np.ndarray) -> np.ndarray:
+            r = group_parent[values]
+            while True:
+                nxt = group_parent[r]
+                if np.array_equal(nxt, r):
+                    return r
+                r = nxt
+
+        def unite(values: np.ndarray) -> None:
+            if len(values) > 1:
+                r = roots_of(values)
+                group_parent[r] = r.min()
+
+        covered = np.zeros(n_atoms, dtype=bool)
+        first_seen = np.full(n_atoms, np.iinfo(np.int64).max, dtype=np.int64)
+        kind_of: dict[int, str] = {}
+        order = 0
+
+        scratch = np.zeros(n_atoms, dtype=np.int64)
+
+        def see(values: np.ndarray) -> None:
+            """Record first-appearance order of new channels (order-preserving, O(n))."""
+            nonlocal order
+            fresh = values[first_seen[values] == np.iinfo(np.int64).max]
+            if not len(fresh):
+                return
+            index = np.arange(len(fresh))
+            scratch[fresh[::-1]] = index[::-1]  # earliest position wins
+            fresh = fresh[scratch[fresh] == index]
+            first_seen[fresh] = np.arange(order, order + len(fresh))
+            order += len(fresh)
 
         # sibling channels: minted together by a producer (a layer's rows, a reshape's factor)
-        parent = {b: b for b in in_tensors}
-
-        def find(x):
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        order: dict[int, None] = {}
-        kinds: dict[int, str] = {}
-        covered: set[int] = set()
         for block in atoms.blocks:
             if not block.grouping:
                 continue
-            bases = [self._resolve_atom(a) for a in range(block.start, block.start + block.size)]
-            bases = [b[0] for b in bases if len(b) == 1 and b[0] in parent]
-            for b in bases:
-                order.setdefault(b, None)
-                kinds.setdefault(b, block.kind)
-                covered.add(b)
-            for b in bases[1:]:
-                parent[find(b)] = find(bases[0])
-        for td in self.tensor_dims:  # channels no producer claims: group by the tensor dim they sit in
-            single = [int(r[0]) for r in td.channels if r[0] >= 0 and (len(r) == 1 or r[1] < 0)]
-            loose = [b for b in single if b not in covered]
-            for b in loose:
-                order.setdefault(b, None)
-            for b in loose[1:]:
-                parent[find(b)] = find(loose[0])
-            covered.update(loose)
-        by_block: dict[int, int] = {}  # channels only seen inside products: group by where they were minted
-        for b in in_tensors:
-            if b not in covered:
-                first = by_block.setdefault(atoms._block_of[b], b)
-                parent[find(b)] = find(first)
-            order.setdefault(b, None)
+            resolved = atoms.resolve_many(np.arange(block.start, block.start + block.size))
+            single = resolved[:, 0][(resolved.shape[1] == 1) | (resolved[:, 1:] < 0).all(axis=1)] \
+                if resolved.shape[1] > 1 else resolved[:, 0]
+            single = single[in_tensor[single]]
+            if not len(single):
+                continue
+            see(single)
+            for b in single[~covered[single]].tolist():
+                kind_of.setdefault(b, block.kind)
+            covered[single] = True
+            unite(single)
+        # channels no producer claims: group by the tensor dim they sit in
+        for td in self.tensor_dims:
+            ch = td.channels
+            single = ch[:, 0] if ch.shape[1] == 1 else ch[(ch[:, 1:] < 0).all(axis=1), 0]
+            loose = single[(single >= 0) & ~covered[np.maximum(single, 0)]]
+            if len(loose):
+                see(loose)
+                unite(loose)
+                covered[loose] = True
+        # channels only seen inside products: group by the block where they were minted
+        rest = bases[~covered[bases]]
+        if len(rest):
+            see(rest)
+            block_ids = np.searchsorted(np.asarray([b.start for b in atoms.blocks]), rest, side="right") - 1
+            for block_id in np.unique(block_ids).tolist():
+                unite(rest[block_ids == block_id])
+        see(bases)
 
-        members_of: dict[int, list[int]] = {}
-        for b in order:
-            members_of.setdefault(find(b), []).append(b)
-
-        channel_index: dict[int, tuple[int, int]] = {}
-        for gi, (root, chans) in enumerate(members_of.items()):
-            group = Group(id=f"g{gi}", name="", kind=kinds.get(chans[0], "other"), full_size=len(chans))
-            group._channel_ids = np.asarray(chans, dtype=np.int64)
+        ordered = bases[np.argsort(first_seen[bases], kind="stable")]
+        ordered_roots = roots_of(ordered)
+        index = np.arange(len(ordered_roots))
+        scratch[ordered_roots[::-1]] = index[::-1]
+        unique_roots = ordered_roots[scratch[ordered_roots] == index]  # in order of first appearance
+        rank_of_root = np.full(n_atoms, -1, dtype=np.int64)
+        rank_of_root[unique_roots] = np.arange(len(unique_roots))
+        gids = rank_of_root[ordered_roots]
+        group_of = np.full(n_atoms, -1, dtype=np.int64)
+        channel_of = np.full(n_atoms, -1, dtype=np.int64)
+        group_of[ordered] = gids
+        sort_by_group = np.argsort(gids, kind="stable")
+        boundaries = np.searchsorted(gids[sort_by_group], np.arange(len(unique_roots) + 1))
+        group_notes: dict[int, set[str]] = {}
+        for note_bases, text in atoms.noted_bases():
+            touched = group_of[note_bases]
+            for gi in np.flatnonzero(np.bincount(touched[touched >= 0])).tolist():
+                group_notes.setdefault(gi, set()).add(text)
+        for gi in range(len(unique_roots)):
+            chans = ordered[sort_by_group[boundaries[gi]:boundaries[gi + 1]]]
+            channel_of[chans] = np.arange(len(chans))
+            group = Group(id=f"g{gi}", name="", kind=kind_of.get(int(chans[0]), "other"), full_size=len(chans))
+            group._channel_ids = chans
             group.alive = np.ones(len(chans), dtype=bool)
-            for ci, b in enumerate(chans):
-                channel_index[b] = (gi, ci)
-            reasons = [frozen[b] for b in chans if b in frozen]
-            if reasons:
-                group.prunable, group.reason = False, reasons[0]
-            group_notes = sorted({n for b in chans for n in notes.get(b, ())})
-            if group_notes:
-                group.mask_equivalent, group.notes = False, tuple(group_notes)
+            reason_ids = frozen_reason[chans]
+            reason_ids = reason_ids[reason_ids >= 0]
+            if len(reason_ids):
+                group.prunable, group.reason = False, frozen_texts[int(reason_ids.min())]
+            if gi in group_notes:
+                group.mask_equivalent, group.notes = False, tuple(sorted(group_notes[gi]))
             self.groups.append(group)
 
         for td in self.tensor_dims:
-            per_group: dict[int, tuple[list, list]] = {}
-            for pos, row in enumerate(td.channels.tolist()):
-                for base in row:
-                    if base >= 0:
-                        gi, ci = channel_index[base]
-                        positions, chans = per_group.setdefault(gi, ([], []))
-                        positions.append(pos)
-                        chans.append(ci)
-            for gi, (positions, chans) in per_group.items():
-                self.groups[gi].members.append(
-                    Member(td.tensor, td.dim, np.asarray(positions), np.asarray(chans), td.role, td.is_parameter))
+            ch = td.channels
+            valid = ch >= 0
+            gid = np.where(valid, group_of[np.maximum(ch, 0)], -1)
+            cid = np.where(valid, channel_of[np.maximum(ch, 0)], -1)
+            for gi in np.flatnonzero(np.bincount(gid[gid >= 0])).tolist():
+                hit = gid == gi
+                rows = hit.any(axis=1)
+                positions = np.nonzero(rows)[0]
+                channels = np.where(hit, cid, -1)[rows].max(axis=1)
+                self.groups[gi].members.append(Member(td.tensor, td.dim, positions, channels, td.role, td.is_parameter))
 
         for g in self.groups:
             producers = [m for m in g.members if m.role is Role.PRODUCER]
@@ -248,6 +278,12 @@ class DependencyGraph:
                 g.prunable, g.reason = False, "no parameter holds these channels"
             elif g.prunable and g.full_size < 2:
                 g.prunable, g.reason = False, "a single channel cannot be pruned"
+
+    def _isolated_and_frozen(self, label: np.ndarray, frozen_reason: np.ndarray) -> bool:
+        """True for a dim whose atoms are all frozen and coupled with nothing (cheap to skip)."""
+        atoms = self._prop.atoms
+        return bool((frozen_reason[label] >= 0).all() and (atoms.roots(label) == label).all()
+                    and (atoms.class_size[label] == 1).all() and not np.isin(label[:1], atoms._subst_roots).any())
 
     def _rewrite_literals(self) -> None:
         counter = _SizeCounter(self)

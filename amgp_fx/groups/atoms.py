@@ -9,9 +9,13 @@ atoms, each the pair (f, d), so removing embedding dimension d removes F columns
 Atoms live in *blocks*: the atoms minted together for one dimension of one value. Blocks that
 *produce* channels (a Linear's output rows, an embedding table's columns, the factors of a
 reshaped dimension) decide which channels form one group.
+
+Unions happen one by one while the graph is walked; afterwards ``finalize`` computes every atom's
+root at once with numpy, so that tables with millions of rows cost array operations, not loops.
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,69 +40,38 @@ class AtomTable:
     """
 
     def __init__(self) -> None:
-        self._parent: list[int] = []
-        self._size: list[int] = []
-        self._block_of: list[int] = []
+        self._parent = np.zeros(1024, dtype=np.int64)
+        self._count = 0
+        self._size: dict[int, int] = {}
+        self._starts: list[int] = []
         self.blocks: list[Block] = []
         self._subst: dict[int, tuple[int, ...]] = {}
-        self._frozen: dict[int, str] = {}
-        self._notes: dict[int, set[str]] = {}
+        self._frozen: list[tuple[np.ndarray, str]] = []
+        self._notes: list[tuple[np.ndarray, str]] = []
+        self._root: np.ndarray | None = None
 
     # -- creation ---------------------------------------------------------------------------
     def new_block(self, size: int, origin: str, *, grouping: bool = False, kind: str = "other") -> np.ndarray:
-        start = len(self._parent)
-        block_id = len(self.blocks)
+        start = self._count
+        self._starts.append(start)
         self.blocks.append(Block(start, size, origin, grouping, kind))
-        self._parent.extend(range(start, start + size))
-        self._size.extend([1] * size)
-        self._block_of.extend([block_id] * size)
-        return np.arange(start, start + size, dtype=np.int64)
+        if start + size > len(self._parent):
+            grown = np.zeros(max(2 * len(self._parent), start + size), dtype=np.int64)
+            grown[:start] = self._parent[:start]
+            self._parent = grown
+        atoms = np.arange(start, start + size, dtype=np.int64)
+        self._parent[start:start + size] = atoms
+        self._count = start + size
+        return atoms
+
+    def block_index(self, atom: int) -> int:
+        return bisect.bisect_right(self._starts, atom) - 1
 
     def block_of(self, atom: int) -> Block:
-        return self.blocks[self._block_of[atom]]
+        return self.blocks[self.block_index(atom)]
 
     def __len__(self) -> int:
-        return len(self._parent)
-
-    # -- union-find -------------------------------------------------------------------------
-    def find(self, atom: int) -> int:
-        parent = self._parent
-        root = atom
-        while parent[root] != root:
-            root = parent[root]
-        while parent[atom] != root:
-            parent[atom], atom = root, parent[atom]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if self._size[ra] < self._size[rb]:
-            ra, rb = rb, ra
-        self._parent[rb] = ra
-        self._size[ra] += self._size[rb]
-        if rb in self._frozen:
-            self._frozen.setdefault(ra, self._frozen.pop(rb))
-        if rb in self._notes:
-            self._notes.setdefault(ra, set()).update(self._notes.pop(rb))
-        sa, sb = self._subst.get(ra), self._subst.pop(rb, None)
-        if sb is None:
-            return
-        if sa is None:
-            self._subst[ra] = sb
-        elif len(sa) == len(sb):
-            for x, y in zip(sa, sb):
-                self.union(x, y)
-        else:
-            reason = "the same channels are reshaped into incompatible factorisations"
-            for factor in sa + sb:
-                self.freeze_atom(factor, reason)
-
-    def union_arrays(self, left: np.ndarray, right: np.ndarray) -> None:
-        for a, b in zip(left.tolist(), right.tolist()):
-            if a != b:
-                self.union(a, b)
+        return self._count
 
     def new_products(self, factor_labels: list[np.ndarray], origin: str) -> np.ndarray:
         """Fresh atoms for the row-major product of several dims (what ``flatten`` makes)."""
@@ -109,23 +82,69 @@ class AtomTable:
             self._subst[atom] = tuple(f[i] for f in flat)
         return atoms
 
-    def set_product(self, atom: int, factors: tuple[int, ...]) -> None:
-        """Declare ``atom`` equal to the row-major product of ``factors``."""
-        product = self.new_block(1, "product")[0]
-        self._subst[int(product)] = tuple(int(f) for f in factors)
-        self.union(atom, int(product))
+    # -- union-find (while walking the graph) -----------------------------------------------
+    def find(self, atom: int) -> int:
+        atom = int(atom)
+        parent = self._parent
+        root = atom
+        while parent[root] != root:
+            root = int(parent[root])
+        while parent[atom] != root:
+            parent[atom], atom = root, int(parent[atom])
+        return root
 
-    # -- annotations ------------------------------------------------------------------------
-    def freeze_atom(self, atom: int, reason: str) -> None:
-        self._frozen.setdefault(self.find(atom), reason)
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        sa_size, sb_size = self._size.get(ra, 1), self._size.get(rb, 1)
+        if sa_size < sb_size:
+            ra, rb = rb, ra
+        self._parent[rb] = ra
+        self._size[ra] = sa_size + sb_size
+        self._size.pop(rb, None)
+        sa, sb = self._subst.get(ra), self._subst.pop(rb, None)
+        if sb is None:
+            return
+        if sa is None:
+            self._subst[ra] = sb
+        elif len(sa) == len(sb):
+            for x, y in zip(sa, sb):
+                self.union(x, y)
+        else:
+            self.freeze(np.asarray(sa + sb), "the same channels are reshaped into incompatible factorisations")
 
-    def note_atom(self, atom: int, note: str) -> None:
-        self._notes.setdefault(self.find(atom), set()).add(note)
+    def union_arrays(self, left: np.ndarray, right: np.ndarray) -> None:
+        for a, b in zip(left.tolist(), right.tolist()):
+            if a != b:
+                self.union(a, b)
 
-    # -- resolution -------------------------------------------------------------------------
+    # -- annotations (recorded now, resolved in finalize) -----------------------------------
+    def freeze(self, atoms: np.ndarray, reason: str) -> None:
+        self._frozen.append((np.asarray(atoms, dtype=np.int64).reshape(-1), reason))
+
+    def note(self, atoms: np.ndarray, note: str) -> None:
+        self._notes.append((np.asarray(atoms, dtype=np.int64).reshape(-1), note))
+
+    # -- after the walk ---------------------------------------------------------------------
+    def finalize(self) -> None:
+        """Compute every atom's root with vectorised pointer jumping; no unions after this."""
+        parent = self._parent[: self._count].copy()
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+        self._root = parent
+        self.class_size = np.bincount(parent, minlength=self._count)
+        self._subst_roots = np.fromiter(self._subst.keys(), dtype=np.int64, count=len(self._subst))
+
+    def roots(self, atoms: np.ndarray) -> np.ndarray:
+        return self._root[atoms]
+
     def resolve(self, atom: int, _depth: int = 0) -> tuple[int, ...]:
         """The base (un-substituted) roots whose product this atom is, flattened."""
-        root = self.find(atom)
+        root = int(self._root[atom])
         factors = self._subst.get(root)
         if factors is None:
             return (root,)
@@ -136,14 +155,42 @@ class AtomTable:
             out += self.resolve(f, _depth + 1)
         return out
 
-    def frozen_roots(self) -> dict[int, str]:
-        return {self.find(r): why for r, why in self._frozen.items()}
+    def resolve_many(self, atoms: np.ndarray) -> np.ndarray:
+        """(n, k) base roots of each atom, -1 padded (k is the largest product arity)."""
+        roots = self._root[atoms]
+        product = np.isin(roots, self._subst_roots) if len(self._subst_roots) else np.zeros(len(roots), bool)
+        if not product.any():
+            return roots.reshape(-1, 1)
+        rows = {i: self.resolve(int(atoms[i])) for i in np.nonzero(product)[0].tolist()}
+        width = max(len(r) for r in rows.values())
+        out = np.full((len(roots), width), -1, dtype=np.int64)
+        out[:, 0] = roots
+        for i, r in rows.items():
+            out[i, : len(r)] = r
+        return out
 
-    def noted_roots(self) -> dict[int, set[str]]:
-        merged: dict[int, set[str]] = {}
-        for r, notes in self._notes.items():
-            merged.setdefault(self.find(r), set()).update(notes)
-        return merged
+    def _resolved_annotations(self, records) -> list[tuple[np.ndarray, str]]:
+        out = []
+        for atoms, text in records:
+            if len(atoms):
+                resolved = self.resolve_many(atoms)
+                out.append((np.unique(resolved[resolved >= 0]), text))
+        return out
 
-    def has_product(self, atom: int) -> bool:
-        return self.find(atom) in self._subst
+    def frozen_bases(self) -> tuple[np.ndarray, list[str]]:
+        """Per atom id: index into the returned reasons of its first freeze reason, or -1.
+
+        A frozen product freezes all its factors.
+        """
+        reason_of = np.full(len(self), -1, dtype=np.int64)
+        reasons: list[str] = []
+        for bases, reason in self._resolved_annotations(self._frozen):
+            unset = bases[reason_of[bases] < 0]
+            if len(unset):
+                reason_of[unset] = len(reasons)
+                reasons.append(reason)
+        return reason_of, reasons
+
+    def noted_bases(self) -> list[tuple[np.ndarray, str]]:
+        """(base ids, note) records: channels whose removal is not the same as zeroing them."""
+        return self._resolved_annotations(self._notes)

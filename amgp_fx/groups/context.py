@@ -68,8 +68,7 @@ class RuleContext:
             return None
         atoms = self.atoms.new_block(size, f"{self.node.name}{what}", grouping=grouping, kind=kind)
         if frozen:
-            for a in atoms.tolist():
-                self.atoms.freeze_atom(a, frozen)
+            self.atoms.freeze(atoms, frozen)
         return atoms
 
     def fresh_tensor(self, fake, reason: str) -> tuple:
@@ -112,15 +111,13 @@ class RuleContext:
             for dim in label:
                 self.freeze(dim, reason)
             return
-        for a in label.tolist():
-            self.atoms.freeze_atom(a, reason)
+        self.atoms.freeze(label, reason)
 
     def note(self, label, note: str) -> None:
         """Mark channels whose removal is not equivalent to zeroing them (normalisations)."""
         if label is None:
             return
-        for a in label.tolist():
-            self.atoms.note_atom(a, note)
+        self.atoms.note(label, note)
 
     def role(self, value, dim: int, role: Role, kind: str = "hidden") -> None:
         """Record how a parameter's dimension relates to its channels (used for growth).

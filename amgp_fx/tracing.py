@@ -77,7 +77,7 @@ def _user_frame(exc: BaseException) -> str | None:
     """The innermost traceback frame outside torch: the line of user code that failed."""
     torch_dir = os.path.dirname(torch.__file__)
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(torch_dir)]
-    frames = [f for f in frames if not f.filename.endswith(os.path.join("amgp_fx", "trace.py"))]
+    frames = [f for f in frames if not f.filename.endswith(os.path.join("amgp_fx", "tracing.py"))]
     if not frames:
         return None
     f = frames[-1]

@@ -1,0 +1,126 @@
+"""Benchmarks on the CPU with tiny iteration counts: sane records, reports, and the GPU script's CPU path."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from amgp_fx.bench import LatencyRecord, benchmark_onnx, benchmark_torch, count_forward_flops
+from amgp_fx.export import export_onnx, make_ort_session
+from amgp_fx.latency_report import format_table, load_records, plot_latency, save_records, speedups
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(13, 32), nn.ReLU(), nn.Linear(32, 1))
+
+
+def mlp_inputs(batch: int) -> tuple[torch.Tensor]:
+    return (torch.randn(batch, 13),)
+
+
+def check_sane(records, runtime: str, batch_sizes) -> None:
+    assert [r.batch_size for r in records] == list(batch_sizes)
+    for r in records:
+        assert r.runtime == runtime
+        assert 0 < r.p50_ms <= r.p90_ms <= r.p99_ms < 10_000
+        assert r.samples_per_s > 0 and r.device and r.command
+
+
+def test_count_forward_flops_matches_formula():
+    model = mlp()
+    assert count_forward_flops(model, mlp_inputs(8)) == 2 * 8 * (13 * 32 + 32 * 1)
+
+
+@pytest.fixture(scope="module")
+def mlp_onnx(tmp_path_factory):
+    return export_onnx(mlp(), mlp_inputs(4), tmp_path_factory.mktemp("onnx") / "mlp.onnx").path
+
+
+@pytest.mark.parametrize("io_binding", [True, False])
+def test_benchmark_onnx_cpu(mlp_onnx, io_binding):
+    records = benchmark_onnx(mlp_onnx, mlp_inputs, [1, 16], provider="cpu", io_binding=io_binding, warmup=1,
+                             iters=5, model="mlp", variant="dense", flops={1: 100, 16: 1600})
+    check_sane(records, "ort-cpu", [1, 16])
+    assert [r.flops for r in records] == [100, 1600]
+
+
+def test_benchmark_onnx_cuda_falls_back_to_cpu(mlp_onnx, caplog):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    records = benchmark_onnx(mlp_onnx, mlp_inputs, [8], provider="cuda", warmup=1, iters=3)
+    check_sane(records, "ort-cpu", [8])
+    assert "benchmarking on the CPU provider" in caplog.text
+    assert benchmark_onnx(mlp_onnx, mlp_inputs, [8], provider="cuda", cuda_graph=True, iters=1) == []
+
+
+def test_fixed_batch_sessions(mlp_onnx):
+    # the CUDA-graph path: one session per batch size with the symbolic batch dim fixed
+    records = benchmark_onnx({4: mlp_onnx, 8: mlp_onnx}, mlp_inputs, [4, 8], provider="cpu", warmup=1, iters=3)
+    check_sane(records, "ort-cpu", [4, 8])
+    session = make_ort_session(mlp_onnx, fixed_dims={"batch": 4})
+    assert session.run(None, {"input": mlp_inputs(4)[0].numpy()})[0].shape == (4, 1)
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        session.run(None, {"input": mlp_inputs(5)[0].numpy()})
+
+
+def test_benchmark_torch_eager_cpu():
+    records = benchmark_torch(mlp(), mlp_inputs, [2, 8], device="cpu", warmup=1, iters=5, model_name="mlp")
+    check_sane(records, "torch-eager", [2, 8])
+    assert records[1].flops == 2 * 8 * (13 * 32 + 32)
+    with pytest.raises(ValueError, match="mode must be"):
+        benchmark_torch(mlp(), mlp_inputs, [2], mode="jit")
+
+
+def test_records_table_json_and_plot(tmp_path):
+    dense = LatencyRecord("dlrm", "dense", "ort-cpu", 8, 2.0, 2.5, 3.0, 4000.0, 1000, "cpu", "cmd")
+    half = LatencyRecord("dlrm", "width-scaled-0.5", "ort-cpu", 8, 1.6, 2.0, 2.1, 5000.0, 400, "cpu", "cmd")
+    assert speedups([dense, half])[1] == pytest.approx((1.25, 2.5))
+    table = format_table([dense, half])
+    assert "1.25x" in table and "2.50x" in table and "speedup vs dense" in table
+    path = save_records([dense, half], tmp_path / "out" / "latency.json", {"note": "test"})
+    assert load_records(path) == [dense, half]
+    assert json.loads(path.read_text())["version"] == 1
+    png = plot_latency([dense, half], tmp_path / "latency.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        LatencyRecord("m", "v", "tensorrt", 1, 1, 1, 1, 1, None, "cpu", "")
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("bench_onnx_tool", ROOT / "tools" / "bench_onnx.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_script_cpu_smoke(tmp_path, capsys):
+    models = pytest.importorskip("models")
+    tool = load_tool()
+    compact = torch.export.export(models.build_model("dlrm", "small", top_mlp=(16, 8)),
+                                  models.build_model("dlrm", "small").example_inputs(4), strict=False,
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},) * 2)
+    torch.export.save(compact, tmp_path / "pruned.pt2")
+    out = tmp_path / "latency.json"
+    status = tool.main(["--configs", "dlrm:small", "--batch-sizes", "4", "16", "--iters", "3", "--warmup", "1",
+                        "--runtimes", "ort-cpu", "torch-eager", "--width-ratios", "0.5",
+                        "--compact-from", f"dlrm:small={tmp_path / 'pruned.pt2'}", "--out", str(out)])
+    assert status == 0
+    records = load_records(out)
+    expected = {(variant, runtime) for variant in ("dense", "width-scaled-0.5", "amgp-pruned")
+                for runtime in ("ort-cpu", "torch-eager")} | {("dense-fused-emb", "ort-cpu")}
+    assert {(r.variant, r.runtime) for r in records} == expected
+    assert len(records) == 14 and all(r.flops for r in records)
+    assert json.loads(out.read_text())["metadata"]["failures"] == []
+    assert out.with_suffix(".png").exists()
+    printed = capsys.readouterr().out
+    assert "FLOPs ratio vs dense" in printed and "width-scaled-0.5" in printed
+    assert tool.width_scaled_overrides("dlrm", "default", 0.5, keep_last=True)["bottom_mlp"] == (256, 128, 32, 16)
