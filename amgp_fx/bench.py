@@ -289,6 +289,7 @@ def benchmark_torch(
     variant: str = "",
     flops: FlopsSource | bool = True,
     command: str | None = None,
+    compile_options: Mapping[str, Any] | None = None,
 ) -> list[LatencyRecord]:
     """Time ``model`` in PyTorch (eval mode, no grad) at each batch size.
 
@@ -301,6 +302,8 @@ def benchmark_torch(
         device: default CUDA when available, else CPU.
         flops: True: count forward FLOPs at each batch size with FlopCounterMode; False/None: none;
             or a callable/mapping by batch size.
+        compile_options: keyword arguments of ``torch.compile``, e.g. ``{"dynamic": True}`` (one
+            compile for all batch sizes instead of a static one and then a dynamic one).
 
     Returns:
         One :class:`LatencyRecord` per batch size, runtime ``torch-eager`` or ``torch-compile``.
@@ -313,7 +316,7 @@ def benchmark_torch(
     command = _default_command() if command is None else command
     records = []
     with eval_mode(model), torch.no_grad():
-        function = torch.compile(model) if mode == "compile" else model
+        function = torch.compile(model, **dict(compile_options or {})) if mode == "compile" else model
         for batch_size in batch_sizes:
             inputs = tuple(x.to(device) for x in inputs_factory(batch_size))
             if flops is True:

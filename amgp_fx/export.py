@@ -23,8 +23,10 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+import io
 import logging
 import os
 import shutil
@@ -37,24 +39,20 @@ import numpy as np
 import torch
 from torch import fx
 
-from amgp_fx.passes import ExportPass, PassRegistry, apply_passes
+from amgp_fx.passes import ExportPass, PassRegistry, _flatten_outputs, apply_passes
 from amgp_fx.passes.inference_mode import eval_mode, inference_graph
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DEFAULT_ATOL", "DEFAULT_OPSET", "DEFAULT_RTOL", "TF32_ATOL", "TF32_RTOL",
-    "ExportError", "ExportReport", "ParityError", "export_onnx", "make_ort_session",
-]
+__all__ = ["DEFAULT_ATOL", "DEFAULT_OPSET", "DEFAULT_RTOL", "TF32_ATOL", "TF32_RTOL", "ExportError", "ExportReport",
+           "ParityError", "cuda_provider_available", "export_onnx", "make_ort_session"]
 
 #: torchlib (torch.onnx's op library) is written for opset 18 in torch 2.11 and 2.13 alike, so 18
 #: needs no version-converter pass (2.13 defaults to 20 and converts); it has ScatterElements max
 #: reduction and axes-as-input reductions, and every onnxruntime >= 1.14 runs it on CPU and CUDA.
 DEFAULT_OPSET = 18
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-3
-TF32_ATOL = 1e-2
-TF32_RTOL = 1e-2
+DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-3
+TF32_ATOL, TF32_RTOL = 1e-2, 1e-2
 #: protobuf caps a file at 2 GiB; weights beyond this go to ``<name>.onnx.data``.
 EXTERNAL_DATA_THRESHOLD_BYTES = int(1.5 * 2**30)
 BATCH_DIM_NAME = "batch"
@@ -70,8 +68,8 @@ class ParityError(ExportError):
     def __init__(self, message: str, *, output_name: str, batch_size: int, max_abs_diff: float,
                  max_rel_diff: float, atol: float, rtol: float) -> None:
         super().__init__(message)
-        self.output_name, self.batch_size = output_name, batch_size
-        self.max_abs_diff, self.max_rel_diff, self.atol, self.rtol = max_abs_diff, max_rel_diff, atol, rtol
+        self.output_name, self.batch_size, self.atol, self.rtol = output_name, batch_size, atol, rtol
+        self.max_abs_diff, self.max_rel_diff = max_abs_diff, max_rel_diff
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,20 +99,18 @@ class ExportReport:
 
 
 def _load_onnxruntime(cuda: bool):
-    """Import onnxruntime quietly; for CUDA, preload its CUDA/cuDNN libraries (onnxruntime-gpu >= 1.21)."""
-    if cuda:
-        import torch.cuda  # noqa: F401  (torch's CUDA libraries become resolvable by soname first)
+    """Import onnxruntime quietly (severity 3: errors only); for CUDA, preload its CUDA/cuDNN libraries
+    (onnxruntime-gpu >= 1.21; torch, imported first, has already loaded the ones it shares)."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)
     if cuda and hasattr(ort, "preload_dlls"):
-        import contextlib
-        import io
-
-        with contextlib.redirect_stdout(io.StringIO()) as captured:
+        with contextlib.redirect_stdout(io.StringIO()) as captured:  # it prints what it could not load
             ort.preload_dlls()
-        if captured.getvalue().strip():
-            logger.info("onnxruntime.preload_dlls: %s", captured.getvalue().strip())
+        printed = captured.getvalue().strip()
+        if printed:
+            level = logging.WARNING if "fail" in printed.lower() else logging.DEBUG
+            logger.log(level, "onnxruntime.preload_dlls: %s", printed)
     return ort
 
 
@@ -168,8 +164,7 @@ def make_ort_session(path: str | os.PathLike, provider: str = "cpu", *, use_tf32
 
 
 def _check_inputs(example_inputs) -> tuple[torch.Tensor, ...]:
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
+    example_inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
     if not isinstance(example_inputs, (tuple, list)) or not all(isinstance(x, torch.Tensor) for x in example_inputs):
         raise TypeError("example_inputs must be a tuple of tensors, e.g. (dense (B, 13), sparse (B, 26)); "
                         f"got {type(example_inputs).__name__}")
@@ -183,25 +178,15 @@ def _resize_batch(inputs: Sequence[torch.Tensor], size: int) -> tuple[torch.Tens
 
 def _input_names(model: torch.nn.Module, count: int) -> list[str]:
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    try:
-        names = [p.name for p in inspect.signature(model.forward).parameters.values() if p.kind in kinds]
-    except (TypeError, ValueError):
-        names = []
+    names = [p.name for p in inspect.signature(model.forward).parameters.values() if p.kind in kinds]
     return names[:count] + [f"input_{i}" for i in range(len(names), count)]
 
 
 def _output_names(model: torch.nn.Module, count: int) -> list[str]:
     annotation = getattr(inspect.signature(model.forward), "return_annotation", None)
-    fields = getattr(annotation, "_fields", None)  # a NamedTuple return type names its outputs
-    if fields and len(fields) == count:
-        return list(fields)
-    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
-
-
-def _flat_outputs(outputs) -> list[torch.Tensor]:
-    from amgp_fx.passes import _flatten_outputs
-
-    return _flatten_outputs(outputs)
+    fields = getattr(annotation, "_fields", ())  # a NamedTuple return type names its outputs
+    defaults = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+    return list(fields) if len(fields) == count else defaults
 
 
 def _to_inference_graph(model, inputs, dynamic_shapes) -> tuple[fx.GraphModule, int]:
@@ -217,12 +202,16 @@ def _to_inference_graph(model, inputs, dynamic_shapes) -> tuple[fx.GraphModule, 
     return exported.module(), 0
 
 
-def _rename_batch_dim(onnx_program, batch_symbols: set[str]) -> None:
+def _rename_batch_dim(onnx_program, exported: torch.export.ExportedProgram) -> None:
     """Call the batch dim ``batch`` on graph inputs and outputs (torch.export names it ``s35`` or so)."""
+    values = [node.meta.get("val") for node in exported.graph_module.graph.find_nodes(op="placeholder")]
+    batch_symbols = {str(v.shape[0]) for v in values
+                     if isinstance(v, torch.Tensor) and v.dim() and isinstance(v.shape[0], torch.SymInt)}
     for value in [*onnx_program.model.graph.inputs, *onnx_program.model.graph.outputs]:
         shape = value.shape
         if shape is not None and shape.rank() and not isinstance(shape[0], int) and str(shape[0]) in batch_symbols:
-            shape[0] = BATCH_DIM_NAME
+            with contextlib.suppress(TypeError):  # a frozen shape keeps torch.export's symbol name
+                shape[0] = BATCH_DIM_NAME
 
 
 def _parameter_bytes(exported: torch.export.ExportedProgram) -> int:
@@ -234,15 +223,14 @@ def _compare(name: str, batch: int, actual: np.ndarray, expected: np.ndarray, at
              provider: str, use_tf32: bool) -> tuple[float, float]:
     if actual.shape != expected.shape:
         raise ParityError(f"ONNX Runtime output {name!r} at batch {batch} has shape {actual.shape}, PyTorch "
-                          f"{expected.shape}", output_name=name, batch_size=batch, max_abs_diff=float("inf"),
-                          max_rel_diff=float("inf"), atol=atol, rtol=rtol)
+                          f"{expected.shape}", output_name=name, batch_size=batch, max_abs_diff=np.inf,
+                          max_rel_diff=np.inf, atol=atol, rtol=rtol)
     actual64, expected64 = actual.astype(np.float64), expected.astype(np.float64)
     difference = np.abs(actual64 - expected64)
     difference[np.isnan(actual64) & np.isnan(expected64)] = 0.0
     difference[np.isnan(difference)] = np.inf
     max_abs = float(difference.max(initial=0.0))
-    relative = difference / np.maximum(np.abs(expected64), np.finfo(np.float64).tiny)
-    max_rel = float(relative.max(initial=0.0))
+    max_rel = float((difference / np.maximum(np.abs(expected64), np.finfo(np.float64).tiny)).max(initial=0.0))
     if np.any(difference > atol + rtol * np.abs(expected64)):
         tf32 = ("ONNX Runtime ran with TF32 (use_tf32=True): expect about 1e-3 relative error per matmul; "
                 f"use use_tf32=False, or atol/rtol near {TF32_ATOL}/{TF32_RTOL}. ") if use_tf32 else ""
@@ -274,11 +262,42 @@ def _prepare_target(path: str | os.PathLike) -> Path:
         raise ExportError(f"{target} is a folder; pass a file path such as {target / 'model.onnx'}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(target.parent, os.W_OK):
+            raise PermissionError(f"folder {target.parent} is not writable")
     except OSError as error:
-        raise ExportError(f"cannot create the folder for {target}: {error}. Pass a path in a writable folder.") from error
-    if not os.access(target.parent, os.W_OK):
-        raise ExportError(f"folder {target.parent} is not writable. Pass a path in a writable folder.")
+        raise ExportError(f"cannot write {target}: {error}. Pass a path in a writable folder.") from error
     return target
+
+
+def _save_validated(onnx_program, target: Path, external: bool, check: bool, parity_check):
+    """Save into a temp folder beside ``target``, check, run ``parity_check(file)``, then move into place.
+
+    Returns ``(onnx bytes, external data bytes, (max abs diff, max rel diff) or (None, None))``.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        staged = staging / target.name
+        try:
+            onnx_program.save(staged, external_data=external)
+        except Exception as error:
+            raise ExportError(f"saving {target.name} failed: {type(error).__name__}: {error}. Check disk space "
+                              "and permissions; weights over 2 GiB need external_data=True.") from error
+        if check:
+            import onnx
+
+            try:
+                onnx.checker.check_model(str(staged))  # by path: works past protobuf's 2 GiB
+            except Exception as error:
+                raise ExportError(f"onnx.checker rejected the exported model: {error}") from error
+        differences = parity_check(staged) if parity_check is not None else (None, None)
+        extra_files = [file for file in staging.iterdir() if file != staged]
+        sizes = staged.stat().st_size, sum(file.stat().st_size for file in extra_files)
+        for file in extra_files:  # external data first, so the .onnx never points at a missing file
+            os.replace(file, target.parent / file.name)
+        os.replace(staged, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return (*sizes, differences)
 
 
 def export_onnx(
@@ -332,8 +351,7 @@ def export_onnx(
     target = _prepare_target(path)
     atol = (TF32_ATOL if use_tf32 else DEFAULT_ATOL) if atol is None else atol
     rtol = (TF32_RTOL if use_tf32 else DEFAULT_RTOL) if rtol is None else rtol
-    if parity_provider == "auto":
-        parity_provider = "cuda" if cuda_provider_available() else "cpu"
+    parity_provider = ("cuda" if cuda_provider_available() else "cpu") if parity_provider == "auto" else parity_provider
     batch = int(inputs[0].shape[0])
     if dynamic_batch:
         if any(x.dim() == 0 or x.shape[0] != batch for x in inputs):
@@ -341,15 +359,14 @@ def export_onnx(
                               f"{[tuple(x.shape) for x in inputs]}. Pass dynamic_batch=False.")
         if batch < 2:  # torch.export specialises a dynamic dim seen as 1
             inputs, batch = _resize_batch(inputs, 2), 2
-        batch_dim = torch.export.Dim(BATCH_DIM_NAME)
-        dynamic_shapes = tuple({0: batch_dim} for _ in inputs)
+        dynamic_shapes = ({0: torch.export.Dim(BATCH_DIM_NAME)},) * len(inputs)
     else:
         dynamic_shapes = None
     names_in = list(input_names) if input_names is not None else _input_names(model, len(inputs))
     parity_batches = tuple(dict.fromkeys((batch, batch + 3, 1))) if dynamic_batch else (batch,)
     with eval_mode(model), torch.no_grad():
         graph_module, flipped = _to_inference_graph(model, inputs, dynamic_shapes)
-        cases = [(case, _flat_outputs(graph_module(*case)))
+        cases = [(case, _flatten_outputs(graph_module(*case)))
                  for case in (_resize_batch(inputs, b) if b != batch else inputs for b in parity_batches)]
         names_out = list(output_names) if output_names is not None else _output_names(model, len(cases[0][1]))
         results = apply_passes(graph_module, inputs, passes)
@@ -366,38 +383,12 @@ def export_onnx(
             raise ExportError(f"torch.onnx could not translate the graph to ONNX opset {opset}: "
                               f"{type(error).__name__}: {error}. An op without an ONNX translation needs an FX "
                               "pass (amgp_fx.passes) that rewrites it into supported ops.") from error
-    if dynamic_batch:
-        values = [p.meta.get("val") for p in exported.graph_module.graph.find_nodes(op="placeholder")]
-        symbols = {str(v.shape[0]) for v in values
-                   if isinstance(v, torch.Tensor) and v.dim() and isinstance(v.shape[0], torch.SymInt)}
-        _rename_batch_dim(onnx_program, symbols)
+    _rename_batch_dim(onnx_program, exported)
     use_external = _parameter_bytes(exported) > EXTERNAL_DATA_THRESHOLD_BYTES if external_data is None else external_data
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        staged = staging / target.name
-        try:
-            onnx_program.save(staged, external_data=use_external)
-        except Exception as error:
-            raise ExportError(f"saving {target.name} failed: {type(error).__name__}: {error}. Check disk space "
-                              "and permissions; weights over 2 GiB need external_data=True.") from error
-        if check:
-            import onnx
-
-            try:
-                onnx.checker.check_model(str(staged))
-            except Exception as error:
-                raise ExportError(f"onnx.checker rejected the exported model: {error}") from error
-        max_abs = max_rel = None
-        if parity:
-            max_abs, max_rel = _check_parity(staged, cases, names_in, names_out, parity_provider, use_tf32, atol, rtol)
-        extra_files = [f for f in staging.iterdir() if f != staged]
-        external_bytes = sum(f.stat().st_size for f in extra_files)
-        onnx_bytes = staged.stat().st_size
-        for file in extra_files:  # external data first, so the .onnx never points at a missing file
-            os.replace(file, target.parent / file.name)
-        os.replace(staged, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    parity_check = (lambda file: _check_parity(file, cases, names_in, names_out, parity_provider, use_tf32, atol,
+                                               rtol)) if parity else None
+    onnx_bytes, external_bytes, (max_abs, max_rel) = _save_validated(onnx_program, target, use_external, check,
+                                                                     parity_check)
     report = ExportReport(
         path=str(target), opset=opset, input_names=tuple(names_in), output_names=tuple(names_out),
         onnx_bytes=onnx_bytes, external_data_bytes=external_bytes, dynamic_batch=dynamic_batch,

@@ -22,14 +22,16 @@ from torch.utils import _pytree as pytree
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
 
-# ops whose boolean "training" literal decides dropout / batch-norm behaviour, and its position
-_TRAINING_FLAG_POSITION = {
-    aten.dropout.default: 2,
-    aten.dropout_.default: 2,
-    aten.feature_dropout.default: 2,
-    aten.alpha_dropout.default: 2,
-    aten.batch_norm.default: 5,
+# ops whose literal argument differs between training and evaluation: position, name, eval value
+_TRAINING_LITERALS = {
+    aten.dropout.default: (2, "train", False),
+    aten.dropout_.default: (2, "train", False),
+    aten.feature_dropout.default: (2, "train", False),
+    aten.alpha_dropout.default: (2, "train", False),
+    aten.batch_norm.default: (5, "training", False),
+    aten.scaled_dot_product_attention.default: (4, "dropout_p", 0.0),
 }
+_META_KEY = "amgp_fx_train_literal"
 
 
 class TraceError(RuntimeError):
@@ -59,18 +61,17 @@ def _as_args(example_inputs: Any) -> tuple:
     return (example_inputs,)
 
 
-def _batch_dynamic_shapes(args: tuple, kwargs: dict):
-    """Mark dim 0 of every tensor input as a (possibly specialised) dynamic batch dim."""
+def _batch_dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict):
+    """Mark dim 0 of every tensor input as a (possibly specialised) dynamic batch dim.
 
-    def spec(leaf):
+    ``ShapesCollection`` walks tuples, dicts and registered pytree nodes (a torchrec-style
+    ``KeyedJaggedTensor``) alike; export specialises any dim that turns out not to be dynamic.
+    """
+    shapes = torch.export.ShapesCollection()
+    for leaf in pytree.tree_leaves((args, kwargs)):
         if isinstance(leaf, torch.Tensor) and leaf.dim() >= 1:
-            return {0: torch.export.Dim.AUTO}
-        return None
-
-    shapes_args = tuple(pytree.tree_map(spec, a) for a in args)
-    if not kwargs:
-        return shapes_args
-    return {"args": shapes_args, **{k: pytree.tree_map(spec, v) for k, v in kwargs.items()}}
+            shapes[leaf] = {0: torch.export.Dim.AUTO}
+    return shapes.dynamic_shapes(model, args, kwargs)
 
 
 def _user_frame(exc: BaseException) -> str | None:
@@ -120,14 +121,7 @@ def trace(model: nn.Module, example_inputs: Any, *, kwargs: dict | None = None, 
     was_training = model.training
     model.train()  # trace the training behaviour of dropout / batch norm; the flags are flipped later
     try:
-        dynamic_shapes = _batch_dynamic_shapes(args, kwargs) if dynamic_batch else None
-        if kwargs and dynamic_shapes is not None:
-            import inspect
-
-            names = list(inspect.signature(model.forward).parameters)
-            shapes = dict(zip(names, dynamic_shapes["args"]))
-            shapes.update({k: v for k, v in dynamic_shapes.items() if k != "args"})
-            dynamic_shapes = shapes
+        dynamic_shapes = _batch_dynamic_shapes(model, args, kwargs) if dynamic_batch else None
         program = torch.export.export(model, args, kwargs or None, dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as e:  # noqa: BLE001
         where = _user_frame(e)
@@ -160,15 +154,32 @@ def _strip_assertions(module: fx.GraphModule) -> None:
 
 
 def set_training_(module: fx.GraphModule, mode: bool) -> int:
-    """Flip the training literals of dropout and batch-norm nodes; returns how many changed."""
+    """Switch dropout, batch-norm and attention-dropout literals between their traced (training)
+    values and their evaluation values; returns how many nodes changed.
+
+    The traced value is kept in ``node.meta["amgp_fx_train_literal"]``.
+    """
     changed = 0
     for node in module.graph.nodes:
-        position = _TRAINING_FLAG_POSITION.get(node.target) if node.op == "call_function" else None
-        if position is not None and len(node.args) > position and node.args[position] != mode:
+        spec = _TRAINING_LITERALS.get(node.target) if node.op == "call_function" else None
+        if spec is None:
+            continue
+        position, name, eval_value = spec
+        in_args = len(node.args) > position
+        current = node.args[position] if in_args else node.kwargs.get(name)
+        if current is None:
+            continue
+        traced = node.meta.setdefault(_META_KEY, current)
+        wanted = traced if mode else eval_value
+        if current == wanted:
+            continue
+        if in_args:
             args = list(node.args)
-            args[position] = mode
+            args[position] = wanted
             node.args = tuple(args)
-            changed += 1
+        else:
+            node.kwargs = {**node.kwargs, name: wanted}
+        changed += 1
     if changed:
         module.recompile()
     return changed

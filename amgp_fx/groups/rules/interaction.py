@@ -86,3 +86,15 @@ def aten_einsum(ctx: RuleContext):
         full = [d for d in dims if d is None or len(d) != 1]
         out.append(full[0] if full else dims[0])
     return tuple(out)
+
+
+@builtin(aten.tensordot.default, family="interaction")
+def aten_tensordot(ctx: RuleContext):
+    """``tensordot(Tensor self, Tensor other, int[] dims_self, int[] dims_other)``: listed dims contract pairwise."""
+    left, right = ctx.label(ctx.arg(0)), ctx.label(ctx.arg(1))
+    dims_left = [d % len(left) for d in ctx.arg(2)]
+    dims_right = [d % len(right) for d in ctx.arg(3)]
+    for a, b in zip(dims_left, dims_right):
+        ctx.couple(left[a], right[b])
+    return tuple(lab for d, lab in enumerate(left) if d not in dims_left) + \
+        tuple(lab for d, lab in enumerate(right) if d not in dims_right)

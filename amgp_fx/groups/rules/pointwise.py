@@ -25,6 +25,7 @@ _UNARY = [
     aten.empty_like.default, aten.rand_like.default, aten.randn_like.default, aten.cumsum.default,
     aten.add.Scalar, aten.sub.Scalar, aten.mul.Scalar, aten.div.Scalar, aten.rsub.Scalar, aten.eq.Scalar,
     aten.ne.Scalar, aten.gt.Scalar, aten.lt.Scalar, aten.ge.Scalar, aten.le.Scalar, aten.fill_.Scalar,
+    aten.detach_.default, aten.masked_fill_.Tensor, aten.where.ScalarSelf, aten.where.ScalarOther,
 ]
 
 # adding a constant along a dim makes removed channels differ from zeroed ones
@@ -38,7 +39,7 @@ _BROADCAST = [
     aten.le.Tensor, aten.logical_and.default, aten.logical_or.default, aten.bitwise_and.Tensor,
     aten.bitwise_or.Tensor, aten.where.self, aten.masked_fill.Scalar, aten.masked_fill.Tensor,
     aten.masked_fill_.Scalar, aten.rsub.Tensor, aten.copy_.default, aten.copy.default, aten.addcmul.default,
-    aten.lerp.Scalar, aten.atan2.default, aten.remainder.Tensor, aten.fmod.Tensor,
+    aten.lerp.Scalar, aten.atan2.default, aten.remainder.Tensor, aten.fmod.Tensor, aten.where.Scalar,
 ]
 
 

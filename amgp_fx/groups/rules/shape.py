@@ -188,6 +188,22 @@ def aten_expand(ctx: RuleContext):
     return tuple(out)
 
 
+@builtin(aten.expand_as.default, family="shape")
+def aten_expand_as(ctx: RuleContext):
+    """``expand_as(Tensor self, Tensor other)``: like expand to other's shape; equal dims couple with other."""
+    x, other = ctx.arg(0), ctx.arg(1)
+    xl, ol, shape = ctx.label(x), ctx.label(other), ctx.shape(x)
+    lead = len(ol) - len(xl)
+    out = list(ol[:lead])
+    for lab, s, o in zip(xl, shape, ol[lead:]):
+        if is_concrete(s) and s == 1 and not (o is not None and len(o) == 1):
+            out.append(o)
+        else:
+            ctx.couple(lab, o)
+            out.append(lab)
+    return tuple(out)
+
+
 @builtin(aten.cat.default, family="shape")
 def aten_cat(ctx: RuleContext):
     """``cat(Tensor[] tensors, int dim=0)``: the cat dim is the inputs' dims one after another (offsets)."""
@@ -235,6 +251,11 @@ def _split_outputs(ctx: RuleContext, sizes):
     x = ctx.arg(0)
     xl = ctx.label(x)
     dim = normalize_dim(ctx.arg(2, "dim", 0), len(xl))
+    if xl[dim] is None or not all(isinstance(s, int) for s in sizes):  # data-dependent sizes
+        reason = f"{ctx.node.name}: split with symbolic sizes"
+        ctx.freeze(xl[dim], reason)
+        return [tuple(lab if d != dim else ctx.fresh(v.shape[d], frozen=reason) for d, lab in enumerate(xl))
+                for v in ctx.out]
     outs = []
     for start, end in _split_bounds(ctx.shape(x)[dim], sizes):
         lab = list(xl)
@@ -252,7 +273,7 @@ def _rewrite_split(rw):
     xl = rw.label(x)
     dim = normalize_dim(dim, len(xl))
     length = len(xl[dim]) if xl[dim] is not None else None
-    if length is None:
+    if length is None or not all(isinstance(a, int) for a in (rw.args[1] if isinstance(rw.args[1], (list, tuple)) else [rw.args[1]])):
         return rw.target, rw.args
     if rw.target is aten.split_with_sizes.default:
         sizes = list(rw.args[1])
