@@ -1,10 +1,9 @@
 """Export a model (eager, or a pruned ``torch.export`` GraphModule) to a checked, validated ONNX file.
 
-Path: inference mode (``eval_mode`` / training literals flipped on a graph copy) -> ``torch.export``
-(non-strict, dim 0 of every input dynamic) -> export passes (:mod:`amgp_fx.passes`, each checked for
-equal outputs) -> ``torch.onnx.export(..., dynamo=True)`` at opset :data:`DEFAULT_OPSET` -> save into a
-temporary folder beside ``path`` -> ``onnx.checker`` (by path, so > 2 GB works) -> ONNX Runtime parity
-against PyTorch at two batch sizes (and 1) -> move into place. Any failure leaves nothing at ``path``.
+Path: inference mode (flags off; training literals flipped on a graph copy) -> ``torch.export`` (non-strict,
+dim 0 dynamic) -> FX passes (:mod:`amgp_fx.passes`, each output-checked) -> ``torch.onnx.export(dynamo=True)``
+-> temp folder beside ``path`` -> ``onnx.checker`` (by path) -> ONNX Runtime parity at B, B + 3 and 1 -> move
+into place. Any failure leaves nothing at ``path`` (an older file there survives).
 
 Tolerance, stated up front: ONNX Runtime fp32 vs PyTorch fp32 agree within ``|ort - torch| <= atol +
 rtol * |torch|`` with :data:`DEFAULT_ATOL` / :data:`DEFAULT_RTOL`. On CUDA, ONNX Runtime runs MatMul/Gemm
@@ -53,8 +52,7 @@ __all__ = ["DEFAULT_ATOL", "DEFAULT_OPSET", "DEFAULT_RTOL", "TF32_ATOL", "TF32_R
 DEFAULT_OPSET = 18
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-3
 TF32_ATOL, TF32_RTOL = 1e-2, 1e-2
-#: protobuf caps a file at 2 GiB; weights beyond this go to ``<name>.onnx.data``.
-EXTERNAL_DATA_THRESHOLD_BYTES = int(1.5 * 2**30)
+EXTERNAL_DATA_THRESHOLD_BYTES = int(1.5 * 2**30)  # protobuf caps a file at 2 GiB: weights go to <name>.data
 BATCH_DIM_NAME = "batch"
 
 
@@ -99,8 +97,7 @@ class ExportReport:
 
 
 def _load_onnxruntime(cuda: bool):
-    """Import onnxruntime quietly (severity 3: errors only); for CUDA, preload its CUDA/cuDNN libraries
-    (onnxruntime-gpu >= 1.21; torch, imported first, has already loaded the ones it shares)."""
+    """Import onnxruntime with errors-only logging; for CUDA, ``preload_dlls`` (onnxruntime-gpu >= 1.21)."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)
