@@ -154,7 +154,8 @@ def _batch_dim_names(path) -> set[str]:
 
 
 def _output_shape(declared, batch_size: int, batch_names: set[str]) -> list[int]:
-    shape = [batch_size if (isinstance(d, str) and d in batch_names) or d is None else d for d in declared]
+    """ORT's declared output shape with the batch dim (dim 0, or any dim named like an input's) filled in."""
+    shape = [batch_size if not isinstance(d, int) and (i == 0 or d in batch_names) else d for i, d in enumerate(declared)]
     if not all(isinstance(d, int) for d in shape):
         raise ValueError(f"output shape {declared} has symbolic dims besides the batch; export with a static shape")
     return shape

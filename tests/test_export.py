@@ -176,3 +176,15 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         export_onnx(nn.Linear(2, 1), [[1.0, 2.0]], tmp_path / "x.onnx")
     with pytest.raises(ExportError, match="is a folder"):
         export_onnx(nn.Linear(2, 1), (torch.rand(2, 2),), tmp_path)
+
+
+def test_cuda_session_without_onnxruntime_gpu_names_the_fix(tmp_path):
+    from amgp_fx.export import cuda_provider_available
+
+    if cuda_provider_available():
+        pytest.skip("onnxruntime-gpu and a GPU are present")
+    report = export_onnx(nn.Linear(3, 1), (torch.rand(4, 3),), tmp_path / "linear.onnx")
+    with pytest.raises(ExportError, match="Install onnxruntime-gpu"):
+        make_ort_session(report.path, "cuda")
+    with pytest.raises(ExportError, match="provider must be"):
+        make_ort_session(report.path, "tensorrt")

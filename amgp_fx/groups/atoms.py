@@ -174,7 +174,7 @@ class AtomTable:
         for atoms, text in records:
             if len(atoms):
                 resolved = self.resolve_many(atoms)
-                out.append((np.unique(resolved[resolved >= 0]), text))
+                out.append((resolved[resolved >= 0], text))
         return out
 
     def frozen_bases(self) -> tuple[np.ndarray, list[str]]:
