@@ -21,8 +21,9 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import gc
+import io
 import logging
 import os
 import platform
@@ -35,49 +36,81 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from amgp_fx.latency_report import RUNTIMES, LatencyRecord
 from amgp_fx.passes.inference_mode import eval_mode, inference_graph
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RUNTIMES", "LatencyRecord", "benchmark_onnx", "benchmark_torch", "count_forward_flops", "device_name"]
+__all__ = ["RUNTIMES", "LatencyRecord", "benchmark_onnx", "benchmark_torch", "count_forward_flops",
+           "cuda_provider_available", "device_name", "make_ort_session"]
 
-RUNTIMES = ("ort-cuda", "ort-cuda-graph", "ort-cpu", "torch-eager", "torch-compile")
 InputsFactory = Callable[[int], Sequence[torch.Tensor]]
 FlopsSource = Callable[[int], int] | Mapping[int, int] | None
 
 
-@dataclasses.dataclass(frozen=True)
-class LatencyRecord:
-    """One (model, variant, runtime, batch size) measurement; times in milliseconds."""
+def _load_onnxruntime(cuda: bool):
+    """Import onnxruntime with errors-only logging; for CUDA, ``preload_dlls`` (onnxruntime-gpu >= 1.21)."""
+    import onnxruntime as ort
 
-    model: str
-    variant: str
-    runtime: str
-    batch_size: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    samples_per_s: float
-    flops: int | None  # forward FLOPs per batch (FlopCounterMode), None when unknown
-    device: str
-    command: str
+    ort.set_default_logger_severity(3)
+    if cuda and hasattr(ort, "preload_dlls"):
+        with contextlib.redirect_stdout(io.StringIO()) as captured:  # it prints what it could not load
+            ort.preload_dlls()
+        printed = captured.getvalue().strip()
+        if printed:
+            level = logging.WARNING if "fail" in printed.lower() else logging.DEBUG
+            logger.log(level, "onnxruntime.preload_dlls: %s", printed)
+    return ort
 
-    def __post_init__(self) -> None:
-        if self.runtime not in RUNTIMES:
-            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+def cuda_provider_available() -> bool:
+    """True when onnxruntime has the CUDA execution provider (onnxruntime-gpu) and a GPU is visible."""
+    try:
+        ort = _load_onnxruntime(cuda=torch.cuda.is_available())
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LatencyRecord:
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown LatencyRecord fields {sorted(unknown)}")
-        return cls(**dict(data))
+
+def make_ort_session(path: str | os.PathLike, provider: str = "cpu", *, use_tf32: bool = False,
+                     cuda_graph: bool = False, device_id: int = 0, fixed_dims: dict[str, int] | None = None):
+    """An ``onnxruntime.InferenceSession`` on ``provider`` ("cpu" or "cuda").
+
+    Args:
+        path: the .onnx file (external data is found beside it).
+        provider: "cpu" or "cuda" (CUDA execution provider, CPU for the nodes it lacks).
+        use_tf32: CUDA only: the CUDA EP option ``use_tf32`` (ORT's default is on; ours is off).
+        cuda_graph: CUDA only: ``enable_cuda_graph`` (needs static shapes: pass ``fixed_dims``).
+        fixed_dims: symbolic dim name -> size, e.g. ``{"batch": 4096}`` (free dimension overrides).
+
+    Raises:
+        ValueError: unknown provider.
+        RuntimeError: the CUDA provider is missing (install onnxruntime-gpu) or failed to start.
+    """
+    if provider not in ("cpu", "cuda"):
+        raise ValueError(f"provider must be 'cpu' or 'cuda', got {provider!r}")
+    ort = _load_onnxruntime(cuda=provider == "cuda")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    for name, size in (fixed_dims or {}).items():
+        options.add_free_dimension_override_by_name(name, int(size))
+    if provider == "cpu":
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RuntimeError(
+            f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (providers: {ort.get_available_providers()}). "
+            "Install onnxruntime-gpu built for your CUDA major version (docs/onnx.md), or use provider='cpu'."
+        )
+    cuda_options = {"device_id": str(device_id), "use_tf32": "1" if use_tf32 else "0"}
+    if cuda_graph:
+        cuda_options["enable_cuda_graph"] = "1"
+    session = ort.InferenceSession(
+        str(path), options, providers=[("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
+    )
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        raise RuntimeError(f"onnxruntime could not start the CUDA provider (got {session.get_providers()}); "
+                           "check that onnxruntime-gpu matches the CUDA and cuDNN libraries of torch")
+    return session
 
 
 def _default_command() -> str:
@@ -146,11 +179,11 @@ def _check_counts(warmup: int, iters: int) -> None:
 
 
 def _batch_dim_names(path) -> set[str]:
+    """The symbolic name of dim 0 of the first input (``batch``), or nothing for a static model."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    return {value.type.tensor_type.shape.dim[0].dim_param for value in model.graph.input
-            if value.type.tensor_type.shape.dim and value.type.tensor_type.shape.dim[0].dim_param}
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    return {dims[0].dim_param} if dims and dims[0].dim_param else set()
 
 
 def _output_shape(declared, batch_size: int, batch_names: set[str]) -> list[int]:
@@ -166,8 +199,6 @@ _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tens
 
 
 def _time_ort(session, inputs, batch_size, provider, io_binding, batch_names, warmup, iters) -> list[float]:
-    from amgp_fx.export import _load_onnxruntime
-
     ort = _load_onnxruntime(cuda=provider == "cuda")
     names = [value.name for value in session.get_inputs()]
     arrays = [np.ascontiguousarray(x.detach().cpu().numpy()) for x in inputs]
@@ -237,8 +268,6 @@ def benchmark_onnx(
     Returns:
         One :class:`LatencyRecord` per batch size, runtime ``ort-cuda``, ``ort-cuda-graph`` or ``ort-cpu``.
     """
-    from amgp_fx.export import cuda_provider_available, make_ort_session
-
     _check_counts(warmup, iters)
     if provider not in ("cuda", "cpu"):
         raise ValueError(f"provider must be 'cuda' or 'cpu', got {provider!r}")
@@ -317,6 +346,8 @@ def benchmark_torch(
     command = _default_command() if command is None else command
     records = []
     with eval_mode(model), torch.no_grad():
+        if mode == "compile":
+            torch._dynamo.reset()  # models of one class share forward's code object and its recompile limit
         function = torch.compile(model, **dict(compile_options or {})) if mode == "compile" else model
         for batch_size in batch_sizes:
             inputs = tuple(x.to(device) for x in inputs_factory(batch_size))

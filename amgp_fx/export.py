@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import io
 import logging
 import os
 import shutil
@@ -38,19 +37,20 @@ import numpy as np
 import torch
 from torch import fx
 
-from amgp_fx.passes import ExportPass, PassRegistry, _flatten_outputs, apply_passes
+from amgp_fx.bench import cuda_provider_available, make_ort_session
+from amgp_fx.passes import ExportPass, PassRegistry, apply_passes, flatten_outputs
 from amgp_fx.passes.inference_mode import eval_mode, inference_graph
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_ATOL", "DEFAULT_OPSET", "DEFAULT_RTOL", "TF32_ATOL", "TF32_RTOL", "ExportError", "ExportReport",
-           "ParityError", "cuda_provider_available", "export_onnx", "make_ort_session"]
+           "ParityError", "export_onnx"]
 
 #: torchlib (torch.onnx's op library) is written for opset 18 in torch 2.11 and 2.13 alike, so 18
 #: needs no version-converter pass (2.13 defaults to 20 and converts); it has ScatterElements max
 #: reduction and axes-as-input reductions, and every onnxruntime >= 1.14 runs it on CPU and CUDA.
 DEFAULT_OPSET = 18
-DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-3
+DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-3  # fp32 ORT vs fp32 PyTorch
 TF32_ATOL, TF32_RTOL = 1e-2, 1e-2
 EXTERNAL_DATA_THRESHOLD_BYTES = int(1.5 * 2**30)  # protobuf caps a file at 2 GiB: weights go to <name>.data
 BATCH_DIM_NAME = "batch"
@@ -96,76 +96,32 @@ class ExportReport:
         return dataclasses.asdict(self)
 
 
-def _load_onnxruntime(cuda: bool):
-    """Import onnxruntime with errors-only logging; for CUDA, ``preload_dlls`` (onnxruntime-gpu >= 1.21)."""
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(3)
-    if cuda and hasattr(ort, "preload_dlls"):
-        with contextlib.redirect_stdout(io.StringIO()) as captured:  # it prints what it could not load
-            ort.preload_dlls()
-        printed = captured.getvalue().strip()
-        if printed:
-            level = logging.WARNING if "fail" in printed.lower() else logging.DEBUG
-            logger.log(level, "onnxruntime.preload_dlls: %s", printed)
-    return ort
-
-
-def cuda_provider_available() -> bool:
-    """True when onnxruntime has the CUDA execution provider (onnxruntime-gpu) and a GPU is visible."""
-    try:
-        ort = _load_onnxruntime(cuda=torch.cuda.is_available())
-    except ImportError:
-        return False
-    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
-
-
-def make_ort_session(path: str | os.PathLike, provider: str = "cpu", *, use_tf32: bool = False,
-                     cuda_graph: bool = False, device_id: int = 0, fixed_dims: dict[str, int] | None = None):
-    """An ``onnxruntime.InferenceSession`` on ``provider`` ("cpu" or "cuda").
-
-    Args:
-        path: the .onnx file (external data is found beside it).
-        provider: "cpu" or "cuda" (CUDA execution provider, CPU for the nodes it lacks).
-        use_tf32: CUDA only: the CUDA EP option ``use_tf32`` (ORT's default is on; ours is off).
-        cuda_graph: CUDA only: ``enable_cuda_graph`` (needs static shapes: pass ``fixed_dims``).
-        fixed_dims: symbolic dim name -> size, e.g. ``{"batch": 4096}`` (free dimension overrides).
-
-    Raises:
-        ExportError: unknown provider, or the CUDA provider is missing (install onnxruntime-gpu).
-    """
-    if provider not in ("cpu", "cuda"):
-        raise ExportError(f"provider must be 'cpu' or 'cuda', got {provider!r}")
-    ort = _load_onnxruntime(cuda=provider == "cuda")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    for name, size in (fixed_dims or {}).items():
-        options.add_free_dimension_override_by_name(name, int(size))
-    if provider == "cpu":
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise ExportError(
-            f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (providers: {ort.get_available_providers()}). "
-            "Install onnxruntime-gpu built for your CUDA major version (docs/onnx.md), or use provider='cpu'."
-        )
-    cuda_options = {"device_id": str(device_id), "use_tf32": "1" if use_tf32 else "0"}
-    if cuda_graph:
-        cuda_options["enable_cuda_graph"] = "1"
-    session = ort.InferenceSession(
-        str(path), options, providers=[("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
-    )
-    if session.get_providers()[0] != "CUDAExecutionProvider":
-        raise ExportError(f"onnxruntime could not start the CUDA provider (got {session.get_providers()}); "
-                          "check that onnxruntime-gpu matches the CUDA and cuDNN libraries of torch")
-    return session
-
-
 def _check_inputs(example_inputs) -> tuple[torch.Tensor, ...]:
     example_inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
     if not isinstance(example_inputs, (tuple, list)) or not all(isinstance(x, torch.Tensor) for x in example_inputs):
         raise TypeError("example_inputs must be a tuple of tensors, e.g. (dense (B, 13), sparse (B, 26)); "
                         f"got {type(example_inputs).__name__}")
     return tuple(example_inputs)
+
+
+def _batch_setup(inputs: tuple[torch.Tensor, ...], dynamic_batch: bool):
+    """``(inputs, B, dynamic_shapes, parity batch sizes)``. B is dim 0 of the first input; inputs of that
+    length share the dynamic dim ``batch``; other lengths (jagged ids, N != B) get ``Dim.AUTO``."""
+    if not inputs or inputs[0].dim() == 0:
+        raise ExportError("the first example input must be batch-major, e.g. dense (B, 13)")
+    batch = int(inputs[0].shape[0])
+    batch_major = all(x.dim() and x.shape[0] == batch for x in inputs)
+    if not dynamic_batch:
+        return inputs, batch, None, (batch,)
+    if batch < 2 and not batch_major:
+        raise ExportError("torch.export specialises a dynamic dim seen as 1: pass example inputs with B >= 2")
+    if batch < 2:
+        inputs, batch = _resize_batch(inputs, 2), 2
+    batch_dim = torch.export.Dim(BATCH_DIM_NAME)
+    shapes = tuple(({0: batch_dim} if x.shape[0] == batch else {0: torch.export.Dim.AUTO}) if x.dim() else None
+                   for x in inputs)
+    # other batch sizes need inputs that can be cut to size: only when every input is batch-major
+    return inputs, batch, shapes, tuple(dict.fromkeys((batch, batch + 3, 1))) if batch_major else (batch,)
 
 
 def _resize_batch(inputs: Sequence[torch.Tensor], size: int) -> tuple[torch.Tensor, ...]:
@@ -201,9 +157,9 @@ def _to_inference_graph(model, inputs, dynamic_shapes) -> tuple[fx.GraphModule, 
 
 def _rename_batch_dim(onnx_program, exported: torch.export.ExportedProgram) -> None:
     """Call the batch dim ``batch`` on graph inputs and outputs (torch.export names it ``s35`` or so)."""
-    values = [node.meta.get("val") for node in exported.graph_module.graph.find_nodes(op="placeholder")]
-    batch_symbols = {str(v.shape[0]) for v in values
-                     if isinstance(v, torch.Tensor) and v.dim() and isinstance(v.shape[0], torch.SymInt)}
+    first = exported.graph_signature.user_inputs[0]  # dim 0 of the first input is the batch
+    value = next(n for n in exported.graph_module.graph.find_nodes(op="placeholder") if n.name == first).meta.get("val")
+    batch_symbols = {str(value.shape[0])} if isinstance(value.shape[0], torch.SymInt) else set()
     for value in [*onnx_program.model.graph.inputs, *onnx_program.model.graph.outputs]:
         shape = value.shape
         if shape is not None and shape.rank() and not isinstance(shape[0], int) and str(shape[0]) in batch_symbols:
@@ -241,7 +197,10 @@ def _compare(name: str, batch: int, actual: np.ndarray, expected: np.ndarray, at
 
 
 def _check_parity(onnx_path, cases, input_names, output_names, provider, use_tf32, atol, rtol):
-    session = make_ort_session(onnx_path, provider, use_tf32=use_tf32)
+    try:
+        session = make_ort_session(onnx_path, provider, use_tf32=use_tf32)
+    except RuntimeError as error:  # onnxruntime's own errors derive from RuntimeError
+        raise ExportError(f"ONNX Runtime ({provider}) could not load the exported model: {error}") from error
     worst_abs = worst_rel = 0.0
     for inputs, expected in cases:
         feeds = {name: x.detach().cpu().numpy() for name, x in zip(input_names, inputs)}
@@ -321,14 +280,15 @@ def export_onnx(
         model: an eager ``nn.Module`` (put in eval mode during export, flags restored after) or a
             ``torch.export(...).module()`` GraphModule, e.g. after pruning (training literals flipped
             on a copy). Not modified.
-        example_inputs: e.g. ``(dense (B, 13) float32, sparse (B, 26) int64)``, all batch-major.
+        example_inputs: e.g. ``(dense (B, 13) float32, sparse (B, 26) int64)``; the first is batch-major,
+            others of another length (jagged ids with offsets) get their own dynamic dim.
         path: the .onnx file to write; large weights go to ``<path>.data`` beside it.
         dynamic_batch: dim 0 of every input and output is the symbolic ``batch``; False bakes B in
             (what ONNX Runtime CUDA graphs need).
         opset: ONNX opset (see :data:`DEFAULT_OPSET` for why 18).
         external_data: weights in a separate file; None: when they exceed 1.5 GiB.
         check: run ``onnx.checker.check_model`` on the file.
-        parity: run ONNX Runtime at batch B, B + 3 and 1 (B only when static) against PyTorch.
+        parity: run ONNX Runtime at batch B, B + 3 and 1 against PyTorch (B only when static or jagged).
         atol, rtol: parity tolerance; None: DEFAULT_ATOL/RTOL, or TF32_ATOL/RTOL when ``use_tf32``.
         parity_provider: "cpu", "cuda" or "auto" (CUDA when onnxruntime-gpu and a GPU are present).
         use_tf32: let the CUDA provider use TF32 during the parity run.
@@ -349,21 +309,11 @@ def export_onnx(
     atol = (TF32_ATOL if use_tf32 else DEFAULT_ATOL) if atol is None else atol
     rtol = (TF32_RTOL if use_tf32 else DEFAULT_RTOL) if rtol is None else rtol
     parity_provider = ("cuda" if cuda_provider_available() else "cpu") if parity_provider == "auto" else parity_provider
-    batch = int(inputs[0].shape[0])
-    if dynamic_batch:
-        if any(x.dim() == 0 or x.shape[0] != batch for x in inputs):
-            raise ExportError(f"dynamic_batch needs every input batch-major with the same B; got shapes "
-                              f"{[tuple(x.shape) for x in inputs]}. Pass dynamic_batch=False.")
-        if batch < 2:  # torch.export specialises a dynamic dim seen as 1
-            inputs, batch = _resize_batch(inputs, 2), 2
-        dynamic_shapes = ({0: torch.export.Dim(BATCH_DIM_NAME)},) * len(inputs)
-    else:
-        dynamic_shapes = None
+    inputs, batch, dynamic_shapes, parity_batches = _batch_setup(inputs, dynamic_batch)
     names_in = list(input_names) if input_names is not None else _input_names(model, len(inputs))
-    parity_batches = tuple(dict.fromkeys((batch, batch + 3, 1))) if dynamic_batch else (batch,)
     with eval_mode(model), torch.no_grad():
         graph_module, flipped = _to_inference_graph(model, inputs, dynamic_shapes)
-        cases = [(case, _flatten_outputs(graph_module(*case)))
+        cases = [(case, flatten_outputs(graph_module(*case)))
                  for case in (_resize_batch(inputs, b) if b != batch else inputs for b in parity_batches)]
         names_out = list(output_names) if output_names is not None else _output_names(model, len(cases[0][1]))
         results = apply_passes(graph_module, inputs, passes)

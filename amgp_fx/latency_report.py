@@ -6,7 +6,6 @@ reader sees at once how much of the FLOPs reduction turns into wall-clock time. 
 imported only by :func:`plot_latency`.
 
 Example:
-    >>> from amgp_fx.bench import LatencyRecord
     >>> dense = LatencyRecord("dlrm", "dense", "ort-cpu", 8, 2.0, 2.1, 2.2, 4000.0, 1000, "cpu", "")
     >>> half = dataclasses.replace(dense, variant="width-0.5", p50_ms=1.0, flops=400)
     >>> "2.00x" in format_table([dense, half]) and "2.50x" in format_table([dense, half])
@@ -20,11 +19,45 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from amgp_fx.bench import LatencyRecord
-
-__all__ = ["REPORT_VERSION", "format_table", "load_records", "plot_latency", "save_records", "speedups"]
+__all__ = ["REPORT_VERSION", "RUNTIMES", "LatencyRecord", "format_table", "load_records", "plot_latency",
+           "save_records", "speedups"]
 
 REPORT_VERSION = 1
+RUNTIMES = ("ort-cuda", "ort-cuda-graph", "ort-cpu", "torch-eager", "torch-compile")
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyRecord:
+    """One (model, variant, runtime, batch size) measurement; times in milliseconds."""
+
+    model: str
+    variant: str
+    runtime: str
+    batch_size: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    samples_per_s: float
+    flops: int | None  # forward FLOPs per batch (FlopCounterMode), None when unknown
+    device: str
+    command: str
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyRecord:
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown LatencyRecord fields {sorted(unknown)}")
+        return cls(**dict(data))
 
 
 def speedups(records: Sequence[LatencyRecord], baseline_variant: str = "dense") -> dict[int, tuple[float, float]]:

@@ -104,3 +104,32 @@ def _assert_state_equal(a: Any, b: Any) -> None:
                 torch.testing.assert_close(other, value, atol=0, rtol=0, msg=lambda m, k=key: f"optimizer state {k}: {m}")
             else:
                 assert other == value, f"optimizer state {key}: {other} != {value}"
+
+
+class GroupConformance:
+    """Standard dependency-group tests for one model: subclass it in a pytest module and set
+    ``factory`` (a callable returning a fresh ``(model, example_args)`` with fixed weights).
+
+    Example::
+
+        class TestMyModel(GroupConformance):
+            factory = staticmethod(lambda: (MyModel(), (torch.randn(4, 13),)))
+    """
+
+    factory: Callable[[], tuple[nn.Module, tuple]]
+    min_prunable_groups = 1
+
+    def test_has_prunable_groups(self):
+        model, args = self.factory()
+        assert len(analyze(model, args).prunable_groups()) >= self.min_prunable_groups
+
+    def test_mask_oracle(self):
+        assert_mask_oracle(self.factory)
+
+    def test_round_trip(self):
+        model, args = self.factory()
+        graph = analyze(model, args)
+        optimizer = torch.optim.Adam(model.parameters())
+        graph.module(*args).float().sum().backward()
+        optimizer.step()
+        assert_round_trip(graph, args, optimizer)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from amgp_fx.bench import LatencyRecord, benchmark_onnx, benchmark_torch, count_forward_flops
-from amgp_fx.export import export_onnx, make_ort_session
+from amgp_fx.bench import LatencyRecord, benchmark_onnx, benchmark_torch, count_forward_flops, make_ort_session
+from amgp_fx.export import export_onnx
 from amgp_fx.latency_report import format_table, load_records, plot_latency, save_records, speedups
 
 ROOT = Path(__file__).resolve().parents[1]

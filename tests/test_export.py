@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from amgp_fx.export import DEFAULT_ATOL, DEFAULT_OPSET, ExportError, ParityError, export_onnx, make_ort_session
+from amgp_fx.bench import cuda_provider_available, make_ort_session
+from amgp_fx.export import DEFAULT_ATOL, DEFAULT_OPSET, ExportError, ParityError, export_onnx
 
 models = pytest.importorskip("models")
 
@@ -179,12 +180,49 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
 
 
 def test_cuda_session_without_onnxruntime_gpu_names_the_fix(tmp_path):
-    from amgp_fx.export import cuda_provider_available
-
     if cuda_provider_available():
         pytest.skip("onnxruntime-gpu and a GPU are present")
     report = export_onnx(nn.Linear(3, 1), (torch.rand(4, 3),), tmp_path / "linear.onnx")
-    with pytest.raises(ExportError, match="Install onnxruntime-gpu"):
+    with pytest.raises(RuntimeError, match="Install onnxruntime-gpu"):
         make_ort_session(report.path, "cuda")
-    with pytest.raises(ExportError, match="provider must be"):
+    with pytest.raises(ExportError, match="could not load the exported model: .*Install onnxruntime-gpu"):
+        export_onnx(nn.Linear(3, 1), (torch.rand(4, 3),), tmp_path / "linear.onnx", parity_provider="cuda")
+    with pytest.raises(ValueError, match="provider must be"):
         make_ort_session(report.path, "tensorrt")
+
+
+class JaggedBags(nn.Module):
+    """TorchRec-style jagged input: ids (N,) with offsets (B,), N != B (segment path, own dynamic dim)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags = nn.EmbeddingBag(60, 8, mode="sum")
+        self.head = nn.Linear(3 + 8, 1)
+
+    def forward(self, dense, tag_ids, tag_offsets, tag_weights):
+        tags = self.tags(tag_ids, tag_offsets, per_sample_weights=tag_weights)  # (B, D)
+        return self.head(torch.cat([dense, tags], dim=1)).squeeze(1)
+
+
+def jagged_inputs(batch: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 4, (batch,), generator=generator)  # empty bags included
+    ids = torch.randint(0, 60, (int(lengths.sum()),), generator=generator)
+    offsets = torch.cumsum(lengths, 0) - lengths
+    return torch.randn(batch, 3, generator=generator), ids, offsets, torch.rand(ids.shape, generator=generator)
+
+
+def test_jagged_embedding_bag_inputs_export_with_their_own_dynamic_dim(tmp_path):
+    torch.manual_seed(0)
+    model = JaggedBags()
+    example = jagged_inputs(6)
+    assert example[1].shape[0] != 6
+    report = export_onnx(model, example, tmp_path / "jagged.onnx")
+    assert report.passes_applied == ("embedding_bag_to_gather",) and report.parity_batch_sizes == (6,)
+    graph = onnx.load(report.path).graph
+    assert "Loop" not in {node.op_type for node in graph.node}
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    session = make_ort_session(report.path)
+    other = jagged_inputs(9, seed=1)  # another B and another N
+    (logits,) = session.run(None, {name: x.numpy() for name, x in zip(report.input_names, other)})
+    np.testing.assert_allclose(logits, model(*other).detach().numpy(), atol=DEFAULT_ATOL, rtol=1e-3)

@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import models  # noqa: E402
 from amgp_fx.bench import RUNTIMES, benchmark_onnx, benchmark_torch, count_forward_flops  # noqa: E402
-from amgp_fx.export import cuda_provider_available, export_onnx  # noqa: E402
+from amgp_fx.bench import cuda_provider_available  # noqa: E402
+from amgp_fx.export import export_onnx  # noqa: E402
 from amgp_fx.latency_report import format_table, plot_latency, save_records  # noqa: E402
 from amgp_fx.passes import default_passes  # noqa: E402
 from amgp_fx.passes.fuse_embeddings import FUSE_EMBEDDINGS_PASS  # noqa: E402

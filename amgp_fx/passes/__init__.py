@@ -33,6 +33,7 @@ __all__ = [
     "PassResult",
     "apply_passes",
     "default_passes",
+    "flatten_outputs",
 ]
 
 #: Outputs may move this much when a pass reorders float sums (gather + reduce vs. a fused bag kernel).
@@ -123,14 +124,15 @@ def default_passes() -> PassRegistry:
     return PassRegistry([EMBEDDING_BAG_PASS])
 
 
-def _flatten_outputs(outputs) -> list[torch.Tensor]:
+def flatten_outputs(outputs) -> list[torch.Tensor]:
+    """A model's outputs (tensor, tuple/list or dict, nested) as a flat list of tensors, in order."""
     if isinstance(outputs, torch.Tensor):
         return [outputs]
     if isinstance(outputs, dict):
         outputs = list(outputs.values())
     flat: list[torch.Tensor] = []
     for item in outputs:
-        flat.extend(_flatten_outputs(item))
+        flat.extend(flatten_outputs(item))
     return flat
 
 
@@ -163,7 +165,7 @@ def apply_passes(
     """
     passes = default_passes() if passes is None else passes
     with torch.no_grad():
-        reference = _flatten_outputs(graph_module(*example_inputs))
+        reference = flatten_outputs(graph_module(*example_inputs))
     results = []
     for export_pass in passes:
         try:
@@ -173,7 +175,7 @@ def apply_passes(
                 graph_module.graph.lint()
                 graph_module.recompile()
                 with torch.no_grad():
-                    actual = _flatten_outputs(graph_module(*example_inputs))
+                    actual = flatten_outputs(graph_module(*example_inputs))
         except Exception as error:  # noqa: BLE001 - any failure inside a pass is the pass's fault
             raise PassError(
                 f"export pass {export_pass.name!r} failed: {type(error).__name__}: {error}. "
