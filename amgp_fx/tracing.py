@@ -51,6 +51,7 @@ class TracedModel:
     module: fx.GraphModule
     args: tuple
     kwargs: dict = field(default_factory=dict)
+    eval_matches: bool = True  # False when forward branches on self.training (see trace)
 
 
 def _as_args(example_inputs: Any) -> tuple:
@@ -138,8 +139,31 @@ def trace(model: nn.Module, example_inputs: Any, *, kwargs: dict | None = None, 
     module = program.module()
     _strip_assertions(module)
     enable_train_eval_(module)
+    traced = TracedModel(model, program, module, args, kwargs)
+    traced.eval_matches = _eval_matches(model, module, args, kwargs)
+    model.train(was_training)
     module.train(was_training)
-    return TracedModel(model, program, module, args, kwargs)
+    return traced
+
+
+def _eval_matches(model: nn.Module, module: fx.GraphModule, args: tuple, kwargs: dict) -> bool:
+    """The graph is traced in training mode; check that flipping dropout/batch-norm literals gives
+    the model's own eval behaviour (it does not when forward branches on ``self.training``)."""
+    model.eval()
+    module.eval()
+    try:
+        with torch.no_grad():
+            expected, actual = model(*args, **kwargs), module(*args, **kwargs)
+        pairs = zip(pytree.tree_leaves(expected), pytree.tree_leaves(actual))
+        same = all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in pairs
+                   if isinstance(a, torch.Tensor) and a.is_floating_point())
+    except Exception:  # noqa: BLE001 - a mismatch of structure is a mismatch
+        same = False
+    if not same:
+        log.warning("%s behaves differently in eval mode than its traced graph with dropout and batch norm "
+                    "switched off (forward probably branches on self.training); the graph keeps the "
+                    "training-mode code path", type(model).__name__)
+    return same
 
 
 def _strip_assertions(module: fx.GraphModule) -> None:

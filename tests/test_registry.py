@@ -79,3 +79,20 @@ def test_roles_of_linear_members():
     roles = {(m.tensor, m.dim): m.role for g in graph.groups for m in g.members}
     assert roles[("a.weight", 0)] is Role.PRODUCER and roles[("a.weight", 1)] is Role.CONSUMER
     assert roles[("a.bias", 0)] is Role.BIAS and roles[("b.weight", 1)] is Role.CONSUMER
+
+
+def test_a_failing_rule_freezes_instead_of_crashing():
+    rules = amgp_fx.default_registry()
+
+    @rules.register(torch.ops.aten.relu.default, family="pointwise", replace=True)
+    def broken(ctx):
+        raise RuntimeError("cannot handle this")
+
+    @rules.register(torch.ops.aten.tanh.default, family="pointwise", replace=True)
+    def wrong_rank(ctx):
+        return ctx.label(ctx.arg(0))[:-1]
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 1))
+    graph = amgp_fx.analyze(model, (torch.randn(3, 4),), rules=rules)
+    assert not graph.group("0.weight[0]").prunable and "cannot handle this" in graph.group("0.weight[0]").reason
+    assert not graph.group("2.weight[0]").prunable and "labels for 2 dims" in graph.group("2.weight[0]").reason

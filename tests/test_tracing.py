@@ -52,3 +52,17 @@ def test_dict_and_keyword_inputs():
     features, scale = {"x": torch.randn(4, 3)}, torch.randn(4, 1)
     traced = amgp_fx.trace(model, (features,), kwargs={"scale": scale})
     torch.testing.assert_close(traced.module(features, scale=scale), model(features, scale=scale))
+
+
+def test_training_branch_is_detected():
+    class EvalSigmoid(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 1)
+
+        def forward(self, x):
+            y = self.lin(x)
+            return y if self.training else torch.sigmoid(y)
+
+    assert not amgp_fx.trace(EvalSigmoid(), (torch.randn(3, 4),)).eval_matches
+    assert amgp_fx.trace(nn.Sequential(nn.Linear(4, 2), nn.Dropout(0.5)), (torch.randn(3, 4),)).eval_matches

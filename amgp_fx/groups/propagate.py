@@ -113,7 +113,33 @@ def _apply(ctx: RuleContext, node: fx.Node, registry: RuleRegistry, result: Prop
     rule = registry.get(node.target)
     if rule is None:
         return _unknown(ctx, node, result)
-    return rule.propagate(ctx)
+    try:
+        labels = rule.propagate(ctx)
+        problem = _check_labels(labels, node.meta.get("val"))
+    except Exception as e:  # noqa: BLE001 - a rule that cannot handle this call must not guess
+        problem = f"{type(e).__name__}: {e}"
+    if problem is None:
+        return labels
+    return _unknown(ctx, node, result, why=f"rule for {node.target} could not handle {node.name} ({problem})")
+
+
+def _check_labels(labels, value) -> str | None:
+    """A rule's labels must match the traced output: rank, and length of every concrete dim."""
+    if _is_tensor(value):
+        if not isinstance(labels, tuple) or len(labels) != value.dim():
+            return f"labels for {value.dim()} dims expected"
+        for size, label in zip(value.shape, labels):
+            if isinstance(size, int) and label is not None and len(label) != size:
+                return f"a label of length {len(label)} for a dim of size {size}"
+        return None
+    if isinstance(value, (list, tuple)):
+        if not isinstance(labels, list) or len(labels) != len(value):
+            return "one label per output expected"
+        for item_labels, item in zip(labels, value):
+            problem = _check_labels(item_labels, item) if _is_tensor(item) else None
+            if problem:
+                return problem
+    return None
 
 
 def _produces_tensor(value) -> bool:
@@ -124,9 +150,9 @@ def _produces_tensor(value) -> bool:
     return False
 
 
-def _unknown(ctx: RuleContext, node: fx.Node, result: Propagation):
-    """No rule: freeze every tensor dim the op touches; never guess element-wise."""
-    reason = f"op {node.target} ({node.name}) has no coupling rule"
+def _unknown(ctx: RuleContext, node: fx.Node, result: Propagation, why: str | None = None):
+    """No rule (or a rule that failed): freeze every tensor dim the op touches; never guess."""
+    reason = why or f"op {node.target} ({node.name}) has no coupling rule"
     for arg in node.all_input_nodes:
         _freeze_all(ctx, result.labels.get(arg), reason)
     stack = node.meta.get("nn_module_stack")
