@@ -22,6 +22,25 @@ _EXPORTS = {
     "shrink_": "amgp_fx.surgery",
     "grow_": "amgp_fx.surgery",
     "SurgeryRecord": "amgp_fx.surgery",
+    # export
+    "export_onnx": "amgp_fx.export",
+    "ExportReport": "amgp_fx.export",
+    "ExportError": "amgp_fx.export",
+    "ParityError": "amgp_fx.export",
+    "ExportPass": "amgp_fx.passes",
+    "PassRegistry": "amgp_fx.passes",
+    "default_passes": "amgp_fx.passes",
+    "apply_passes": "amgp_fx.passes",
+    # bench
+    "benchmark_onnx": "amgp_fx.bench",
+    "benchmark_torch": "amgp_fx.bench",
+    "count_forward_flops": "amgp_fx.bench",
+    "make_ort_session": "amgp_fx.bench",
+    "LatencyRecord": "amgp_fx.latency_report",
+    "format_table": "amgp_fx.latency_report",
+    "save_records": "amgp_fx.latency_report",
+    "load_records": "amgp_fx.latency_report",
+    "plot_latency": "amgp_fx.latency_report",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

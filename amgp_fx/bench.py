@@ -7,7 +7,8 @@ Each function runs ``warmup`` untimed calls, then ``iters`` timed calls per batc
   call is compute only, as for PyTorch with inputs already on the GPU; ``Run`` synchronises the
   stream before it returns. CUDA graphs need static shapes: one session per batch size, with the
   symbolic batch dim fixed by a free-dimension override (or a static export passed in ``path``).
-- PyTorch on CUDA is timed with CUDA events around each call; on CPU with ``perf_counter``.
+- PyTorch on CUDA is timed with CUDA events around each call, synchronised after each (latency, not
+  pipelined throughput, like ORT's ``Run``); on CPU with ``perf_counter``.
 - Without onnxruntime-gpu or a GPU, ``provider="cuda"`` falls back to the CPU provider (logged).
 
 Dim letters: B batch. onnxruntime is imported inside the functions only.
@@ -188,7 +189,8 @@ def _batch_dim_names(path) -> set[str]:
 
 def _output_shape(declared, batch_size: int, batch_names: set[str]) -> list[int]:
     """ORT's declared output shape with the batch dim (dim 0, or any dim named like an input's) filled in."""
-    shape = [batch_size if not isinstance(d, int) and (i == 0 or d in batch_names) else d for i, d in enumerate(declared)]
+    shape = [batch_size if not isinstance(d, int) and (i == 0 or d in batch_names) else d
+             for i, d in enumerate(declared)]
     if not all(isinstance(d, int) for d in shape):
         raise ValueError(f"output shape {declared} has symbolic dims besides the batch; export with a static shape")
     return shape
@@ -380,5 +382,6 @@ def _time_torch(function, inputs, device: torch.device, warmup: int, iters: int)
         start.record()
         function(*inputs)
         end.record()
+        end.synchronize()  # one call at a time, as ORT's Run: latency, not pipelined throughput
     torch.cuda.synchronize(device)
     return [start.elapsed_time(end) for start, end in events]

@@ -155,6 +155,20 @@ def _to_inference_graph(model, inputs, dynamic_shapes) -> tuple[fx.GraphModule, 
     return exported.module(), 0
 
 
+def _reference_outputs(graph_module, inputs, batch_sizes) -> list[tuple[tuple, list[torch.Tensor]]]:
+    """PyTorch's outputs at each parity batch size (inputs cut or repeated from the example)."""
+    cases = []
+    for size in batch_sizes:
+        case = _resize_batch(inputs, size) if size != inputs[0].shape[0] else inputs
+        try:
+            cases.append((case, flatten_outputs(graph_module(*case))))
+        except Exception as error:
+            raise ExportError(f"the model fails at batch {size}: {type(error).__name__}: {error}. A GraphModule "
+                              "traced with a static batch needs dynamic_batch=False (or re-trace it with "
+                              "dynamic_shapes on dim 0).") from error
+    return cases
+
+
 def _rename_batch_dim(onnx_program, exported: torch.export.ExportedProgram) -> None:
     """Call the batch dim ``batch`` on graph inputs and outputs (torch.export names it ``s35`` or so)."""
     first = exported.graph_signature.user_inputs[0]  # dim 0 of the first input is the batch
@@ -283,8 +297,8 @@ def export_onnx(
         example_inputs: e.g. ``(dense (B, 13) float32, sparse (B, 26) int64)``; the first is batch-major,
             others of another length (jagged ids with offsets) get their own dynamic dim.
         path: the .onnx file to write; large weights go to ``<path>.data`` beside it.
-        dynamic_batch: dim 0 of every input and output is the symbolic ``batch``; False bakes B in
-            (what ONNX Runtime CUDA graphs need).
+        dynamic_batch: dim 0 of the inputs of length B and of the outputs is the symbolic ``batch``;
+            False bakes every shape in (what ONNX Runtime CUDA graphs need).
         opset: ONNX opset (see :data:`DEFAULT_OPSET` for why 18).
         external_data: weights in a separate file; None: when they exceed 1.5 GiB.
         check: run ``onnx.checker.check_model`` on the file.
@@ -309,13 +323,11 @@ def export_onnx(
     atol = (TF32_ATOL if use_tf32 else DEFAULT_ATOL) if atol is None else atol
     rtol = (TF32_RTOL if use_tf32 else DEFAULT_RTOL) if rtol is None else rtol
     parity_provider = ("cuda" if cuda_provider_available() else "cpu") if parity_provider == "auto" else parity_provider
-    inputs, batch, dynamic_shapes, parity_batches = _batch_setup(inputs, dynamic_batch)
+    inputs, _, dynamic_shapes, parity_batches = _batch_setup(inputs, dynamic_batch)
     names_in = list(input_names) if input_names is not None else _input_names(model, len(inputs))
     with eval_mode(model), torch.no_grad():
         graph_module, flipped = _to_inference_graph(model, inputs, dynamic_shapes)
-        cases = [(case, flatten_outputs(graph_module(*case)))
-                 for case in (_resize_batch(inputs, b) if b != batch else inputs for b in parity_batches)]
-        names_out = list(output_names) if output_names is not None else _output_names(model, len(cases[0][1]))
+        cases = _reference_outputs(graph_module, inputs, parity_batches) if parity else []
         results = apply_passes(graph_module, inputs, passes)
         applied = (("inference_mode",) if flipped else ()) + tuple(r.name for r in results if r.rewrites)
         try:
@@ -323,6 +335,8 @@ def export_onnx(
         except Exception as error:
             raise ExportError(f"torch.export failed on the rewritten graph: {type(error).__name__}: {error}. "
                               "Retry with passes=() to see whether a pass caused it.") from error
+        output_count = len(exported.graph_signature.user_outputs)
+        names_out = list(output_names) if output_names is not None else _output_names(model, output_count)
         try:
             onnx_program = torch.onnx.export(exported, inputs, dynamo=True, opset_version=opset, verbose=False,
                                              input_names=names_in, output_names=names_out, optimize=True)
@@ -331,10 +345,11 @@ def export_onnx(
                               f"{type(error).__name__}: {error}. An op without an ONNX translation needs an FX "
                               "pass (amgp_fx.passes) that rewrites it into supported ops.") from error
     _rename_batch_dim(onnx_program, exported)
-    use_external = _parameter_bytes(exported) > EXTERNAL_DATA_THRESHOLD_BYTES if external_data is None else external_data
+    if external_data is None:
+        external_data = _parameter_bytes(exported) > EXTERNAL_DATA_THRESHOLD_BYTES
     parity_check = (lambda file: _check_parity(file, cases, names_in, names_out, parity_provider, use_tf32, atol,
                                                rtol)) if parity else None
-    onnx_bytes, external_bytes, (max_abs, max_rel) = _save_validated(onnx_program, target, use_external, check,
+    onnx_bytes, external_bytes, (max_abs, max_rel) = _save_validated(onnx_program, target, external_data, check,
                                                                      parity_check)
     report = ExportReport(
         path=str(target), opset=opset, input_names=tuple(names_in), output_names=tuple(names_out),

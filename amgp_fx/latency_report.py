@@ -133,7 +133,8 @@ def plot_latency(records: Sequence[LatencyRecord], path: str | os.PathLike, titl
         for (variant, runtime), points in sorted(lines.items()):
             points.sort()
             axis.plot(*zip(*points), linestyle=("-", "--", ":", "-.")[variants.index(variant) % 4],
-                      color=f"C{runtimes.index(runtime) % 10}", marker="o", markersize=3, label=f"{runtime} / {variant}")
+                      color=f"C{runtimes.index(runtime) % 10}", marker="o", markersize=3,
+                      label=f"{runtime} / {variant}")
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_xlabel("batch size")

@@ -124,3 +124,26 @@ def test_bench_script_cpu_smoke(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "FLOPs ratio vs dense" in printed and "width-scaled-0.5" in printed
     assert tool.width_scaled_overrides("dlrm", "default", 0.5, keep_last=True)["bottom_mlp"] == (256, 128, 32, 16)
+
+
+def test_cuda_session_options(monkeypatch, mlp_onnx):
+    """The CUDA branch of make_ort_session, checked without a GPU: provider options and overrides."""
+    import onnxruntime
+
+    created = {}
+
+    class FakeSession:
+        def __init__(self, path, options, providers):
+            created.update(path=path, options=options, providers=providers)
+
+        def get_providers(self):
+            return [created["providers"][0][0], "CPUExecutionProvider"]
+
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: providers)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FakeSession)
+    make_ort_session(mlp_onnx, "cuda", cuda_graph=True, fixed_dims={"batch": 256})
+    assert created["providers"][0] == ("CUDAExecutionProvider",
+                                       {"device_id": "0", "use_tf32": "0", "enable_cuda_graph": "1"})
+    make_ort_session(mlp_onnx, "cuda", use_tf32=True)
+    assert created["providers"][0][1] == {"device_id": "0", "use_tf32": "1"}

@@ -15,6 +15,7 @@ from torch import nn
 
 from amgp_fx.bench import cuda_provider_available, make_ort_session
 from amgp_fx.export import DEFAULT_ATOL, DEFAULT_OPSET, ExportError, ParityError, export_onnx
+from amgp_fx.passes.inference_mode import inference_graph
 
 models = pytest.importorskip("models")
 
@@ -226,3 +227,30 @@ def test_jagged_embedding_bag_inputs_export_with_their_own_dynamic_dim(tmp_path)
     other = jagged_inputs(9, seed=1)  # another B and another N
     (logits,) = session.run(None, {name: x.numpy() for name, x in zip(report.input_names, other)})
     np.testing.assert_allclose(logits, model(*other).detach().numpy(), atol=DEFAULT_ATOL, rtol=1e-3)
+
+
+def test_static_graph_module_with_dynamic_batch_names_the_fix(tmp_path):
+    model = models.build_model("dcn_v2", preset="small")
+    static = torch.export.export(model, model.example_inputs(4), strict=False).module()  # batch baked in
+    with pytest.raises(ExportError, match="fails at batch 7: .*needs dynamic_batch=False"):
+        export_onnx(static, model.example_inputs(4), tmp_path / "static.onnx")
+    report = export_onnx(static, model.example_inputs(4), tmp_path / "static.onnx", dynamic_batch=False)
+    assert report.parity_batch_sizes == (4,) and report.max_abs_diff <= report.atol
+
+
+@pytest.mark.parametrize("name", ["dlrm", "dcn_v2"])
+def test_amgp_pruned_graph_exports_smaller_with_parity(name, tmp_path):
+    import amgp_fx
+
+    torch.manual_seed(0)
+    model = models.build_model(name, preset="small")
+    dense = export_onnx(model, model.example_inputs(8), tmp_path / "dense.onnx")
+    graph = amgp_fx.analyze(model, model.example_inputs(8))
+    amgp_fx.shrink_(graph, {g.id: list(range(0, g.size, 2)) for g in graph.groups if g.prunable and g.size >= 4})
+    pruned = export_onnx(graph.module, model.example_inputs(8), tmp_path / "pruned.onnx")
+    assert pruned.onnx_bytes < dense.onnx_bytes and pruned.max_abs_diff <= pruned.atol
+    session = make_ort_session(pruned.path)
+    dense_in, sparse_in = model.example_inputs(5, seed=3)
+    (logits,) = session.run(None, {"dense": dense_in.numpy(), "sparse": sparse_in.numpy()})
+    eval_copy, _ = inference_graph(graph.module)  # the reference: the pruned graph in eval mode
+    np.testing.assert_allclose(logits, eval_copy(dense_in, sparse_in).detach().numpy(), atol=DEFAULT_ATOL, rtol=1e-3)

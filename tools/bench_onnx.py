@@ -6,7 +6,7 @@ to ONNX once (dynamic batch, parity-checked against PyTorch on the CUDA provider
 sweeps the batch sizes runtime by runtime, cheapest and most important first (ort-cuda, torch-eager,
 ort-cuda-graph, ort-cpu, torch-compile), so a run that reaches ``--time-budget-s`` loses only the
 last runtimes. After every step it prints a table with the measured speedup next to the FLOPs ratio
-and rewrites the JSON records; the PNG plot is written at the end.
+and rewrites the JSON records; the PNG plot is redrawn after every runtime.
 
 Variants:
 - ``dense``: the preset as built.
@@ -16,8 +16,9 @@ Variants:
 - ``dense-fused-emb``: the dense model exported with the ``fuse_embedding_lookups`` pass (ONNX
   runtimes only): one Gather instead of one per feature.
 
-GPU run (H200, well under 8 minutes; the ort-cuda runtimes need onnxruntime-gpu, see docs/onnx.md):
-    PYTHONUNBUFFERED=1 python3 tools/bench_onnx.py --out docs/results/onnx_latency.json
+GPU run (H200, well under 8 minutes; the ort-cuda runtimes need onnxruntime-gpu, see docs/onnx.md;
+on the device machine write under $OUT so the files come back, then copy them to docs/results/):
+    PYTHONUNBUFFERED=1 python3 tools/bench_onnx.py --out $OUT/onnx_latency.json
 CPU smoke run:
     python3 tools/bench_onnx.py --configs dlrm:small --batch-sizes 8 32 --iters 5 --out /tmp/latency.json
 """
@@ -251,6 +252,8 @@ def main(argv=None) -> int:
                 records.extend(new)
                 print(format_table(new), flush=True)
                 save_records(records, out, {**metadata, "failures": failures})
+            if records:
+                plot_latency(records, plot)  # after each runtime: a run cut short still has a plot
             gc.collect()
     finally:
         if not args.workdir:

@@ -137,7 +137,8 @@ def flatten_outputs(outputs) -> list[torch.Tensor]:
 
 
 def _max_abs_diff(expected: Sequence[torch.Tensor], actual: Sequence[torch.Tensor]) -> float:
-    diffs = [(a.detach().double() - e.detach().double()).abs().max().item() for e, a in zip(expected, actual) if e.numel()]
+    diffs = [(a.detach().double() - e.detach().double()).abs().max().item()
+             for e, a in zip(expected, actual) if e.numel()]
     return max(diffs, default=0.0)
 
 

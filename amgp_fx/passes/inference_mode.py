@@ -31,14 +31,16 @@ aten = torch.ops.aten
 
 __all__ = ["eval_mode", "inference_graph", "set_inference_literals_"]
 
-# op -> position of its training flag; batch norms only flip when running stats exist (position 3)
+# op -> (position of its training literal, eval value); batch norms flip only with running stats
 _DROPOUT_FLAG = {
-    aten.dropout.default: 2,
-    aten.feature_dropout.default: 2,
-    aten.alpha_dropout.default: 2,
-    aten.feature_alpha_dropout.default: 2,
-    aten.native_dropout.default: 2,
-    aten.rrelu.default: 3,
+    aten.dropout.default: (2, False),
+    aten.dropout_.default: (2, False),
+    aten.feature_dropout.default: (2, False),
+    aten.alpha_dropout.default: (2, False),
+    aten.feature_alpha_dropout.default: (2, False),
+    aten.native_dropout.default: (2, False),
+    aten.rrelu.default: (3, False),
+    aten.scaled_dot_product_attention.default: (4, 0.0),  # dropout_p
 }
 _BATCH_NORM_FLAG = {
     aten.batch_norm.default: 5,
@@ -61,15 +63,16 @@ def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 def _set_arg(node: fx.Node, position: int, value) -> bool:
-    schema_name = node.target._schema.arguments[position].name
+    argument = node.target._schema.arguments[position]
     if position < len(node.args):
-        if node.args[position] is value:
-            return False
+        if isinstance(node.args[position], fx.Node) or node.args[position] == value:
+            return False  # already eval (or computed at run time: left alone)
         node.args = node.args[:position] + (value,) + node.args[position + 1 :]
         return True
-    if node.kwargs.get(schema_name, value) is value:
+    default = argument.default_value if argument.has_default_value() else None
+    if node.kwargs.get(argument.name, default) == value:
         return False
-    node.kwargs = {**node.kwargs, schema_name: value}
+    node.kwargs = {**node.kwargs, argument.name: value}
     return True
 
 
@@ -92,7 +95,7 @@ def set_inference_literals_(graph_module: fx.GraphModule) -> int:
         if node.op != "call_function":
             continue
         if node.target in _DROPOUT_FLAG:
-            changed += _set_arg(node, _DROPOUT_FLAG[node.target], False)
+            changed += _set_arg(node, *_DROPOUT_FLAG[node.target])
         elif node.target in _BATCH_NORM_FLAG:
             running_mean = node.args[3] if len(node.args) > 3 else node.kwargs.get("running_mean")
             if running_mean is not None:  # track_running_stats=False keeps batch statistics in eval too

@@ -1,0 +1,464 @@
+"""The AMGP training hook: shrink at the start of each pruned phase, grow back after it.
+
+Plug it into ``amgp_fx.train.train`` (``hooks=[hook], forward=hook.forward``). At every phase
+boundary of ``AmgpConfig.schedule`` it re-scores importance, picks the channels to keep in each
+chosen group (``plan_keep``), and shrinks the model, its gradients and its optimizer state in
+place (``amgp_fx.shrink_``); when the pruned phase ends it grows the removed units back
+(``amgp_fx.grow_``, saved or fresh values, saved or zero optimizer state). The same hook runs the
+baselines: ``method="dense"`` (accounting only) and ``method="prune_only"`` (gradual pruning to
+the compact model, no growth); a small dense model is a dense run of a narrower model whose width
+comes from ``flops.width_scale_for_flops``.
+
+Accounting, written to the metrics log as JSON lines (``event`` = ``amgp_surgery``,
+``amgp_phase``, ``amgp_summary``): training FLOPs per step (``flops.count_training_flops`` on the
+graph as it runs, at the step's batch size) summed per phase and over the run; wall-clock per phase
+(``cuda.synchronize`` at the boundaries on a GPU; it includes surgery and anything the training
+loop does in between, such as evaluation); peak memory per phase (CUDA allocator peak; on the CPU
+the process's peak resident set).
+
+Resume: ``state_dict`` holds the keep plans in effect and the removed slices (values and optimizer
+state) of the current shrink; ``load_state_dict`` re-shrinks the freshly built full-size model with
+them before the trainer loads the model and optimizer state, so a run resumed inside a pruned phase
+continues exactly as the uninterrupted one.
+
+Dim letters: B batch, H hidden width.
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import resource
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from amgp_fx.flops import TrainingFlops, count_training_flops
+from amgp_fx.groups.analyze import DependencyGraph
+from amgp_fx.groups.model import Group
+from amgp_fx.importance import score
+from amgp_fx.schedule import AmgpConfig, AmgpSchedule, FinalState, Method, Phase, PruneScope
+from amgp_fx.surgery import SurgeryRecord, grow_, shrink_
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AmgpError", "AmgpHook", "select_groups", "plan_keep", "round_width", "dense_config"]
+
+STATE_VERSION = 1
+
+
+class AmgpError(ValueError):
+    """An AMGP request that cannot run on this model; the message names the group and why."""
+
+
+# -- which groups, how many channels, which channels -----------------------------------------------
+def select_groups(graph: DependencyGraph, groups: Sequence[str] = (), kinds: Sequence[str] = ("hidden",)) -> list[Group]:
+    """The groups AMGP prunes.
+
+    Args:
+        groups: ids ("g3"), names ("top_mlp.0.0.weight[0]") or fnmatch patterns ("top_mlp.*",
+            matched against ids, names and the groups' parameter FQNs). An exact id or name selects
+            that group whatever its kind; a pattern selects the prunable groups of ``kinds`` it matches.
+            Empty: every prunable group of ``kinds``.
+        kinds: group kinds ("hidden", "embedding", "heads", ...).
+    Returns:
+        The chosen groups, in the analysis' order.
+    Raises:
+        AmgpError: an unknown name, a group that cannot be pruned (with the analysis' reason), or
+            no prunable group at all.
+    """
+    if not groups:
+        chosen = graph.prunable_groups(tuple(kinds))
+        if not chosen:
+            raise AmgpError(f"the model has no prunable group of kind {', '.join(kinds)}; the analysis says why "
+                            f"per group ({len(graph.groups)} groups, kinds: "
+                            f"{', '.join(sorted({g.kind for g in graph.groups}))})")
+        return chosen
+    picked: list[Group] = []
+    for key in groups:
+        exact = [g for g in graph.groups if key in (g.id, g.name)]
+        if exact:
+            usable = [g for g in exact if g.prunable]
+            if not usable:
+                g = exact[0]
+                raise AmgpError(f"group {g.id} ({g.name}, {g.kind}) cannot be pruned: {g.reason}")
+        else:
+            matches = [g for g in graph.groups if any(fnmatch.fnmatchcase(n, key) for n in (g.id, g.name, *g.parameters))]
+            if not matches:
+                raise AmgpError(f"no group matches {key!r}; groups: "
+                                + ", ".join(f"{g.id} ({g.name})" for g in graph.groups))
+            usable = [g for g in matches if g.prunable and g.kind in kinds]
+            if not usable:
+                reasons = "; ".join(f"{g.id} ({g.name}, {g.kind}): {g.reason or 'kind not in ' + str(tuple(kinds))}"
+                                    for g in matches)
+                raise AmgpError(f"no group matching {key!r} can be pruned: {reasons}")
+        picked += [g for g in usable if g not in picked]
+    return [g for g in graph.groups if g in picked]
+
+
+def round_width(raw: float, full: int, multiple: int) -> int:
+    """``raw`` channels rounded half-up to a multiple of ``multiple`` within [multiple, full];
+    whole channels within [1, full] when ``full <= multiple``.
+
+    Example:
+        >>> round_width(512 * 0.5, 512, 8), round_width(100 * 0.5, 100, 8), round_width(6 * 0.5, 6, 8)
+        (256, 48, 3)
+    """
+    if full <= multiple:
+        return min(full, max(1, math.floor(raw + 0.5)))
+    return min(full, max(multiple, multiple * math.floor(raw / multiple + 0.5)))
+
+
+def _names(group: Group) -> tuple[str, ...]:
+    return (group.id, group.name, *group.parameters)
+
+
+def _target_sizes(groups: Sequence[Group], config: AmgpConfig, amount: float,
+                  scores: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Kept channels per group for ``amount`` of the configured pruning (never above the present size)."""
+    if config.scope is not PruneScope.GLOBAL:
+        return {g.id: min(g.size, round_width(g.full_size * (1 - amount * config.ratio_for(_names(g))),
+                                              g.full_size, config.round_to)) for g in groups}
+    # one ranking over every chosen channel; scores normalised by their group's mean so that
+    # groups with large fan-in do not win by scale alone
+    floor = {g.id: min(g.size, max(1, math.ceil(g.full_size * (1 - config.max_layer_ratio)))) for g in groups}
+    budget = round(sum(g.full_size for g in groups) * (1 - amount * config.ratio))
+    entries = []
+    for g in groups:
+        values = scores[g.id].double()
+        mean = float(values.mean()) if values.numel() else 0.0
+        normal = values / mean if mean > 0 else torch.zeros_like(values)
+        ranked = torch.sort(normal, descending=True, stable=True).values.tolist()
+        entries += [(value, g.id) for value in ranked[floor[g.id]:]]
+    kept = dict(floor)
+    spare = max(0, budget - sum(floor.values()))
+    for _, group_id in sorted(entries, key=lambda e: -e[0])[:spare]:
+        kept[group_id] += 1
+    return {g.id: min(g.size, max(floor[g.id] if g.full_size <= config.round_to else 1,
+                                  round_width(kept[g.id], g.full_size, config.round_to))) for g in groups}
+
+
+def plan_keep(graph: DependencyGraph, groups: Sequence[Group], config: AmgpConfig, amount: float,
+              scores: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
+    """Positions (among present channels, ascending) to keep in each group that loses channels.
+
+    Args:
+        groups: from ``select_groups``.
+        amount: share of the configured pruning (``Phase.amount``), in [0, 1].
+        scores: group id -> importance of its present channels, shape (size,).
+    Returns:
+        group id -> kept positions, shape (K,) with 1 <= K < size; groups that keep all are left out.
+    """
+    sizes = _target_sizes(groups, config, amount, scores)
+    keep = {}
+    for g in groups:
+        if sizes[g.id] < g.size:
+            order = torch.sort(scores[g.id], descending=True, stable=True).indices[:sizes[g.id]]
+            keep[g.id] = sorted(order.tolist())
+    return keep
+
+
+def dense_config(total_steps: int) -> AmgpConfig:
+    """The dense baseline: the hook only accounts FLOPs, wall-clock and memory."""
+    return AmgpConfig(AmgpSchedule(total_steps, 0, 0, 0, 0, Method.DENSE), ratio=0.0)
+
+
+# -- the hook ----------------------------------------------------------------------------------------
+class AmgpHook:
+    """Training hook that alternates between the full-size and the pruned model.
+
+    Args:
+        graph: ``amgp_fx.analyze(model, example_inputs)`` of the model being trained; train
+            ``hook.forward`` (the graph's module), not the eager model, which cannot run pruned.
+        config: ``AmgpConfig`` (schedule and pruning policy).
+        label: name of the run in its log records (default: the method).
+        log_every: write an ``amgp_step`` record every N steps (0: none).
+    Raises:
+        AmgpError: a requested group cannot be pruned (raised here, before training starts).
+
+    Example:
+        >>> import torch, amgp_fx
+        >>> from amgp_fx.schedule import AmgpConfig, AmgpSchedule
+        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+        >>> graph = amgp_fx.analyze(model, (torch.randn(4, 8),))
+        >>> hook = AmgpHook(graph, AmgpConfig(AmgpSchedule(10, warmup_steps=2, cycles=1, pruned_steps=4)))
+        >>> [g.size for g in hook.groups]
+        [64]
+    """
+
+    def __init__(self, graph: DependencyGraph, config: AmgpConfig, *, label: str | None = None,
+                 log_every: int = 0) -> None:
+        if not isinstance(config, AmgpConfig):
+            raise TypeError(f"config must be an AmgpConfig, got {type(config).__name__}")
+        self.graph = graph
+        self.config = config
+        self.schedule = config.schedule
+        self.label = label or config.schedule.method.value
+        self.log_every = log_every
+        pruning = config.schedule.method is not Method.DENSE
+        self.groups: list[Group] = select_groups(graph, config.groups, config.kinds) if pruning else []
+        self._plan = -1
+        self._keeps: list[dict[str, list[int]]] = []  # shrinks in effect, in order
+        self._record: SurgeryRecord | None = None  # of the last shrink (AMGP grows it back)
+        self._pending_scores: dict[str, torch.Tensor] | None = None
+        self._phase: Phase | None = None
+        self._phase_flops = 0
+        self._phase_steps = 0
+        self._phase_elapsed = 0.0
+        self._phase_t0: float | None = None
+        self._total_flops = 0
+        self._steps = 0
+        self._flops_cache: dict[tuple, TrainingFlops] = {}
+        self._finished = False
+        self.history: list[dict[str, Any]] = []  # one record per finished phase
+        self.surgeries: list[dict[str, Any]] = []
+
+    # -- public views ----------------------------------------------------------------------------
+    @property
+    def forward(self):
+        """The module to train and evaluate (the graph's module, whose size literals follow surgery)."""
+        return self.graph.module
+
+    def sizes(self) -> dict[str, int]:
+        """Present channels of each chosen group now."""
+        return {g.id: g.size for g in self.groups}
+
+    def width(self) -> float:
+        """Present share of the chosen groups' channels (1.0 at full size)."""
+        full = sum(g.full_size for g in self.groups)
+        return sum(g.size for g in self.groups) / full if full else 1.0
+
+    @property
+    def total_flops(self) -> int:
+        return self._total_flops
+
+    # -- trainer hooks ---------------------------------------------------------------------------
+    def on_train_start(self, ctx) -> None:
+        self._sync_training_mode(ctx)
+
+    def on_step_start(self, ctx) -> None:
+        step = int(ctx.step)
+        phase = self.schedule.phase_at(step)
+        self._sync_training_mode(ctx)
+        if self._phase is None or phase.start != self._phase.start:
+            if self._phase is not None:
+                self._close_phase(ctx, step)
+            self._open_phase(ctx, phase)
+            if phase.plan != self._plan:
+                self._switch(ctx, phase)
+        elif self._phase_t0 is None:  # resumed inside this phase
+            self._phase_t0 = self._now(ctx)
+        flops = self.step_flops(ctx)
+        self._phase_flops += flops.total
+        self._total_flops += flops.total
+        self._phase_steps += 1
+        self._steps += 1
+        if self.log_every and step % self.log_every == 0:
+            self._log(ctx, {"event": "amgp_step", "step": step, "phase": phase.name, "cycle": phase.cycle,
+                            "width": self.width(), "flops_step": flops.total, "flops_total": self._total_flops})
+
+    def on_step_end(self, ctx) -> None:
+        step = int(ctx.step)
+        following = self.schedule.phase_at(step + 1) if step + 1 < self.schedule.total_steps else None
+        if (self.config.criterion == "taylor" and following is not None and following.start == step + 1
+                and following.plan >= 0 and following.plan != self._plan):
+            self._pending_scores = self._scores(following)  # gradients of this step are still there
+        if step + 1 >= self.schedule.total_steps:
+            self.on_train_end(ctx)
+
+    def on_train_end(self, ctx) -> None:
+        """Close the last phase, grow back if the run must end full-size, and log the summary."""
+        if self._finished:
+            return
+        if self._phase is not None:
+            self._close_phase(ctx, int(ctx.step) + 1)
+        if self.schedule.final is FinalState.FULL and self._record is not None:
+            self._grow(ctx)
+        self._finished = True
+        self._log(ctx, {"event": "amgp_summary", "step": int(ctx.step), **self.summary()})
+
+    # -- resume ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue: keep plans in effect, removed slices, accounting."""
+        elapsed = self._phase_elapsed + (time.perf_counter() - self._phase_t0 if self._phase_t0 is not None else 0.0)
+        return {
+            "version": STATE_VERSION, "config": self.config.to_dict(), "plan": self._plan,
+            "keeps": [{k: list(v) for k, v in keep.items()} for keep in self._keeps],
+            "saved": self._record.saved_state() if self._record is not None else None,
+            "pending_scores": self._pending_scores,
+            "phase_start": None if self._phase is None else self._phase.start,
+            "phase_flops": self._phase_flops, "phase_steps": self._phase_steps, "phase_elapsed": elapsed,
+            "total_flops": self._total_flops, "steps": self._steps, "finished": self._finished,
+            "history": list(self.history), "surgeries": list(self.surgeries),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Re-shrink the freshly built full-size model to the saved plans and restore the removed
+        slices; call before loading model and optimizer state (``train`` does).
+
+        Raises:
+            AmgpError: another config, another state version, or a model that is already pruned.
+        """
+        if state.get("version") != STATE_VERSION:
+            raise AmgpError(f"AMGP state version {state.get('version')!r} is not supported (this code reads "
+                            f"{STATE_VERSION})")
+        if AmgpConfig.from_dict(state["config"]) != self.config:
+            raise AmgpError("the checkpoint was written by another AMGP config; resume with the same config")
+        if any(g.size != g.full_size for g in self.groups) or self._keeps:
+            raise AmgpError("load_state_dict needs the freshly built full-size model; this one is already pruned")
+        record = None
+        for keep in state["keeps"]:
+            record = shrink_(self.graph, {k: list(v) for k, v in keep.items()})
+        self._keeps = [dict(keep) for keep in state["keeps"]]
+        self._record = None
+        if state["saved"] is not None and record is not None:
+            record.load_saved_state_(state["saved"])
+            self._record = record
+        self._plan = int(state["plan"])
+        self._pending_scores = state.get("pending_scores")
+        start = state["phase_start"]
+        self._phase = None if start is None else self.schedule.phase_at(int(start))
+        self._phase_flops, self._phase_steps = int(state["phase_flops"]), int(state["phase_steps"])
+        self._phase_elapsed, self._phase_t0 = float(state["phase_elapsed"]), None
+        self._total_flops, self._steps = int(state["total_flops"]), int(state["steps"])
+        self._finished = bool(state["finished"])
+        self.history, self.surgeries = list(state["history"]), list(state["surgeries"])
+
+    # -- accounting --------------------------------------------------------------------------------
+    def step_flops(self, ctx=None, batch_size: int | None = None) -> TrainingFlops:
+        """FLOPs of one step of the model as it is now, at the step's batch size (cached per width)."""
+        rows = batch_size or _batch_rows(ctx)
+        optimizers = _optimizers(ctx)
+        key = (tuple(g.size for g in self.graph.groups), rows)
+        if key not in self._flops_cache:
+            self._flops_cache[key] = count_training_flops(self.graph.module, self.graph.traced.args,
+                                                          batch_size=rows, optimizers=optimizers)
+        return self._flops_cache[key]
+
+    def summary(self) -> dict[str, Any]:
+        """Run totals and the per-phase records (JSON-ready)."""
+        wall = sum(p["wall_clock_s"] for p in self.history)
+        return {"label": self.label, "method": self.schedule.method.value, "final": self.schedule.final.value,
+                "steps": self._steps, "train_flops": self._total_flops,
+                "flops_per_step_mean": self._total_flops / self._steps if self._steps else 0.0,
+                "wall_clock_s": wall, "width_final": self.width(), "sizes_final": self.sizes(),
+                "phases": list(self.history), "surgeries": list(self.surgeries)}
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _scores(self, phase: Phase) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + max(phase.plan, 0))
+        scores = score(self.graph, self.config.criterion, groups=self.groups, generator=generator)
+        if self.config.criterion == "taylor" and all(float(s.abs().sum()) == 0 for s in scores.values()):
+            raise AmgpError("criterion 'taylor' found no gradients at the phase boundary; the trainer must keep "
+                            "the last step's gradients until on_step_end, or use criterion 'l2'")
+        return scores
+
+    def _switch(self, ctx, phase: Phase) -> None:
+        """Surgery at the first step of ``phase``: grow back and/or shrink to its plan."""
+        if self.schedule.method is Method.AMGP and self._record is not None:
+            self._grow(ctx)
+        if phase.plan >= 0:
+            scores = self._pending_scores if self._pending_scores is not None else self._scores(phase)
+            self._pending_scores = None
+            keep = plan_keep(self.graph, self.groups, self.config, phase.amount, scores)
+            start = self._now(ctx)
+            before = self.sizes()
+            record = shrink_(self.graph, keep, _optimizers(ctx))
+            self._keeps.append(keep)
+            self._record = record if self.schedule.method is Method.AMGP else None  # prune-only never grows
+            self._log_surgery(ctx, "shrink", before, start, record.nbytes)
+        self._plan = phase.plan
+
+    def _grow(self, ctx) -> None:
+        start = self._now(ctx)
+        before = self.sizes()
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + 7919 * (self._plan + 1))
+        grow_(self.graph, self._record, _optimizers(ctx), init=self.config.grow_init.value,
+              optimizer_state=self.config.optimizer_state.value, generator=generator)
+        self._record = None
+        self._keeps = []
+        self._plan = -1
+        self._log_surgery(ctx, "grow", before, start, 0)
+
+    def _log_surgery(self, ctx, action: str, before: dict, start: float, nbytes: int) -> None:
+        record = {"event": "amgp_surgery", "step": int(ctx.step), "action": action, "sizes_before": before,
+                  "sizes_after": self.sizes(), "width": self.width(), "seconds": self._now(ctx) - start,
+                  "saved_bytes": nbytes}
+        self.surgeries.append(record)
+        self._log(ctx, record)
+
+    def _open_phase(self, ctx, phase: Phase) -> None:
+        self._phase = phase
+        self._phase_flops = self._phase_steps = 0
+        self._phase_elapsed = 0.0
+        device = _device(ctx)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        self._phase_t0 = self._now(ctx)
+
+    def _close_phase(self, ctx, next_step: int) -> None:
+        phase = self._phase
+        elapsed = self._phase_elapsed + (self._now(ctx) - self._phase_t0 if self._phase_t0 is not None else 0.0)
+        device = _device(ctx)
+        if device.type == "cuda":
+            peak = int(torch.cuda.max_memory_allocated(device))
+        else:
+            peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        record = {"event": "amgp_phase", "step": next_step - 1, "phase": phase.name, "cycle": phase.cycle,
+                  "start": phase.start, "end": next_step, "steps": self._phase_steps, "flops": self._phase_flops,
+                  "flops_per_step": self._phase_flops / self._phase_steps if self._phase_steps else 0.0,
+                  "wall_clock_s": elapsed, "peak_memory_bytes": peak, "memory_kind": device.type,
+                  "width": self.width(), "sizes": self.sizes()}
+        self.history.append(record)
+        self._log(ctx, record)
+        self._phase_t0 = None
+
+    def _now(self, ctx) -> float:
+        device = _device(ctx)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    def _sync_training_mode(self, ctx) -> None:
+        model = getattr(ctx, "model", None)
+        if model is not None and model is not self.graph.module and self.graph.module.training != model.training:
+            self.graph.module.train(model.training)
+
+    def _log(self, ctx, record: dict[str, Any]) -> None:
+        record = {**record, "label": self.label}
+        logger = getattr(ctx, "metrics", None) or getattr(ctx, "logger", None)
+        if logger is not None:
+            logger.log(record)
+        else:
+            log.info("%s", record)
+
+
+def _optimizers(ctx) -> list:
+    optimizers = getattr(ctx, "optimizers", None) if ctx is not None else None
+    if optimizers is None:
+        return []
+    if isinstance(optimizers, torch.optim.Optimizer):
+        return [optimizers]
+    if hasattr(optimizers, "optimizers"):
+        return list(optimizers.optimizers)
+    return list(optimizers)
+
+
+def _device(ctx) -> torch.device:
+    device = getattr(ctx, "device", None) if ctx is not None else None
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def _batch_rows(ctx) -> int:
+    batch = getattr(ctx, "batch", None)
+    if batch is not None:
+        rows = getattr(batch, "num_rows", None)
+        if rows is not None:
+            return int(rows)
+    config = getattr(ctx, "config", None)
+    if config is not None and getattr(config, "batch_size", None):
+        return int(config.batch_size)
+    raise AmgpError("cannot tell the batch size of this step: the training context has neither .batch nor "
+                    ".config.batch_size")

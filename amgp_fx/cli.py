@@ -1,0 +1,310 @@
+"""``amgp-compress``: analyse, prune, train, export and benchmark a recommendation model from the shell.
+
+This module parses arguments and hands them to :mod:`amgp_fx.cli_commands`; torch is imported only
+once a command runs, so bad arguments fail in a fraction of a second. Expected failures print one
+line, ``amgp-compress: error: <problem>. <fix>``, and exit with the code of their
+:mod:`amgp_fx.errors` class; ``--verbose`` adds the traceback and info logs.
+
+Example:
+    >>> parse_ratio("0.25"), parse_batch_sizes("1, 64,512"), parse_group_ratio("g1=0.5")
+    (0.25, (1, 64, 512), ('g1', 0.5))
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import traceback
+import warnings
+from typing import Any, Sequence
+
+from amgp_fx.errors import PruneRequestError, UsageError, as_cli_error
+
+__all__ = ["build_parser", "main", "parse_batch_sizes", "parse_factory_kwargs", "parse_group_ratio", "parse_ratio"]
+
+PROG = "amgp-compress"
+MODEL_NAMES = ("dlrm", "dcn_v2", "deepfm", "wide_deep", "autoint", "mmoe")  # models.MODEL_NAMES, without torch
+DEFAULT_OUTPUT = "amgp-out"
+
+
+# -- value parsers (pure: no torch) --------------------------------------------------------------------
+def parse_ratio(text: str, what: str = "ratio") -> float:
+    """A fraction strictly between 0 and 1; raises PruneRequestError otherwise."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise PruneRequestError(f"{what} {text!r} is not a number", "Pass a fraction such as 0.5") from None
+    if not math.isfinite(value) or not 0.0 < value < 1.0:
+        raise PruneRequestError(f"{what} {text!r} is outside (0, 1)", "Pass a fraction such as 0.5")
+    return value
+
+
+def parse_group_ratio(text: str) -> tuple[str, float]:
+    """``GROUP=RATIO`` (group id or name as listed by ``analyze``) -> ``(group, ratio)``."""
+    group, sep, value = str(text).rpartition("=")
+    if not sep or not group.strip():
+        raise UsageError(f"--group-ratio {text!r} is not GROUP=RATIO", "Write e.g. --group-ratio g1=0.75")
+    return group.strip(), parse_ratio(value, f"ratio of group {group.strip()}")
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """Comma-separated positive batch sizes, e.g. ``"1,64,512"`` (duplicates dropped, order kept)."""
+    sizes = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise UsageError(f"batch size {part!r} in {text!r} is not a positive integer",
+                             "Pass comma-separated sizes such as --batch-sizes 1,64,512")
+        sizes.append(int(part))
+    return tuple(dict.fromkeys(sizes))
+
+
+def parse_factory_kwargs(text: str | None) -> dict[str, Any]:
+    """``--factory-kwargs`` JSON object -> dict."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--factory-kwargs is not valid JSON ({error.msg} at column {error.colno})",
+                         "Pass a JSON object such as '{\"preset\": \"small\"}'") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--factory-kwargs must be a JSON object, got {type(value).__name__}",
+                         "Pass a JSON object such as '{\"preset\": \"small\"}'")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not str(text).strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+# -- parser ---------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit code 2) instead of printing usage and exiting."""
+
+    def error(self, message: str):  # noqa: D401 - argparse hook
+        raise UsageError(message, f"Run '{self.prog} --help' for usage")
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="show info logs and tracebacks of errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only results and errors, no progress")
+
+
+def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    group = parser.add_argument_group("model (a .pt2 file, a state dict plus --factory/--model, or --model alone)")
+    group.add_argument("model_file", nargs="?", metavar="MODEL",
+                       help=".pt2 (torch.export program, recommended), .safetensors or .pt state dict (needs "
+                            "--factory or --model), or a pickled .pt module (needs --trust-pickle)")
+    group.add_argument("--model", dest="model_name", choices=MODEL_NAMES,
+                       help="a built-in reference model (fresh weights, or the state dict's)")
+    group.add_argument("--preset", default="small", help="preset of --model (default: %(default)s)")
+    group.add_argument("--factory", metavar="MODULE:FN",
+                       help="callable that builds the model: package.module:function or path/to/file.py:function")
+    group.add_argument("--factory-kwargs", metavar="JSON", help="keyword arguments of --factory as a JSON object")
+    group.add_argument("--plan", metavar="PLAN.json", help="pruning plan of a pruned state dict (default: the "
+                       "plan stored in a .safetensors file written by amgp-compress)")
+    group.add_argument("--trust-pickle", action="store_true",
+                       help="allow pickled files; DANGER: loading a pickle can execute arbitrary code")
+    inputs = parser.add_argument_group("example inputs (default: the model's example_inputs(B), or the batch "
+                                       "saved in the .pt2)")
+    inputs.add_argument("--input-shape", metavar="SPEC",
+                        help="e.g. 'float32[B,13];int64[B,26]:0..1000' (one per input, B = batch, ids in [0,1000))")
+    inputs.add_argument("--example-inputs", metavar="FILE", help="a saved batch: .pt (tensors, loaded "
+                        "weights_only) or .safetensors")
+    inputs.add_argument("--batch-size", type=_positive_int, default=8,
+                        help="batch size of generated example inputs (default: %(default)s)")
+    parser.set_defaults(model_required=required)
+
+
+def _output_dir(parser: argparse.ArgumentParser, default: str = DEFAULT_OUTPUT) -> None:
+    parser.add_argument("-o", "--output-dir", default=default,
+                        help="folder for the output files (default: %(default)s); files appear only if the "
+                             "command succeeds")
+
+
+def _prune_options(parser: argparse.ArgumentParser, default_ratio: float | None = None) -> None:
+    group = parser.add_argument_group("pruning")
+    target = group.add_mutually_exclusive_group()
+    target.add_argument("--ratio", default=default_ratio, metavar="R",
+                        help="fraction of channels removed from each prunable group, in (0, 1)"
+                             + (" (default: %(default)s)" if default_ratio else ""))
+    target.add_argument("--flops-target", metavar="F",
+                        help="keep at most this fraction of the dense model's forward FLOPs, in (0, 1)")
+    group.add_argument("--group-ratio", action="append", default=[], metavar="GROUP=R",
+                       help="per-group ratio overriding --ratio (repeatable; ids/names from 'analyze')")
+    group.add_argument("--groups", metavar="IDS", help="prune only these groups (comma-separated ids or names)")
+    group.add_argument("--kinds", metavar="KINDS", help="prune only these kinds, e.g. hidden,embedding")
+    group.add_argument("--multiple", type=_positive_int, default=8,
+                       help="round kept widths to a multiple of this, never to 0 (default: %(default)s; 1: off)")
+    group.add_argument("--max-layer-ratio", default="0.9", metavar="C",
+                       help="per-layer cap: no group loses more than this fraction (default: %(default)s)")
+    group.add_argument("--criterion", default="l2", choices=("l2", "l1", "taylor", "random"),
+                       help="channel importance (default: %(default)s)")
+
+
+def _bench_options(parser: argparse.ArgumentParser, batch_sizes: str, iters: int) -> None:
+    group = parser.add_argument_group("benchmark")
+    group.add_argument("--batch-sizes", default=batch_sizes, help="comma-separated (default: %(default)s)")
+    group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="auto: CUDA when a GPU (and onnxruntime-gpu) is there, else CPU")
+    group.add_argument("--warmup", type=_positive_int, default=3, help="untimed calls per batch size")
+    group.add_argument("--iters", type=_positive_int, default=iters, help="timed calls per batch size")
+
+
+def _export_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("ONNX export")
+    group.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default: %(default)s)")
+    group.add_argument("--static-batch", action="store_true", help="bake the batch size in (for CUDA graphs)")
+    group.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
+    group.add_argument("--atol", type=float, help="parity tolerance (default 1e-4 absolute, 1e-3 relative)")
+    group.add_argument("--rtol", type=float)
+
+
+def _train_options(parser: argparse.ArgumentParser, steps: int) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--data", default="synthetic",
+                       help="'synthetic' (Criteo-like data shaped for the model) or a Criteo TSV file")
+    group.add_argument("--rows", type=_positive_int, default=20_000, help="synthetic training rows")
+    group.add_argument("--steps", type=int, default=steps, help="training steps (default: %(default)s)")
+    group.add_argument("--train-batch", type=_positive_int, default=256, help="training batch size")
+    group.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's preset)")
+    group.add_argument("--amgp", action="store_true", help="train with alternate growth and pruning")
+    group.add_argument("--seed", type=int, default=0)
+
+
+EPILOGS = {
+    "analyze": "examples:\n  amgp-compress analyze model.pt2\n  amgp-compress analyze --model dlrm --preset default"
+               "\n  amgp-compress analyze weights.safetensors --factory my_models.py:build --factory-kwargs "
+               "'{\"width\": 512}' --json groups.json",
+    "prune": "examples:\n  amgp-compress prune model.pt2 --ratio 0.5 -o out/\n  amgp-compress prune --model dlrm "
+             "--flops-target 0.3 --kinds hidden\n  amgp-compress prune weights.pt --factory pkg.models:build "
+             "--ratio 0.5 --group-ratio g1=0.75\nwrites pruned.pt2, pruned.safetensors (with the plan), plan.json, "
+             "prune_report.json",
+    "train": "examples:\n  amgp-compress train --model dlrm --steps 500 -o out/\n  amgp-compress train model.pt2 "
+             "--data day_0.tsv --amgp\nwrites trained.pt2, trained.safetensors, train_metrics.json",
+    "export": "examples:\n  amgp-compress export out/pruned.pt2 -o out/\n  amgp-compress export weights.safetensors "
+              "--model dlrm --static-batch --batch-size 512\nwrites model.onnx (checked, parity-tested) and "
+              "export_report.json",
+    "bench": "examples:\n  amgp-compress bench --onnx out/model.onnx --batch-sizes 1,256,4096\n  amgp-compress bench "
+             "out/pruned.pt2 --device cuda --runtimes ort,torch-eager,torch-compile\nwrites latency.json, latency.md",
+    "run": "examples:\n  amgp-compress run                     # small DLRM, synthetic data, CPU, < 2 minutes\n"
+           "  amgp-compress run --model dcn_v2 --ratio 0.6 --amgp -o out/\n  amgp-compress run model.pt2 "
+           "--flops-target 0.5 --device cuda --batch-sizes 256,1024,4096",
+}
+HELP = {
+    "analyze": "list the model's groups of channels (what can be pruned, and why not)",
+    "prune": "one-shot structured pruning to a ratio or a FLOPs target; saves the model and the plan",
+    "train": "train the model (dense or AMGP) on synthetic or Criteo TSV data",
+    "export": "export to ONNX, run onnx.checker and the ONNX Runtime parity check",
+    "bench": "latency of ONNX Runtime and/or PyTorch over a sweep of batch sizes",
+    "run": "the whole pipeline: train -> prune -> export -> bench, reports in one folder",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from amgp_fx import __version__
+
+    parser = _Parser(prog=PROG, formatter_class=_formatter,
+                     description="Compress recommendation models by structured pruning on torch.export graphs.",
+                     epilog="Run 'amgp-compress COMMAND --help' for each command; docs/cli.md lists the errors.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = {name: commands.add_parser(name, help=HELP[name], description=HELP[name][0].upper() + HELP[name][1:] + ".",
+                                     epilog=EPILOGS[name], formatter_class=_formatter) for name in HELP}
+    _model_options(sub["analyze"])
+    sub["analyze"].add_argument("--prunable-only", action="store_true", help="list only prunable groups")
+    sub["analyze"].add_argument("--json", metavar="FILE", help="also write the groups as JSON")
+    _model_options(sub["prune"])
+    _prune_options(sub["prune"])
+    sub["prune"].add_argument("--apply-plan", metavar="PLAN.json", help="apply this plan instead of making one")
+    _output_dir(sub["prune"])
+    _model_options(sub["train"])
+    _train_options(sub["train"], steps=500)
+    sub["train"].add_argument("--checkpoint-every", type=_positive_int, default=100, help="steps between checkpoints")
+    sub["train"].add_argument("--resume", action="store_true", help="continue from the last checkpoint in -o")
+    _output_dir(sub["train"])
+    _model_options(sub["export"])
+    _export_options(sub["export"])
+    _output_dir(sub["export"])
+    _model_options(sub["bench"], required=False)
+    sub["bench"].add_argument("--onnx", action="append", default=[], metavar="FILE",
+                              help="an ONNX file to time with ONNX Runtime (repeatable)")
+    sub["bench"].add_argument("--runtimes", default=None,
+                              help="comma-separated: ort, torch-eager, torch-compile (default: ort for --onnx "
+                                   "files, ort,torch-eager for a model)")
+    sub["bench"].add_argument("--variant", default=None, help="label of the model in the table (default: file name)")
+    _bench_options(sub["bench"], "1,64,512", iters=50)
+    _output_dir(sub["bench"])
+    _model_options(sub["run"], required=False)
+    _train_options(sub["run"], steps=200)
+    sub["run"].add_argument("--finetune-steps", type=int, default=50, help="training steps after pruning")
+    _prune_options(sub["run"], default_ratio=0.5)
+    _export_options(sub["run"])
+    _bench_options(sub["run"], "1,64,512", iters=20)
+    _output_dir(sub["run"])
+    for name in HELP:
+        _common(sub[name])
+        sub[name].set_defaults(command=name)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:  # torch's deprecation chatter is not the user's business
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|onnxscript)(\.|$)")
+        import torch  # noqa: F401 - torch installs its own log handlers on import; quieten them after
+
+        for name in ("torch", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _fail(line: str) -> None:
+    print(f"{PROG}: error: {line}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``amgp-compress`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "-v" in argv or "--verbose" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            raise UsageError("no command given", f"Run '{PROG} --help'; '{PROG} run' runs the whole pipeline")
+        _configure_logging(args.verbose)
+        from amgp_fx import cli_commands
+
+        return int(cli_commands.COMMANDS[args.command](args) or 0)
+    except SystemExit as exit_request:  # --help and --version
+        return int(exit_request.code or 0)
+    except KeyboardInterrupt:
+        _fail("interrupted; no output files were written by the interrupted step")
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place errors become exit codes
+        expected = as_cli_error(error)
+        if verbose or expected is None:
+            traceback.print_exc()
+        if expected is None:
+            _fail(f"internal error: {type(error).__name__}: {' '.join(str(error).split())[:300]}. This is a bug; "
+                  "rerun with --verbose and report the traceback")
+            return 1
+        _fail(expected.line())
+        return expected.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

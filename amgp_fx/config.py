@@ -1,0 +1,310 @@
+"""Configuration records for training and synthetic data: frozen, validated, JSON round-trippable.
+
+Configs are saved as JSON with a `type` and a `version` field and loaded through an allowlist of
+classes (`config_from_dict`), never with pickle, so a config file cannot run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+__all__ = [
+    "CONFIG_VERSION",
+    "OptimizerName",
+    "TrainConfig",
+    "SyntheticConfig",
+    "CRITEO_CARDINALITIES",
+    "capped_criteo_table_sizes",
+    "config_from_dict",
+]
+
+CONFIG_VERSION = 1
+
+# Raw Criteo-Kaggle cardinalities of the 26 categorical columns (as in DLRM's preprocessing).
+CRITEO_CARDINALITIES = (
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+)  # fmt: skip
+
+
+def capped_criteo_table_sizes(row_cap: int = 100_000) -> tuple[int, ...]:
+    """Criteo-Kaggle table sizes capped at `row_cap` rows (DLRM's `--max-ind-range`).
+
+    Example:
+        >>> len(capped_criteo_table_sizes()), max(capped_criteo_table_sizes(1000))
+        (26, 1000)
+    """
+    return tuple(min(rows, row_cap) for rows in CRITEO_CARDINALITIES)
+
+
+class OptimizerName(str, enum.Enum):
+    """Dense optimizer choice; embedding tables with sparse gradients get its sparse counterpart."""
+
+    SGD = "sgd"
+    ADAM = "adam"
+    ADAMW = "adamw"
+    ADAGRAD = "adagrad"
+
+
+class _ConfigMixin:
+    """`to_dict`/`from_dict` for flat frozen dataclasses whose fields are JSON scalars or tuples."""
+
+    _TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ()
+    _ENUM_FIELDS: ClassVar[dict[str, type[enum.Enum]]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with `type` and `version` keys."""
+        values: dict[str, Any] = {"type": type(self).__name__, "version": CONFIG_VERSION}
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            if isinstance(value, enum.Enum):
+                value = value.value
+            elif isinstance(value, tuple):
+                value = list(value)
+            values[field.name] = value
+        return values
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        """Rebuild from `to_dict` output.
+
+        Raises:
+            ValueError: for a wrong `type`, an unsupported `version` or unknown keys.
+        """
+        values = dict(data)
+        type_name = values.pop("type", cls.__name__)
+        if type_name != cls.__name__:
+            raise ValueError(f"expected a {cls.__name__} dict, got type {type_name!r}")
+        version = values.pop("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ValueError(
+                f"{cls.__name__} version {version!r} is not supported (this code reads version {CONFIG_VERSION})"
+            )
+        known = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys are {sorted(known)}")
+        for name in cls._TUPLE_FIELDS:
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_ConfigMixin):
+    """How `amgp_fx.train.train` runs.
+
+    Args:
+        optimizer: "sgd", "adam", "adamw" or "adagrad" for dense parameters; embedding tables that
+            produce sparse gradients get SGD, SparseAdam (adam/adamw) or Adagrad.
+        lr: learning rate of the dense optimizer.
+        sparse_lr: learning rate of the sparse optimizer; None uses `lr`.
+        weight_decay: dense weight decay (sparse optimizers cannot apply it; it is not used there).
+        momentum: SGD momentum (ignored by the other optimizers).
+        batch_size: training rows per step.
+        eval_batch_size: rows per evaluation forward; None uses `batch_size`.
+        steps: number of optimizer steps; at most one of `steps` and `epochs` is given.
+        epochs: number of passes over the training data; with neither given, 1.
+        eval_every: evaluate every N steps (0: only at the end).
+        log_every: write a training-loss record every N steps.
+        device: "cpu", "cuda" or "cuda:N".
+        seed: seeds parameters' RNG consumers (dropout), and the data order with the epoch number.
+        shuffle: shuffle training rows each epoch (the order depends only on seed and epoch).
+        data_on_device: copy in-memory training data to the device once instead of per batch.
+        metrics_path: JSON-lines file for training and evaluation records (None: no file).
+        checkpoint_dir: directory for checkpoints (None: no checkpoints).
+        checkpoint_every: save a checkpoint every N steps (0: only at the end, when a dir is set).
+        keep_checkpoints: how many most recent checkpoints to keep.
+        resume: continue from the latest checkpoint in `checkpoint_dir` when there is one.
+
+    Raises:
+        ValueError: for an out-of-range or inconsistent value, with the field named.
+
+    Example:
+        >>> config = TrainConfig(optimizer="adam", lr=1e-3, steps=100)
+        >>> TrainConfig.from_dict(config.to_dict()) == config
+        True
+    """
+
+    optimizer: OptimizerName = OptimizerName.ADAM
+    lr: float = 1e-3
+    sparse_lr: float | None = None
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    batch_size: int = 2048
+    eval_batch_size: int | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    eval_every: int = 0
+    log_every: int = 50
+    device: str = "cpu"
+    seed: int = 0
+    shuffle: bool = True
+    data_on_device: bool = False
+    metrics_path: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
+        except ValueError:
+            choices = [name.value for name in OptimizerName]
+            raise ValueError(f"TrainConfig.optimizer must be one of {choices}, got {self.optimizer!r}") from None
+        _require(self.steps is None or self.epochs is None,
+                 f"TrainConfig takes steps or epochs, not both; got steps={self.steps!r}, epochs={self.epochs!r}")
+        if self.steps is None and self.epochs is None:
+            object.__setattr__(self, "epochs", 1)
+        for name in ("steps", "epochs"):
+            value = getattr(self, name)
+            _require(value is None or (_is_int(value) and value > 0),
+                     f"TrainConfig.{name} must be a positive integer or None, got {value!r}")
+        _require(_is_number(self.lr) and self.lr > 0, f"TrainConfig.lr must be a finite number > 0, got {self.lr!r}")
+        _require(self.sparse_lr is None or (_is_number(self.sparse_lr) and self.sparse_lr > 0),
+                 f"TrainConfig.sparse_lr must be a finite number > 0 or None, got {self.sparse_lr!r}")
+        _require(_is_number(self.weight_decay) and self.weight_decay >= 0,
+                 f"TrainConfig.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        _require(_is_number(self.momentum) and 0 <= self.momentum < 1,
+                 f"TrainConfig.momentum must be in [0, 1), got {self.momentum!r}")
+        for name in ("batch_size", "keep_checkpoints"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value > 0, f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        _require(self.eval_batch_size is None or (_is_int(self.eval_batch_size) and self.eval_batch_size > 0),
+                 f"TrainConfig.eval_batch_size must be a positive integer or None, got {self.eval_batch_size!r}")
+        for name in ("eval_every", "log_every", "checkpoint_every"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value >= 0, f"TrainConfig.{name} must be an integer >= 0, got {value!r}")
+        _require(_is_int(self.seed) and self.seed >= 0, f"TrainConfig.seed must be an integer >= 0, got {self.seed!r}")
+        _require(isinstance(self.device, str) and (self.device == "cpu" or self.device.split(":")[0] == "cuda"),
+                 f"TrainConfig.device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        _require(not self.resume or self.checkpoint_dir is not None,
+                 "TrainConfig.resume=True needs checkpoint_dir to resume from")
+        for name in ("shuffle", "data_on_device", "resume"):
+            _require(isinstance(getattr(self, name), bool), f"TrainConfig.{name} must be a bool")
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig(_ConfigMixin):
+    """Criteo-like synthetic click data with labels from a hidden teacher network.
+
+    Dense features are log-normal counts (some zero) passed through log1p, as DLRM does. Category
+    ids follow a Zipf law per feature (id 0 most frequent). The teacher's click logit is
+    `bias + first_order_scale * (sum of per-id weights) + interaction_scale * (pairwise dot products
+    of per-id K-dim embeddings and a dense projection) + deep_scale * MLP(all teacher vectors)
+    + noise_std * N(0, 1)`; each term is normalised to unit standard deviation first, so the scales
+    are comparable. Noise lowers the Bayes AUC; a wide teacher (`teacher_dim`, `teacher_hidden`)
+    and a strong `deep_scale`/`interaction_scale` make model capacity matter.
+
+    Args:
+        name: dataset name carried into the `DatasetSpec`.
+        num_dense: number of dense features.
+        table_sizes: rows of each categorical feature (ids are in [0, size)).
+        num_tasks: label columns T (1: labels (N,), otherwise (N, T)).
+        zipf_exponent: id frequency ~ (rank + 1) ** -zipf_exponent.
+        dense_zero_fraction: probability that a dense count is 0.
+        teacher_dim: K, the teacher's embedding width.
+        teacher_hidden: H, the teacher MLP's hidden width.
+        first_order_scale, interaction_scale, deep_scale: weights of the logit terms.
+        noise_std: standard deviation of Gaussian logit noise the model cannot predict.
+        task_correlation: in [0, 1]; how much the tasks share their term weights.
+        target_ctr: the bias is set so that the mean click rate is about this.
+        seed: everything (teacher and rows) is a function of the seed and the row index.
+    """
+
+    name: str = "synthetic_criteo"
+    num_dense: int = 13
+    table_sizes: tuple[int, ...] = capped_criteo_table_sizes()
+    num_tasks: int = 1
+    zipf_exponent: float = 1.05
+    dense_zero_fraction: float = 0.2
+    teacher_dim: int = 8
+    teacher_hidden: int = 32
+    first_order_scale: float = 0.7
+    interaction_scale: float = 0.8
+    deep_scale: float = 0.6
+    noise_std: float = 0.5
+    task_correlation: float = 0.5
+    target_ctr: float = 0.25
+    seed: int = 0
+
+    _TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("table_sizes",)
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "default": {},
+        # the reference models' "small" presets use num_dense=4 and these four tables
+        "small": dict(name="synthetic_small", num_dense=4, table_sizes=(20, 50, 100, 30)),
+        # a wide teacher dominated by non-linear interactions: a narrow model underfits it
+        "capacity": dict(name="synthetic_capacity", teacher_dim=32, teacher_hidden=256,
+                         first_order_scale=0.4, interaction_scale=1.0, deep_scale=1.4, noise_std=0.3),
+    }
+
+    @classmethod
+    def from_preset(cls, preset: str = "default", **overrides: Any) -> SyntheticConfig:
+        """A named preset ("default", "small", "capacity") with field overrides.
+
+        Raises:
+            ValueError: for an unknown preset name.
+        """
+        if preset not in cls.PRESETS:
+            raise ValueError(f"unknown synthetic preset {preset!r}; choose from {sorted(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[preset], **overrides})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table_sizes", tuple(self.table_sizes))
+        _require(isinstance(self.name, str) and bool(self.name), "SyntheticConfig.name must be a non-empty string")
+        for name in ("num_dense", "num_tasks", "teacher_dim", "teacher_hidden"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value > 0, f"SyntheticConfig.{name} must be a positive integer, got {value!r}")
+        _require(len(self.table_sizes) > 0, "SyntheticConfig.table_sizes must name at least one table")
+        for index, rows in enumerate(self.table_sizes):
+            _require(_is_int(rows) and 1 <= rows < 2**40,
+                     f"SyntheticConfig.table_sizes[{index}] must be an integer in [1, 2**40), got {rows!r}")
+        _require(_is_number(self.zipf_exponent) and self.zipf_exponent > 0,
+                 f"SyntheticConfig.zipf_exponent must be > 0, got {self.zipf_exponent!r}")
+        _require(_is_number(self.dense_zero_fraction) and 0 <= self.dense_zero_fraction < 1,
+                 f"SyntheticConfig.dense_zero_fraction must be in [0, 1), got {self.dense_zero_fraction!r}")
+        for name in ("first_order_scale", "interaction_scale", "deep_scale", "noise_std"):
+            value = getattr(self, name)
+            _require(_is_number(value) and value >= 0, f"SyntheticConfig.{name} must be a finite number >= 0, got {value!r}")
+        _require(_is_number(self.task_correlation) and 0 <= self.task_correlation <= 1,
+                 f"SyntheticConfig.task_correlation must be in [0, 1], got {self.task_correlation!r}")
+        _require(_is_number(self.target_ctr) and 0 < self.target_ctr < 1,
+                 f"SyntheticConfig.target_ctr must be in (0, 1), got {self.target_ctr!r}")
+        _require(_is_int(self.seed) and 0 <= self.seed < 2**63, f"SyntheticConfig.seed must be an integer >= 0, got {self.seed!r}")
+
+
+_ALLOWED_CONFIGS: dict[str, type[_ConfigMixin]] = {"TrainConfig": TrainConfig, "SyntheticConfig": SyntheticConfig}
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TrainConfig | SyntheticConfig:
+    """Rebuild any config from its `to_dict` output, choosing the class by `type` from an allowlist.
+
+    Raises:
+        ValueError: for a missing or unknown `type`.
+
+    Example:
+        >>> config_from_dict(TrainConfig(steps=5).to_dict()).steps
+        5
+    """
+    type_name = data.get("type")
+    if type_name not in _ALLOWED_CONFIGS:
+        raise ValueError(f"unknown config type {type_name!r}; allowed: {sorted(_ALLOWED_CONFIGS)}")
+    return _ALLOWED_CONFIGS[type_name].from_dict(data)

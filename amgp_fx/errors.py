@@ -1,0 +1,148 @@
+"""Errors a command-line user can meet, each with its own exit code, and the one place that maps the
+library's exceptions onto them.
+
+Every error carries a *problem* and a *fix*; ``amgp-compress`` prints them on one line,
+``amgp-compress: error: <problem>. <fix>``, and exits with the class's ``exit_code``:
+
+=====  ==================  =========================================================================
+code   class               meaning
+=====  ==================  =========================================================================
+1      (any other)         an unexpected internal error (rerun with ``--verbose`` and report it)
+2      UsageError          bad command line: unknown flag, missing value, conflicting options
+3      ModelFileError      model file missing, truncated, corrupt, unsupported, pickle without trust
+4      FactoryError        ``--factory`` does not import, is not callable or fails to build a model
+5      InputSpecError      example inputs have the wrong shape/dtype or cannot be built
+6      TraceFailure        ``torch.export`` could not trace the model
+7      PruneRequestError   ratio outside (0, 1), would empty a layer, non-prunable group, bad plan
+8      OutputPathError     the output path cannot be written
+9      DataError           a data file has malformed rows, NaNs or the wrong columns
+10     ExportFailure       ONNX export, the ONNX checker or the parity check failed
+11     TrainingFailure     training diverged (NaN loss) or the training stage is unavailable
+130    (interrupted)       Ctrl-C
+=====  ==================  =========================================================================
+
+Library modules do not import this one; :func:`as_cli_error` recognises their exceptions by class
+name (``TraceError``, ``SurgeryError``, ...), so no heavy module is imported to classify an error.
+
+Example:
+    >>> error = as_cli_error(ValueError("boom"))
+    >>> error is None
+    True
+    >>> PruneRequestError("ratio 1.5 is outside (0, 1)", "Pass a fraction such as 0.5").line()
+    'ratio 1.5 is outside (0, 1). Pass a fraction such as 0.5.'
+"""
+from __future__ import annotations
+
+import re
+
+__all__ = ["CliError", "DataError", "ExportFailure", "FactoryError", "InputSpecError", "ModelFileError",
+           "OutputPathError", "PruneRequestError", "TraceFailure", "TrainingFailure", "UsageError",
+           "EXIT_CODES", "as_cli_error", "exit_code_of"]
+
+INTERNAL_ERROR_CODE = 1
+INTERRUPTED_CODE = 130
+
+
+class CliError(Exception):
+    """An expected failure: ``problem`` says what is wrong, ``fix`` what the user can do."""
+
+    exit_code = INTERNAL_ERROR_CODE
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(problem if not fix else f"{problem}. {fix}")
+        self.problem, self.fix = problem, fix
+
+    def line(self) -> str:
+        """Problem and fix as one line, each ending in a full stop."""
+        parts = [_sentence(self.problem)] + ([_sentence(self.fix)] if self.fix else [])
+        return " ".join(p for p in parts if p)
+
+
+class UsageError(CliError):
+    exit_code = 2
+
+
+class ModelFileError(CliError):
+    exit_code = 3
+
+
+class FactoryError(CliError):
+    exit_code = 4
+
+
+class InputSpecError(CliError):
+    exit_code = 5
+
+
+class TraceFailure(CliError):
+    exit_code = 6
+
+
+class PruneRequestError(CliError):
+    exit_code = 7
+
+
+class OutputPathError(CliError):
+    exit_code = 8
+
+
+class DataError(CliError):
+    exit_code = 9
+
+
+class ExportFailure(CliError):
+    exit_code = 10
+
+
+class TrainingFailure(CliError):
+    exit_code = 11
+
+
+EXIT_CODES = {cls.__name__: cls.exit_code for cls in (
+    UsageError, ModelFileError, FactoryError, InputSpecError, TraceFailure, PruneRequestError, OutputPathError,
+    DataError, ExportFailure, TrainingFailure)}
+
+# library exception class name -> (CLI error class, the fix when the library message has none)
+_LIBRARY_ERRORS: dict[str, tuple[type[CliError], str]] = {
+    "TraceError": (TraceFailure, "Make forward traceable by torch.export (see docs/cli.md#troubleshooting)"),
+    "ExampleInputError": (InputSpecError, "Pass inputs the model accepts with --input-shape or --example-inputs"),
+    "SurgeryError": (PruneRequestError, "Choose groups listed as prunable by 'amgp-compress analyze'"),
+    "PlanError": (PruneRequestError, "Re-create the plan on this model with 'amgp-compress prune'"),
+    "DataFormatError": (DataError, "Fix or drop the offending rows, or check the file's format"),
+    "ParityError": (ExportFailure, "Try --atol/--rtol, or report the model: ONNX Runtime disagrees with PyTorch"),
+    "ExportError": (ExportFailure, "Retry with --verbose to see the failing stage"),
+    "PassError": (ExportFailure, "Retry export with --no-passes to skip the FX rewrites"),
+    "ConfigError": (UsageError, "Check the option values against 'amgp-compress train --help'"),
+}
+
+
+def _sentence(text: str) -> str:
+    text = re.sub(r"\s+", " ", str(text)).strip()
+    return text if not text or text[-1] in ".!?" else text + "."
+
+
+def as_cli_error(error: BaseException) -> CliError | None:
+    """The ``CliError`` for an expected failure, or ``None`` for a bug (shown with a traceback).
+
+    Library exceptions are recognised by the name of a class in their MRO defined in ``amgp_fx``;
+    their message (already naming the problem and usually the fix) becomes one line.
+    """
+    if isinstance(error, CliError):
+        return error
+    for cls in type(error).__mro__:
+        mapped = _LIBRARY_ERRORS.get(cls.__name__)
+        if mapped is not None and cls.__module__.startswith("amgp_fx"):
+            target, fix = mapped
+            message = re.sub(r"\s+", " ", str(error)).strip() or cls.__name__
+            has_fix = re.search(r"\b(pass|use|try|choose|make|retry|check|set|fix|keep|drop)\b",
+                                message.split(". ", 1)[-1], re.IGNORECASE) and ". " in message
+            return target(message.rstrip("."), "" if has_fix else fix)
+    return None
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The process exit code for ``error`` (1 for unexpected errors, 130 for Ctrl-C)."""
+    if isinstance(error, KeyboardInterrupt):
+        return INTERRUPTED_CODE
+    mapped = as_cli_error(error)
+    return mapped.exit_code if mapped is not None else INTERNAL_ERROR_CODE

@@ -1,0 +1,211 @@
+"""Example inputs for a saved model: a shape spec, a small saved batch, or a resized known batch.
+
+A shape spec lists the positional inputs, separated by ``;``: a dtype, the shape in brackets with
+``B`` for the batch dim, and optionally ``:LOW..HIGH``, the value range (integers: ids drawn from
+``[LOW, HIGH)``, so ``HIGH`` is at most the smallest table size; floats: uniform in ``[LOW, HIGH)``;
+floats without a range are standard normal, integers without one are 0, a valid id for any table).
+
+Dim letters: B batch, F sparse fields.
+
+Example:
+    >>> specs = parse_input_spec("float32[B,13]; int64[B,26]:0..100")
+    >>> format_input_spec(specs)
+    'float32[B,13];int64[B,26]:0..100'
+    >>> dense, sparse = make_inputs(specs, batch_size=4)
+    >>> tuple(dense.shape), sparse.dtype, int(sparse.max()) < 100
+    ((4, 13), torch.int64, True)
+"""
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from amgp_fx.errors import InputSpecError
+
+__all__ = ["DTYPES", "TensorSpec", "format_input_spec", "load_example_batch", "make_inputs", "parse_input_spec",
+           "resize_batch", "spec_of"]
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "float": torch.float32, "float64": torch.float64, "double": torch.float64,
+    "float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
+    "int64": torch.int64, "long": torch.int64, "int32": torch.int32, "int": torch.int32, "int16": torch.int16,
+    "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
+}
+_CANONICAL = {dtype: name for name, dtype in reversed(list(DTYPES.items()))}
+_SPEC = re.compile(r"^(?P<dtype>[a-z0-9]+)\[(?P<dims>[^\]]*)\](?::(?P<low>[^.]*)\.\.(?P<high>.*))?$")
+_EXAMPLE = "float32[B,13];int64[B,26]:0..1000"
+MAX_ELEMENTS = 2**31
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One positional input: canonical dtype name, dims (ints, or ``"B"`` for the batch) and value range."""
+
+    dtype: str
+    shape: tuple[int | str, ...]
+    low: float | None = None
+    high: float | None = None
+
+    def format(self) -> str:
+        dims = ",".join(str(d) for d in self.shape)
+        text = f"{self.dtype}[{dims}]"
+        if self.low is not None:
+            text += f":{_number(self.low)}..{_number(self.high)}"
+        return text
+
+    @property
+    def is_integer(self) -> bool:
+        dtype = DTYPES[self.dtype]
+        return not dtype.is_floating_point and dtype is not torch.bool
+
+
+def _number(value: float | None) -> str:
+    return str(int(value)) if value is not None and float(value).is_integer() else repr(value)
+
+
+def _fail(text: str, problem: str) -> InputSpecError:
+    return InputSpecError(f"bad --input-shape {text!r}: {problem}",
+                          f"Write one 'dtype[dims]' or 'dtype[dims]:low..high' per input, separated by ';', "
+                          f"with B for the batch, e.g. '{_EXAMPLE}'")
+
+
+def _parse_number(text: str, value: str, integer: bool) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise _fail(text, f"range bound {value!r} is not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise _fail(text, f"range bound {value!r} is not finite")
+    if integer and not number.is_integer():
+        raise _fail(text, f"integer inputs need whole-number bounds, got {value!r}")
+    return number
+
+
+def parse_input_spec(text: str) -> tuple[TensorSpec, ...]:
+    """Parse ``"float32[B,13];int64[B,26]:0..100"`` into one :class:`TensorSpec` per input.
+
+    Raises:
+        InputSpecError: empty spec, unknown dtype, a dim that is neither a positive int nor ``B``,
+            no batch dim first, a range with low >= high, or a range on a bool input.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise _fail(str(text), "it is empty")
+    specs = []
+    for part in text.split(";"):
+        part = re.sub(r"\s+", "", part)
+        match = _SPEC.match(part)
+        if match is None:
+            raise _fail(text, f"cannot read {part!r}")
+        dtype_name = match["dtype"]
+        if dtype_name not in DTYPES:
+            raise _fail(text, f"unknown dtype {dtype_name!r} (known: {', '.join(sorted(set(_CANONICAL.values())))})")
+        dtype = _CANONICAL[DTYPES[dtype_name]]
+        dims: list[int | str] = []
+        for dim in match["dims"].split(","):
+            if dim in ("B", "b"):
+                dims.append("B")
+            elif dim.isdigit() and int(dim) > 0:
+                dims.append(int(dim))
+            else:
+                raise _fail(text, f"dim {dim!r} of {part!r} is not a positive integer or B")
+        if not dims or dims[0] != "B" or "B" in dims[1:]:
+            raise _fail(text, f"{part!r} must have the batch B as its first dim, and only there")
+        spec = TensorSpec(dtype, tuple(dims))
+        if match["low"] is not None:
+            if dtype == "bool":
+                raise _fail(text, "bool inputs take no range")
+            low = _parse_number(text, match["low"], spec.is_integer)
+            high = _parse_number(text, match["high"], spec.is_integer)
+            if not low < high:
+                raise _fail(text, f"range {match['low']}..{match['high']} is empty (low must be < high)")
+            spec = TensorSpec(dtype, tuple(dims), low, high)
+        specs.append(spec)
+    return tuple(specs)
+
+
+def format_input_spec(specs: Sequence[TensorSpec]) -> str:
+    """The canonical text of ``specs``; ``parse_input_spec(format_input_spec(s)) == s``."""
+    return ";".join(spec.format() for spec in specs)
+
+
+def make_inputs(specs: Sequence[TensorSpec], batch_size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Deterministic tensors matching ``specs`` with B = ``batch_size``; shapes ``spec.shape`` with B filled in.
+
+    Raises:
+        InputSpecError: a tensor would exceed 2**31 elements.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    tensors = []
+    for spec in specs:
+        shape = tuple(batch_size if d == "B" else int(d) for d in spec.shape)
+        if torch.Size(shape).numel() > MAX_ELEMENTS:
+            raise InputSpecError(f"input {spec.format()} at batch {batch_size} has over 2**31 elements",
+                                 "Use a smaller --batch-size or smaller dims")
+        dtype = DTYPES[spec.dtype]
+        if dtype is torch.bool:
+            tensors.append(torch.zeros(shape, dtype=torch.bool))
+        elif spec.is_integer:
+            low, high = (int(spec.low), int(spec.high)) if spec.low is not None else (0, 1)
+            tensors.append(torch.randint(low, high, shape, generator=generator, dtype=torch.int64).to(dtype))
+        elif spec.low is not None:
+            values = torch.rand(shape, generator=generator, dtype=torch.float64) * (spec.high - spec.low) + spec.low
+            tensors.append(values.to(dtype))
+        else:
+            tensors.append(torch.randn(shape, generator=generator, dtype=torch.float32).to(dtype))
+    return tuple(tensors)
+
+
+def spec_of(inputs: Sequence[torch.Tensor]) -> tuple[TensorSpec, ...]:
+    """Specs describing ``inputs`` (dim 0 as B; integer ranges ``min..max+1`` of the values seen)."""
+    specs = []
+    for tensor in inputs:
+        dtype = _CANONICAL.get(tensor.dtype, str(tensor.dtype).replace("torch.", ""))
+        dims = ("B", *tensor.shape[1:]) if tensor.dim() else ()
+        spec = TensorSpec(dtype, tuple(dims))
+        if spec.dtype in DTYPES and spec.is_integer and tensor.numel():
+            spec = TensorSpec(dtype, tuple(dims), float(tensor.min()), float(tensor.max()) + 1)
+        specs.append(spec)
+    return tuple(specs)
+
+
+def resize_batch(inputs: Sequence[torch.Tensor], batch_size: int) -> tuple[torch.Tensor, ...]:
+    """Rows ``i % B`` of every batch-major input, so valid ids stay valid: (B, ...) -> (batch_size, ...)."""
+    if not inputs or any(t.dim() == 0 or t.shape[0] != inputs[0].shape[0] for t in inputs):
+        return tuple(inputs)
+    index = torch.arange(batch_size) % inputs[0].shape[0]
+    return tuple(t[index.to(t.device)] for t in inputs)
+
+
+def load_example_batch(path: str | Path) -> tuple[torch.Tensor, ...]:
+    """A small saved batch: a ``.pt`` file (loaded with ``weights_only=True``) holding a tensor, a
+    tuple/list of tensors or a dict of them (in insertion order), or a ``.safetensors`` file.
+
+    Raises:
+        InputSpecError: the file is missing, not loadable without pickle, or holds no tensors.
+    """
+    path = Path(path)
+    fix = "Save the batch with torch.save((dense, sparse), 'batch.pt') or safetensors.torch.save_file"
+    if not path.is_file():
+        raise InputSpecError(f"example-inputs file {path} does not exist", fix)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load as load_safetensors
+
+            loaded = load_safetensors(path.read_bytes())
+        else:
+            loaded = torch.load(io.BytesIO(path.read_bytes()), weights_only=True, map_location="cpu")
+    except Exception as error:  # noqa: BLE001 - any loader failure means an unusable file
+        raise InputSpecError(f"cannot read example inputs from {path}: {type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}", fix) from error
+    if isinstance(loaded, torch.Tensor):
+        loaded = (loaded,)
+    elif isinstance(loaded, dict):
+        loaded = tuple(loaded.values())
+    if not isinstance(loaded, (tuple, list)) or not loaded or not all(isinstance(t, torch.Tensor) for t in loaded):
+        raise InputSpecError(f"{path} holds {type(loaded).__name__}, not tensors", fix)
+    return tuple(loaded)

@@ -1,0 +1,336 @@
+"""One-shot structured pruning to a ratio or a FLOPs target, as a JSON plan that can be re-applied.
+
+A plan lists, for each pruned group, which of its channels (positions among the group's full-size
+channels) are kept. It is computed from the analysis and the importance scores:
+
+- each selected group loses ``ratio`` of its channels (a per-group override may replace the global
+  ratio), capped at ``max_layer_ratio`` per group;
+- the kept width is rounded to the nearest multiple of ``multiple`` (8 by default: tensor-core and
+  vector-friendly sizes), never below one multiple and never above the group's size; groups no
+  larger than ``multiple`` are rounded to whole channels, never 0;
+- a request that would keep less than one channel of a group ("empties the layer") is refused;
+- with a FLOPs target, a bisection finds the smallest global ratio whose pruned model has at most
+  ``flops_target`` x the dense model's forward FLOPs, measured by shrinking, counting and regrowing.
+
+The channels kept are the highest-scoring ones (``amgp_fx.score``, L2 by default). ``apply_plan``
+shrinks a freshly analysed copy of the same model to exactly the plan's channels, which together
+with the factory and the pruned state dict re-creates the pruned model.
+
+Example:
+    >>> import torch, amgp_fx
+    >>> model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    >>> graph = amgp_fx.analyze(model, (torch.randn(4, 16),))
+    >>> plan = plan_pruning(graph, ratio=0.5)
+    >>> [(g.name, g.full_size, len(g.keep)) for g in plan.groups]
+    [('0.weight[0]', 64, 32)]
+    >>> _ = apply_plan(graph, plan)
+    >>> graph.module(torch.randn(3, 16)).shape
+    torch.Size([3, 4])
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from amgp_fx.groups.analyze import DependencyGraph
+from amgp_fx.groups.model import Group
+from amgp_fx.importance import CRITERIA, score
+from amgp_fx.surgery import SurgeryRecord, grow_, shrink_
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PLAN_FORMAT", "PLAN_VERSION", "GroupKeep", "PlanError", "PruningPlan", "apply_plan", "count_parameters",
+           "plan_pruning", "prune_"]
+
+PLAN_FORMAT, PLAN_VERSION = "amgp-fx-pruning-plan", 1
+_GRID = 1000  # ratio grid of the FLOPs-target search
+
+
+class PlanError(ValueError):
+    """A pruning request or plan that cannot be carried out; the message names the group and the fix."""
+
+
+@dataclass(frozen=True)
+class GroupKeep:
+    """Channels kept in one group: positions in ``[0, full_size)``, ascending."""
+
+    id: str
+    name: str
+    kind: str
+    full_size: int
+    keep: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        keep = tuple(int(k) for k in self.keep)
+        if not keep or list(keep) != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= self.full_size:
+            raise PlanError(f"group {self.id} ({self.name}): kept channels must be distinct, ascending and in "
+                            f"[0, {self.full_size}), at least one")
+        object.__setattr__(self, "keep", keep)
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """Which channels of which groups to keep, and how the plan was made (saved as JSON, no pickle)."""
+
+    groups: tuple[GroupKeep, ...]
+    criterion: str = "l2"
+    ratio: float | None = None
+    flops_target: float | None = None
+    multiple: int = 8
+    max_layer_ratio: float = 0.9
+    stats: dict[str, Any] = field(default_factory=dict)  # parameters/FLOPs before and after
+    version: int = PLAN_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["groups"] = [{**asdict(g), "keep": list(g.keep)} for g in self.groups]
+        return {"format": PLAN_FORMAT, **data}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PruningPlan:
+        """Raises PlanError for another format or version, or malformed fields."""
+        if not isinstance(data, Mapping) or data.get("format") != PLAN_FORMAT:
+            raise PlanError("this is not an amgp-fx pruning plan (no \"format\": \"amgp-fx-pruning-plan\")")
+        if data.get("version") != PLAN_VERSION:
+            raise PlanError(f"pruning plan version {data.get('version')!r} is not supported (this amgp-fx reads "
+                            f"version {PLAN_VERSION})")
+        try:
+            groups = tuple(GroupKeep(str(g["id"]), str(g["name"]), str(g.get("kind", "")), int(g["full_size"]),
+                                     tuple(g["keep"])) for g in data["groups"])
+            known = {"criterion", "ratio", "flops_target", "multiple", "max_layer_ratio", "stats"}
+            return cls(groups=groups, **{k: data[k] for k in known if k in data})
+        except (KeyError, TypeError, ValueError) as error:
+            if isinstance(error, PlanError):
+                raise
+            raise PlanError(f"malformed pruning plan: {type(error).__name__}: {error}") from error
+
+    def save(self, path: str | os.PathLike) -> None:
+        from amgp_fx.fileio import atomic_write_json
+
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PruningPlan:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, json.JSONDecodeError) as error:
+            raise PlanError(f"cannot read pruning plan {path}: {error}") from error
+        return cls.from_dict(data)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _round_width(raw: float, full: int, multiple: int) -> int:
+    """``raw`` channels rounded half-up to a multiple of ``multiple`` within [multiple, full] (whole
+    channels within [1, full] when ``full <= multiple``)."""
+    if full <= multiple:
+        return min(full, max(1, math.floor(raw + 0.5)))
+    return min(full, max(multiple, multiple * math.floor(raw / multiple + 0.5)))
+
+
+def _select(graph: DependencyGraph, groups: Sequence[str] | None, kinds: Sequence[str] | None) -> list[Group]:
+    if groups:
+        chosen = []
+        for key in groups:
+            try:
+                group = graph.group(key)
+            except KeyError:
+                raise PlanError(f"no group {key!r} in this model; 'amgp-compress analyze' lists the groups") from None
+            if not group.prunable:
+                raise PlanError(f"group {group.id} ({group.name}) cannot be pruned: {group.reason}")
+            chosen.append(group)
+    else:
+        chosen = graph.prunable_groups(tuple(kinds) if kinds else None)
+    if not chosen:
+        kinds_text = f" of kind {', '.join(kinds)}" if kinds else ""
+        raise PlanError(f"the model has no prunable group{kinds_text}; 'amgp-compress analyze' says why")
+    return chosen
+
+
+def _widths(chosen: Sequence[Group], ratio: float, overrides: Mapping[str, float], multiple: int, cap: float,
+            allow_empty_request: bool) -> dict[str, int]:
+    widths = {}
+    for group in chosen:
+        requested = overrides.get(group.id, overrides.get(group.name, ratio))
+        effective = min(requested, cap)
+        raw = group.size * (1.0 - effective)
+        if raw < 1.0 and not allow_empty_request:
+            raise PlanError(f"ratio {requested:g} would empty group {group.id} ({group.name}, {group.kind}, "
+                            f"{group.size} channels): it keeps {raw:.2g} of a channel. Use a ratio below "
+                            f"{1 - 1 / group.size:.3g} for it, cap layers with --max-layer-ratio, or leave it out "
+                            "with --kinds/--groups")
+        widths[group.id] = _round_width(max(raw, 1.0), group.size, multiple)
+    return widths
+
+
+def _top(scores: Mapping[str, torch.Tensor], widths: Mapping[str, int]) -> dict[str, list[int]]:
+    """Highest-scoring positions per group, ascending; ties broken by position (stable)."""
+    keep = {}
+    for group_id, width in widths.items():
+        order = torch.sort(scores[group_id], descending=True, stable=True).indices[:width]
+        keep[group_id] = sorted(order.tolist())
+    return keep
+
+
+def _check_ratio(name: str, value: float, upper_inclusive: bool = False) -> None:
+    ok = 0.0 < value <= 1.0 if upper_inclusive else 0.0 < value < 1.0
+    if not (isinstance(value, (int, float)) and ok):
+        raise PlanError(f"{name} {value!r} is outside (0, 1{']' if upper_inclusive else ')'}: pass a fraction "
+                        "such as 0.5")
+
+
+def plan_pruning(graph: DependencyGraph, ratio: float | None = None, *, flops_target: float | None = None,
+                 group_ratios: Mapping[str, float] | None = None, groups: Sequence[str] | None = None,
+                 kinds: Sequence[str] | None = None, criterion: str = "l2", multiple: int = 8,
+                 max_layer_ratio: float = 0.9, example_inputs: tuple | None = None) -> PruningPlan:
+    """Choose the channels to keep in each selected group (the graph is left as it was).
+
+    Args:
+        graph: an analysed, not yet pruned model.
+        ratio: fraction of channels to remove from each selected group, in (0, 1).
+        flops_target: instead of ``ratio``: the pruned model's forward FLOPs as a fraction of the
+            dense model's, in (0, 1).
+        group_ratios: per-group ratios (by group id or name), overriding ``ratio``.
+        groups, kinds: prune only these groups (ids or names), or only groups of these kinds
+            (``hidden``, ``embedding``, ``heads``, ...); default every prunable group.
+        criterion: importance criterion (``l2``, ``l1``, ``taylor``, ``random``).
+        multiple: kept widths are rounded to a multiple of this (>= 1).
+        max_layer_ratio: no group loses more than this fraction, in (0, 1].
+        example_inputs: inputs for FLOPs counting; default the inputs the graph was traced with.
+    Returns:
+        ``PruningPlan``; only groups that lose channels are listed.
+    Raises:
+        PlanError: ratio or target outside (0, 1), a request that would empty a layer, a
+            non-prunable or unknown group, or an unreachable FLOPs target.
+    """
+    if (ratio is None) == (flops_target is None) and not group_ratios:
+        raise PlanError("pass exactly one of a pruning ratio and a FLOPs target")
+    for name, value in [("ratio", ratio), ("FLOPs target", flops_target), *(group_ratios or {}).items()]:
+        if value is not None:
+            _check_ratio(name if name in ("ratio", "FLOPs target") else f"ratio of group {name}", value)
+    _check_ratio("max layer ratio", max_layer_ratio, upper_inclusive=True)
+    if not isinstance(multiple, int) or multiple < 1:
+        raise PlanError(f"multiple {multiple!r} must be a positive integer (1 turns rounding off)")
+    if criterion not in CRITERIA:
+        raise PlanError(f"unknown importance criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    overrides = dict(group_ratios or {})
+    only_overrides = ratio is None and flops_target is None
+    chosen = _select(graph, groups or (list(overrides) if only_overrides else None), kinds)
+    for key in overrides:
+        if not any(key in (g.id, g.name) for g in _select(graph, [key], None) if g in chosen):
+            raise PlanError(f"group {key!r} has a ratio but is not among the groups being pruned")
+    if any(g.size != g.full_size for g in chosen):
+        raise PlanError("plan_pruning needs an unpruned graph; analyse the pruned model again to prune it further")
+    scores = score(graph, criterion, groups=chosen)
+    stats: dict[str, Any] = {}
+    if flops_target is not None:
+        ratio, stats = _solve_flops(graph, chosen, scores, flops_target, overrides, multiple, max_layer_ratio,
+                                    example_inputs if example_inputs is not None else graph.traced.args)
+    widths = _widths(chosen, ratio or 0.0, overrides, multiple, max_layer_ratio, flops_target is not None)
+    keep = _top(scores, widths)
+    plan_groups = tuple(GroupKeep(g.id, g.name, g.kind, g.full_size, tuple(keep[g.id]))
+                        for g in chosen if len(keep[g.id]) < g.full_size)
+    if not plan_groups:
+        log.warning("the request removes no channel (widths round back up to a multiple of %d)", multiple)
+    return PruningPlan(plan_groups, criterion, ratio, flops_target, multiple, max_layer_ratio, stats)
+
+
+def _solve_flops(graph, chosen, scores, target, overrides, multiple, cap, inputs) -> tuple[float, dict]:
+    """Smallest ratio (on a 1/1000 grid of the cap) whose pruned forward FLOPs are <= target x dense.
+
+    Widths are step functions of the ratio, so the grid collapses to a few distinct width vectors;
+    a bisection over those measures about log2 of their number (shrink, count, regrow each).
+    """
+    from amgp_fx.bench import count_forward_flops
+
+    dense = count_forward_flops(graph.module, inputs)
+    if dense == 0:
+        raise PlanError("the model has no counted FLOPs (only lookups?), so a FLOPs target means nothing; use a ratio")
+    candidates: list[tuple[float, dict[str, int]]] = []  # first ratio of each distinct width vector
+    for step in range(1, _GRID + 1):
+        widths = _widths(chosen, cap * step / _GRID, overrides, multiple, cap, True)
+        if not candidates or widths != candidates[-1][1]:
+            candidates.append((cap * step / _GRID, widths))
+    measured: dict[int, int] = {}
+
+    def flops_of(index: int) -> int:
+        if index not in measured:
+            keep = _top(scores, candidates[index][1])
+            record = shrink_(graph, {k: v for k, v in keep.items() if len(v) < graph.group(k).size})
+            try:
+                measured[index] = count_forward_flops(graph.module, inputs)
+            finally:
+                grow_(graph, record)
+        return measured[index]
+
+    last = len(candidates) - 1
+    if flops_of(last) > target * dense:
+        raise PlanError(f"FLOPs target {target:g} is out of reach: removing the most allowed ({cap:g} of every "
+                        f"selected group) leaves {flops_of(last) / dense:.3g} of the dense FLOPs. Raise the target, "
+                        "--max-layer-ratio, or use --multiple 1")
+    low, high = -1, last  # flops_of(high) meets the target; low is the largest index known not to
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if flops_of(middle) <= target * dense else (middle, high)
+    return candidates[high][0], {"flops_before": dense, "flops_after": flops_of(high),
+                                 "flops_batch": int(inputs[0].shape[0])}
+
+
+def apply_plan(graph: DependencyGraph, plan: PruningPlan | Mapping[str, Any], optimizers=None) -> SurgeryRecord:
+    """Shrink ``graph`` to the plan's channels (in place; see :func:`amgp_fx.shrink_`).
+
+    Groups are found by id and checked by name and size; if ids differ (another analysis order)
+    a unique (name, size) match is used.
+
+    Raises:
+        PlanError: the plan names a group this model does not have, of another size, or not prunable.
+    """
+    plan = plan if isinstance(plan, PruningPlan) else PruningPlan.from_dict(plan)
+    keep = {}
+    for entry in plan.groups:
+        group = next((g for g in graph.groups if g.id == entry.id and g.name == entry.name
+                      and g.full_size == entry.full_size), None)
+        if group is None:
+            matches = [g for g in graph.groups if g.name == entry.name and g.full_size == entry.full_size]
+            if len(matches) != 1:
+                raise PlanError(f"the plan's group {entry.id} ({entry.name}, {entry.full_size} channels) is not in "
+                                "this model: the plan was made for another model or configuration. Re-create it "
+                                "with 'amgp-compress prune' on this model")
+            group = matches[0]
+        if not group.prunable:
+            raise PlanError(f"the plan prunes group {group.id} ({group.name}), which cannot be pruned here: "
+                            f"{group.reason}")
+        if group.size != group.full_size:
+            raise PlanError(f"group {group.id} ({group.name}) is already pruned; apply plans to a fresh model")
+        keep[group.id] = list(entry.keep)
+    return shrink_(graph, keep, optimizers)
+
+
+def prune_(graph: DependencyGraph, ratio: float | None = None, *, optimizers=None, measure_flops: bool = True,
+           **options) -> tuple[PruningPlan, SurgeryRecord]:
+    """Plan (see :func:`plan_pruning` for the options) and apply it; the plan's ``stats`` get the
+    parameter counts and forward FLOPs before and after."""
+    from amgp_fx.bench import count_forward_flops
+
+    params_before = count_parameters(graph.module)
+    plan = plan_pruning(graph, ratio, **options)
+    inputs = options.get("example_inputs") or graph.traced.args
+    stats = dict(plan.stats)
+    if measure_flops and "flops_before" not in stats:
+        stats.update(flops_before=count_forward_flops(graph.module, inputs), flops_batch=int(inputs[0].shape[0]))
+    record = apply_plan(graph, plan, optimizers)
+    if measure_flops and "flops_after" not in stats:
+        stats["flops_after"] = count_forward_flops(graph.module, inputs)
+    stats.update(params_before=params_before, params_after=count_parameters(graph.module))
+    plan = PruningPlan(plan.groups, plan.criterion, plan.ratio, plan.flops_target, plan.multiple,
+                       plan.max_layer_ratio, stats)
+    return plan, record
