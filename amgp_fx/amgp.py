@@ -1,6 +1,8 @@
 """The AMGP training hook: shrink at the start of each pruned phase, grow back after it.
 
-Plug it into ``amgp_fx.train.train`` (``hooks=[hook], forward=hook.forward``). At every phase
+Plug it into ``amgp_fx.train.train`` (``hooks=[hook], forward=hook.forward``): the trainer
+steps the eager model's parameters, which the graph module shares, while ``hook.forward`` runs the
+graph module (the only one that runs pruned) in the eager model's train/eval mode. At every phase
 boundary of ``AmgpConfig.schedule`` it re-scores importance, picks the channels to keep in each
 chosen group (``plan_keep``), and shrinks the model, its gradients and its optimizer state in
 place (``amgp_fx.shrink_``); when the pruned phase ends it grows the removed units back
@@ -9,7 +11,7 @@ baselines: ``method="dense"`` (accounting only) and ``method="prune_only"`` (gra
 the compact model, no growth); a small dense model is a dense run of a narrower model whose width
 comes from ``flops.width_scale_for_flops``.
 
-Accounting, written to the metrics log as JSON lines (``event`` = ``amgp_surgery``,
+Accounting, written to the metrics log as JSON lines (``kind`` = ``amgp_surgery``,
 ``amgp_phase``, ``amgp_summary``): training FLOPs per step (``flops.count_training_flops`` on the
 graph as it runs, at the step's batch size) summed per phase and over the run; wall-clock per phase
 (``cuda.synchronize`` at the boundaries on a GPU; it includes surgery and anything the training
@@ -216,10 +218,13 @@ class AmgpHook:
         self.surgeries: list[dict[str, Any]] = []
 
     # -- public views ----------------------------------------------------------------------------
-    @property
-    def forward(self):
-        """The module to train and evaluate (the graph's module, whose size literals follow surgery)."""
-        return self.graph.module
+    def forward(self, model: torch.nn.Module, batch) -> torch.Tensor:
+        """``train``'s forward: the graph module (whose size literals follow surgery) on
+        ``(batch.dense, batch.sparse)``, in ``model``'s train/eval mode. Logits (B,) or (B, T)."""
+        module = self.graph.module
+        if module.training != model.training:
+            module.train(model.training)
+        return module(batch.dense, batch.sparse)
 
     def sizes(self) -> dict[str, int]:
         """Present channels of each chosen group now."""
@@ -236,12 +241,11 @@ class AmgpHook:
 
     # -- trainer hooks ---------------------------------------------------------------------------
     def on_train_start(self, ctx) -> None:
-        self._sync_training_mode(ctx)
+        self._share_buffers(ctx)
 
     def on_step_start(self, ctx) -> None:
         step = int(ctx.step)
         phase = self.schedule.phase_at(step)
-        self._sync_training_mode(ctx)
         if self._phase is None or phase.start != self._phase.start:
             if self._phase is not None:
                 self._close_phase(ctx, step)
@@ -256,11 +260,11 @@ class AmgpHook:
         self._phase_steps += 1
         self._steps += 1
         if self.log_every and step % self.log_every == 0:
-            self._log(ctx, {"event": "amgp_step", "step": step, "phase": phase.name, "cycle": phase.cycle,
+            self._log(ctx, {"kind": "amgp_step", "step": step, "phase": phase.name, "cycle": phase.cycle,
                             "width": self.width(), "flops_step": flops.total, "flops_total": self._total_flops})
 
     def on_step_end(self, ctx) -> None:
-        step = int(ctx.step)
+        step = int(ctx.step) - 1  # the trainer counts completed steps here
         following = self.schedule.phase_at(step + 1) if step + 1 < self.schedule.total_steps else None
         if (self.config.criterion == "taylor" and following is not None and following.start == step + 1
                 and following.plan >= 0 and following.plan != self._plan):
@@ -273,11 +277,11 @@ class AmgpHook:
         if self._finished:
             return
         if self._phase is not None:
-            self._close_phase(ctx, int(ctx.step) + 1)
+            self._close_phase(ctx, int(ctx.step))
         if self.schedule.final is FinalState.FULL and self._record is not None:
             self._grow(ctx)
         self._finished = True
-        self._log(ctx, {"event": "amgp_summary", "step": int(ctx.step), **self.summary()})
+        self._log(ctx, {"kind": "amgp_summary", "step": int(ctx.step), **self.summary()})
 
     # -- resume ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -383,7 +387,7 @@ class AmgpHook:
         self._log_surgery(ctx, "grow", before, start, 0)
 
     def _log_surgery(self, ctx, action: str, before: dict, start: float, nbytes: int) -> None:
-        record = {"event": "amgp_surgery", "step": int(ctx.step), "action": action, "sizes_before": before,
+        record = {"kind": "amgp_surgery", "step": int(ctx.step), "action": action, "sizes_before": before,
                   "sizes_after": self.sizes(), "width": self.width(), "seconds": self._now(ctx) - start,
                   "saved_bytes": nbytes}
         self.surgeries.append(record)
@@ -398,7 +402,8 @@ class AmgpHook:
             torch.cuda.reset_peak_memory_stats(device)
         self._phase_t0 = self._now(ctx)
 
-    def _close_phase(self, ctx, next_step: int) -> None:
+    def _close_phase(self, ctx, done: int) -> None:
+        """Finish the current phase; ``done`` steps of the run are complete."""
         phase = self._phase
         elapsed = self._phase_elapsed + (self._now(ctx) - self._phase_t0 if self._phase_t0 is not None else 0.0)
         device = _device(ctx)
@@ -406,8 +411,8 @@ class AmgpHook:
             peak = int(torch.cuda.max_memory_allocated(device))
         else:
             peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-        record = {"event": "amgp_phase", "step": next_step - 1, "phase": phase.name, "cycle": phase.cycle,
-                  "start": phase.start, "end": next_step, "steps": self._phase_steps, "flops": self._phase_flops,
+        record = {"kind": "amgp_phase", "step": done, "phase": phase.name, "cycle": phase.cycle,
+                  "start": phase.start, "end": done, "steps": self._phase_steps, "flops": self._phase_flops,
                   "flops_per_step": self._phase_flops / self._phase_steps if self._phase_steps else 0.0,
                   "wall_clock_s": elapsed, "peak_memory_bytes": peak, "memory_kind": device.type,
                   "width": self.width(), "sizes": self.sizes()}
@@ -421,14 +426,27 @@ class AmgpHook:
             torch.cuda.synchronize(device)
         return time.perf_counter()
 
-    def _sync_training_mode(self, ctx) -> None:
+    def _share_buffers(self, ctx) -> None:
+        """Point the graph module at the model's buffers again if ``model.to(device)`` replaced them
+        (parameters move in place, buffers are new tensors), so both see one batch-norm state."""
         model = getattr(ctx, "model", None)
-        if model is not None and model is not self.graph.module and self.graph.module.training != model.training:
-            self.graph.module.train(model.training)
+        if model is None or model is self.graph.module:
+            return
+        own = dict(model.named_buffers())
+        for name, buffer in list(self.graph.module.named_buffers()):
+            if name in own and own[name] is not buffer:
+                owner_name, _, leaf = name.rpartition(".")
+                owner = self.graph.module.get_submodule(owner_name) if owner_name else self.graph.module
+                owner._buffers[leaf] = own[name]
+        device = _device(ctx)
+        for name, parameter in self.graph.module.named_parameters():
+            if parameter.device != device:
+                raise AmgpError(f"parameter {name} is on {parameter.device}, training runs on {device}; move the "
+                                "model to the device before amgp_fx.analyze")
 
     def _log(self, ctx, record: dict[str, Any]) -> None:
         record = {**record, "label": self.label}
-        logger = getattr(ctx, "metrics", None) or getattr(ctx, "logger", None)
+        logger = getattr(ctx, "logger", None)
         if logger is not None:
             logger.log(record)
         else:

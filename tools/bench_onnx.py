@@ -69,7 +69,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=["dlrm:default", "dlrm:mlperf", "dcn_v2:default"],
                         help="model:preset pairs (models.build_model)")
-    parser.add_argument("--width-ratios", nargs="*", type=float, default=[0.5],
+    parser.add_argument("--pruned-ratios", nargs="*", type=float, default=[0.5, 0.25],
+                        help="keep ratios of the amgp-fx pruned variants (hidden units kept per group)")
+    parser.add_argument("--width-ratios", nargs="*", type=float, default=[],
                         help="stand-in compact variants: MLP widths scaled by these ratios")
     parser.add_argument("--compact-from", nargs="*", default=[], metavar="CONFIG=PATH",
                         help="compact model per config, saved with torch.export.save (.pt2)")
@@ -115,11 +117,29 @@ def cpu_inputs_factory(model) -> Callable[[int], tuple]:
     return lambda batch_size: tuple(x.cpu() for x in model.example_inputs(batch_size))
 
 
-def build_models(config: str, ratios, compact_paths: dict) -> list[tuple[str, torch.nn.Module]]:
+def amgp_pruned(name: str, preset: str, keep_ratio: float, multiple: int = 8) -> torch.nn.Module:
+    """The preset pruned by amgp-fx: every prunable hidden group keeps its ``keep_ratio`` most
+    important units by L2 magnitude (rounded to a multiple of 8); returns the runnable graph module."""
+    import amgp_fx
+
+    torch.manual_seed(0)
+    model = models.build_model(name, preset)
+    graph = amgp_fx.analyze(model, model.example_inputs(8))
+    keep = {}
+    for group_id, scores in amgp_fx.score(graph, "l2", groups=graph.prunable_groups(("hidden",))).items():
+        count = max(multiple, int(round(len(scores) * keep_ratio / multiple)) * multiple)
+        keep[group_id] = scores.argsort(descending=True)[: min(count, len(scores))].sort().values.tolist()
+    amgp_fx.shrink_(graph, keep)
+    return graph.module
+
+
+def build_models(config: str, ratios, compact_paths: dict, pruned_ratios=()) -> list[tuple[str, torch.nn.Module]]:
     """[(label, model)] for one ``model:preset`` config, the dense model first."""
     name, preset = config.split(":")
     torch.manual_seed(0)
     built = [("dense", models.build_model(name, preset))]
+    for keep_ratio in pruned_ratios:
+        built.append((f"amgp-pruned-{keep_ratio:g}", amgp_pruned(name, preset, keep_ratio)))
     for ratio in ratios:
         try:
             model = models.build_model(name, preset, **width_scaled_overrides(name, preset, ratio, False))
@@ -143,7 +163,7 @@ def export_variant(variant: Variant, workdir: Path, passes=None) -> None:
 
 
 def prepare(config, args, runtimes, compact_paths, workdir, failures) -> list[Variant]:
-    built = build_models(config, args.width_ratios, compact_paths)
+    built = build_models(config, args.width_ratios, compact_paths, args.pruned_ratios)
     factory = cpu_inputs_factory(built[0][1])
     variants = []
     for label, model in built:

@@ -175,7 +175,7 @@ class StreamingLoader:
         """Batches of epoch `epoch`, starting at batch index `start_batch`."""
         chunk_order = list(self._chunk_starts)
         if self.shuffle:
-            permutation = torch.randperm(len(chunk_order), generator=order_generator(self.seed, epoch, -1))
+            permutation = torch.randperm(len(chunk_order), generator=order_generator(self.seed, epoch, 2**40))
             chunk_order = [chunk_order[index] for index in permutation.tolist()]
         plan = []  # (chunk start, first batch inside the chunk)
         for chunk_start in chunk_order:

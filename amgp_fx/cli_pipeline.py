@@ -1,0 +1,344 @@
+"""The ``train``, ``bench`` and ``run`` subcommands of ``amgp-compress`` (see :mod:`amgp_fx.cli`).
+
+``run`` is the whole pipeline on one model: load or build it, train it (dense or AMGP) on synthetic
+or Criteo TSV data, export and time the dense model, prune it one-shot to a ratio or FLOPs target,
+fine-tune, export and time the compact model, and write both models, the plan, the metrics, the
+ONNX files and the reports into one folder. The dense model is exported and timed before pruning
+because pruning slices the tensors it shares with the compact model.
+
+Dim letters: B batch, F sparse fields.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from amgp_fx.cli import parse_batch_sizes
+from amgp_fx.cli_commands import (OutputDir, Progress, _export, _model_metadata, _prune, _prune_request, _save_model,
+                                  _stats_line, _table, _write_json, load)
+from amgp_fx.errors import DataError, TrainingFailure, UsageError
+from amgp_fx.model_inputs import make_inputs, resize_batch
+
+__all__ = ["run_benchmarks", "run_pipeline", "run_training"]
+
+_ONNX_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+                "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
+
+
+# -- data and training ------------------------------------------------------------------------------------
+def data_shape(loaded) -> dict[str, Any]:
+    """``{"num_dense", "table_sizes", "num_tasks"}`` of the data the model takes: from the model's
+    attributes, the saved metadata, or the example inputs (ids seen + 1 per field)."""
+    module, inputs = loaded.module, loaded.example_inputs
+    if len(inputs) != 2 or inputs[0].is_floating_point() is False or inputs[1].dtype != torch.int64 \
+            or inputs[0].dim() != 2 or inputs[1].dim() != 2:
+        raise UsageError("training needs a model taking (dense (B, D) float32, sparse (B, F) int64), got "
+                         f"{len(inputs)} inputs", "Train it from Python with amgp_fx.train.train")
+    with torch.no_grad():
+        output = module(*inputs)
+    tasks = 1 if output.dim() == 1 else int(output.shape[1])
+    known = loaded.metadata.get("data") or {}
+    table_sizes = getattr(module, "table_sizes", None) or known.get("table_sizes") or \
+        [max(2, int(c) + 1) for c in inputs[1].max(dim=0).values.tolist()]
+    return {"num_dense": int(inputs[0].shape[1]), "table_sizes": [int(s) for s in table_sizes], "num_tasks": tasks}
+
+
+def load_data(args: argparse.Namespace, shape: dict[str, Any]):
+    """(train rows, eval rows): synthetic data shaped like the model, or a Criteo TSV file (10% held out)."""
+    from amgp_fx.data import SyntheticCriteo, read_criteo_tsv, train_eval_split
+
+    if args.data == "synthetic":
+        from amgp_fx.config import SyntheticConfig
+
+        config = SyntheticConfig(num_dense=shape["num_dense"], table_sizes=tuple(shape["table_sizes"]),
+                                 num_tasks=shape["num_tasks"], seed=args.seed)
+        rows = SyntheticCriteo(config).rows(0, args.rows)
+    else:
+        path = Path(args.data)
+        if not path.is_file():
+            raise DataError(f"data file {path} does not exist", "Pass --data synthetic or a Criteo TSV file")
+        if shape["num_dense"] != 13 or len(shape["table_sizes"]) != 26:
+            raise DataError(f"{path} is Criteo TSV data (13 dense, 26 categorical columns) but the model takes "
+                            f"{shape['num_dense']} dense and {len(shape['table_sizes'])} sparse inputs",
+                            "Use a model built for Criteo (e.g. --model dlrm --preset default) or --data synthetic")
+        rows, _ = read_criteo_tsv(path, shape["table_sizes"], max_rows=args.rows)
+    if rows.num_rows < 20:
+        raise DataError(f"the data has {rows.num_rows} usable rows, too few to train and evaluate",
+                        "Pass a file with at least 20 rows")
+    bad = ~torch.isfinite(rows.dense).all(dim=1) | ~torch.isfinite(rows.label.reshape(rows.num_rows, -1)).all(dim=1)
+    if bool(bad.any()):
+        raise DataError(f"the data has NaN or infinite values in {int(bad.sum())} rows (first: row "
+                        f"{int(bad.nonzero()[0])})", "Clean or drop those rows")
+    return train_eval_split(rows, 0.1, seed=args.seed)
+
+
+def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: bool, inputs: tuple,
+                metrics_path: Path | None = None, checkpoint_dir: Path | None = None):
+    """Train ``module`` (dense, or AMGP with the ``amgp-half`` recipe); returns (trained module, result)."""
+    from amgp_fx.config import TrainConfig
+    from amgp_fx.train import train
+
+    config = TrainConfig(batch_size=args.train_batch, steps=steps, seed=args.seed, log_every=max(1, steps // 10),
+                         device=_devices(getattr(args, "device", "cpu"))[1],
+                         **({"lr": args.lr} if args.lr else {}),
+                         metrics_path=str(metrics_path) if metrics_path else None,
+                         checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
+                         checkpoint_every=getattr(args, "checkpoint_every", 0) if checkpoint_dir else 0,
+                         resume=bool(getattr(args, "resume", False)))
+    hooks = []
+    if amgp:
+        from amgp_fx.amgp import AmgpHook
+        from amgp_fx.groups.analyze import analyze
+        from amgp_fx.schedule import AmgpConfig
+
+        graph = analyze(module, inputs)
+        hooks = [AmgpHook(graph, AmgpConfig.from_recipe_name("amgp-half", total_steps=steps))]
+        module = graph.module
+    result = train(module, data[0], data[1], config, hooks=hooks, progress=False)
+    if not math.isfinite(result.train_loss):
+        raise TrainingFailure(f"training diverged: the loss is {result.train_loss} at step {result.step}",
+                              "Lower --lr or check the data")
+    return module, result
+
+
+def _train_summary(result) -> dict[str, Any]:
+    return {"steps": result.step, "train_loss": result.train_loss, "eval": result.metrics,
+            "wall_clock_s": result.wall_clock_s, "samples_per_s": result.samples_per_s}
+
+
+def run_training(args: argparse.Namespace) -> int:
+    progress = Progress(3, args.quiet)
+    if args.steps < 1:
+        raise UsageError(f"--steps {args.steps} must be at least 1", "Pass e.g. --steps 500")
+    out_path = Path(args.output_dir)
+    with OutputDir(out_path) as out:
+        progress.stage("loading the model and the data")
+        loaded = load(args)
+        shape = data_shape(loaded)
+        data = load_data(args, shape)
+        progress.done(f"{data[0].num_rows:,} training rows")
+        progress.stage(f"training {'with AMGP' if args.amgp else 'dense'} for {args.steps} steps")
+        module, result = train_model(loaded.module, data, args, args.steps, amgp=args.amgp,
+                                     inputs=loaded.example_inputs, metrics_path=out_path / "train_metrics.jsonl",
+                                     checkpoint_dir=out_path / "checkpoints")
+        progress.done(f"loss {result.train_loss:.4f}, eval {_metrics_text(result.metrics)}")
+        progress.stage("saving")
+        _save_model(out, "trained", module, loaded.example_inputs, {**_model_metadata(loaded), "data": shape})
+        _write_json(out.file("train_summary.json"), {"version": 1, "model": loaded.description,
+                                                     **_train_summary(result)})
+        progress.done()
+    _written(out, args.quiet)
+    return 0
+
+
+def _metrics_text(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("auc", "logloss")) or "-"
+
+
+def _written(out: OutputDir, quiet: bool) -> None:
+    if not quiet:
+        print(f"wrote {len(out.written)} files to {out.path.resolve()}")
+
+
+# -- benchmarks ---------------------------------------------------------------------------------------------
+def _onnx_specs(path: str):
+    from amgp_fx.bench import make_ort_session
+    from amgp_fx.model_inputs import TensorSpec
+
+    specs = []
+    for node in make_ort_session(path, "cpu").get_inputs():
+        dtype = _ONNX_DTYPES.get(node.type)
+        dims = [d if isinstance(d, int) else None for d in node.shape[1:]]
+        if dtype is None or None in dims:
+            raise UsageError(f"{path}: cannot make inputs for {node.name} ({node.type}, {node.shape})",
+                             "Pass --input-shape or --example-inputs")
+        specs.append(TensorSpec(dtype, ("B", *dims)))
+    return specs
+
+
+def _devices(device: str) -> tuple[str, str]:
+    """(ORT provider, torch device) for --device."""
+    from amgp_fx.bench import cuda_provider_available
+
+    if device == "cpu":
+        return "cpu", "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda but torch sees no GPU", "Use --device cpu or auto")
+    cuda = torch.cuda.is_available()
+    return ("cuda" if cuda and cuda_provider_available() else "cpu"), ("cuda" if cuda else "cpu")
+
+
+def bench_variant(onnx_path, module, inputs, name: str, variant: str, args, runtimes) -> list:
+    """Latency records of one model: ORT on ``onnx_path`` and/or PyTorch on ``module``."""
+    from amgp_fx.bench import benchmark_onnx, benchmark_torch, count_forward_flops
+
+    sizes = parse_batch_sizes(args.batch_sizes)
+    provider, device = _devices(args.device)
+    if inputs is not None:
+        def factory(b):
+            return resize_batch(inputs, b)
+    else:
+        specs = _onnx_specs(onnx_path) if not args.input_shape else None
+        from amgp_fx.model_inputs import parse_input_spec
+
+        specs = specs or parse_input_spec(args.input_shape)
+
+        def factory(b):
+            return make_inputs(specs, b)
+    flops = (lambda b: count_forward_flops(module, factory(b))) if module is not None else None
+    records = []
+    if onnx_path is not None and "ort" in runtimes:
+        records += benchmark_onnx(onnx_path, factory, sizes, provider=provider, warmup=args.warmup, iters=args.iters,
+                                  model=name, variant=variant, flops=flops)
+    for mode in ("eager", "compile"):
+        if module is not None and f"torch-{mode}" in runtimes:
+            records += benchmark_torch(module, factory, sizes, mode=mode, device=device, warmup=args.warmup,
+                                       iters=args.iters, model_name=name, variant=variant, flops=flops)
+    return records
+
+
+def _runtimes(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    if text is None:
+        return default
+    chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [r for r in chosen if r not in ("ort", "torch-eager", "torch-compile")]
+    if unknown or not chosen:
+        raise UsageError(f"unknown runtime {', '.join(unknown) or text!r}", "Choose from ort, torch-eager, torch-compile")
+    return chosen
+
+
+def _save_latency(out: OutputDir, records, baseline: str) -> str:
+    from amgp_fx.latency_report import format_table, save_records
+
+    save_records(records, out.file("latency.json"))
+    table = format_table(records, baseline_variant=baseline)
+    out.file("latency.md").write_text(table + "\n", encoding="utf-8")
+    return table
+
+
+def run_benchmarks(args: argparse.Namespace) -> int:
+    parse_batch_sizes(args.batch_sizes)
+    model_file = args.model_file
+    onnx_files = list(args.onnx) + ([model_file] if model_file and model_file.endswith(".onnx") else [])
+    has_model = bool((model_file and not model_file.endswith(".onnx")) or args.model_name or args.factory)
+    if not onnx_files and not has_model:
+        raise UsageError("nothing to benchmark", "Pass a model (e.g. model.pt2 or --model dlrm) or --onnx FILE")
+    runtimes = _runtimes(args.runtimes, ("ort", "torch-eager") if has_model else ("ort",))
+    for path in onnx_files:
+        if not Path(path).is_file():
+            raise UsageError(f"ONNX file {path} does not exist", "Check the path")
+    records = []
+    with OutputDir(args.output_dir) as out, tempfile.TemporaryDirectory() as scratch:
+        loaded = None
+        if has_model:
+            args.model_file = None if model_file in onnx_files else model_file
+            loaded = load(args)
+            if "ort" in runtimes and not onnx_files:
+                onnx_files = [str(_export(loaded.module, loaded.example_inputs, Path(scratch) / "model.onnx",
+                                          args_for_export()).path)]
+        name = loaded.description.split(" ")[0] if loaded else Path(onnx_files[0]).stem
+        for index, path in enumerate(onnx_files or [None]):
+            variant = args.variant or (Path(path).stem if path and len(onnx_files) > 1 else "model")
+            module = loaded.module if loaded is not None and index == 0 else None
+            inputs = loaded.example_inputs if loaded is not None else None
+            records += bench_variant(path, module, inputs, name, variant, args, runtimes)
+        table = _save_latency(out, records, records[0].variant)
+    print(table)
+    _written(out, args.quiet)
+    return 0
+
+
+def args_for_export(**overrides) -> argparse.Namespace:
+    """Export options with the CLI defaults (for exports inside bench and run)."""
+    return argparse.Namespace(**{"static_batch": False, "opset": 18, "no_parity": False, "atol": None,
+                                 "rtol": None, **overrides})
+
+
+# -- the whole pipeline ------------------------------------------------------------------------------------
+def run_pipeline(args: argparse.Namespace) -> int:
+    from amgp_fx.groups.analyze import analyze
+    from amgp_fx.pruning_plan import count_parameters
+
+    request = _prune_request(args)
+    parse_batch_sizes(args.batch_sizes)
+    if args.steps < 0 or args.finetune_steps < 0:
+        raise UsageError("--steps and --finetune-steps must be >= 0", "Pass 0 to skip training")
+    progress = Progress(7, args.quiet)
+    started = time.perf_counter()
+    summary: dict[str, Any] = {"version": 1}
+    with OutputDir(args.output_dir) as out:
+        progress.stage("loading the model")
+        loaded = load(args, default_model="dlrm")
+        module, inputs = loaded.module, loaded.example_inputs
+        summary["model"] = loaded.description
+        progress.done(f"{loaded.description}, {count_parameters(module):,} parameters")
+        progress.stage(f"training {'with AMGP' if args.amgp else 'dense'} for {args.steps} steps")
+        shape = data_shape(loaded)
+        data = load_data(args, shape) if args.steps or args.finetune_steps else None
+        if args.steps:
+            module, result = train_model(module, data, args, args.steps, amgp=args.amgp, inputs=inputs)
+            summary["dense_training"] = _train_summary(result)
+            progress.done(f"eval {_metrics_text(result.metrics)}")
+        else:
+            progress.done("skipped")
+        metadata = {**_model_metadata(loaded), "data": shape}
+        progress.stage("saving, exporting and timing the dense model")
+        _save_model(out, "dense", module, inputs, metadata)
+        dense_export = _export(module, inputs, out.file("dense.onnx"), args)
+        records = bench_variant(out.file("dense.onnx"), module, inputs, "model", "dense", args, ("ort", "torch-eager"))
+        progress.done(f"parity {dense_export.max_abs_diff:.1e}" if dense_export.max_abs_diff is not None else "")
+        progress.stage("analysing and pruning")
+        graph = analyze(module, inputs)
+        _write_json(out.file("groups.json"), {"version": 1, "groups": graph.table()})
+        plan = _prune(graph, request, None)
+        progress.done(_stats_line(plan.stats))
+        progress.stage(f"fine-tuning the compact model for {args.finetune_steps} steps")
+        compact = graph.module
+        if args.finetune_steps:
+            compact, result = train_model(compact, data, args, args.finetune_steps, amgp=False, inputs=inputs)
+            summary["compact_training"] = _train_summary(result)
+            progress.done(f"eval {_metrics_text(result.metrics)}")
+        else:
+            progress.done("skipped")
+        progress.stage("saving, exporting and timing the compact model")
+        _save_model(out, "compact", compact, inputs, {**metadata, "plan": plan.to_dict()})
+        plan.save(out.file("plan.json"))
+        compact_export = _export(compact, inputs, out.file("compact.onnx"), args)
+        records += bench_variant(out.file("compact.onnx"), compact, inputs, "model", "compact", args,
+                                 ("ort", "torch-eager"))
+        progress.done()
+        progress.stage("writing reports")
+        table = _save_latency(out, records, "dense")
+        summary.update(pruning=plan.stats, plan_groups=len(plan.groups), exports={
+            "dense": dense_export.to_dict(), "compact": compact_export.to_dict()},
+            seconds=time.perf_counter() - started)
+        _write_json(out.file("summary.json"), summary)
+        out.file("report.md").write_text(_report(summary, plan, table), encoding="utf-8")
+        progress.done()
+    if not args.quiet:
+        print(table)
+        print(f"done in {time.perf_counter() - started:.0f} s; {len(out.written)} files in {out.path.resolve()}:")
+        print("  " + "  ".join(p.name for p in out.written))
+        print(f"  start with {out.path / 'report.md'}")
+    return 0
+
+
+def _report(summary: dict, plan, latency_table: str) -> str:
+    rows = [[g.id, g.name, g.kind, g.full_size, len(g.keep)] for g in plan.groups]
+    quality = [[stage, _metrics_text(summary[key]["eval"]), summary[key]["steps"]]
+               for stage, key in (("dense", "dense_training"), ("compact", "compact_training")) if key in summary]
+    return "\n".join([
+        "# amgp-compress run", "", f"Model: {summary['model']}", "",
+        "## Pruning", "", _stats_line(plan.stats), "", _table(rows, ["group", "name", "kind", "before", "after"]),
+        "", "## Quality (held-out 10% of the data)", "",
+        _table(quality, ["model", "metrics", "training steps"]) if quality else "no training",
+        "", "## Latency", "", latency_table, "",
+        "Files: dense.pt2/.safetensors, compact.pt2/.safetensors (+ plan.json), dense.onnx, compact.onnx, "
+        "latency.json, groups.json, summary.json.", ""])
+
