@@ -154,9 +154,11 @@ def shrink_(graph: DependencyGraph, keep: Mapping[str, Sequence[int]], optimizer
         record.saved["value"], new_value = _cut(tensor.data, steps)
         for key, state, field_name in states:
             record.saved[key], state[field_name] = _cut(state[field_name], steps)
-        tensor.data = new_value
-        if isinstance(tensor, nn.Parameter) and tensor.grad is not None:
-            tensor.grad = None if tensor.grad.is_sparse else _cut(tensor.grad, steps, save=False)[1]
+        grad = tensor.grad if isinstance(tensor, nn.Parameter) else None
+        tensor.grad = None
+        _replace_data(tensor, new_value)
+        if grad is not None and not grad.is_sparse:
+            tensor.grad = _cut(grad, steps, save=False)[1]
         records.append(record)
     graph.set_alive_(after)
     sync_module_attributes_(graph.model)
@@ -173,6 +175,19 @@ def _cut(tensor: torch.Tensor, steps, save: bool = True):
             saved.append(tensor.index_select(dim, removed.to(tensor.device)).detach().to("cpu", copy=True))
         tensor = tensor.index_select(dim, keep.to(tensor.device))
     return saved, tensor
+
+
+def _replace_data(tensor: torch.Tensor, value: torch.Tensor) -> None:
+    """Give ``tensor`` new data of another shape, keeping the object.
+
+    Autograd caches a leaf's shape in its gradient accumulator, which lives as long as any earlier
+    graph does (a ``loss`` still referenced), and ``.data =`` only drops that cache when the dtype
+    or device changes. Passing through a tensor of another dtype forces a fresh accumulator.
+    """
+    if tensor.requires_grad:
+        other = torch.float64 if value.dtype != torch.float64 else torch.float32
+        tensor.data = torch.empty(0, dtype=other, device=value.device)
+    tensor.data = value
 
 
 def _fresh(role: Role, shape, like: torch.Tensor, generator) -> torch.Tensor:
@@ -234,10 +249,11 @@ def grow_(graph: DependencyGraph, record: SurgeryRecord, optimizers=None, *, ini
         for key, state, field_name in _state_tensors(opts, tensor, shrunk_shape):
             saved = ts.saved.get(key) if optimizer_state == "restore" else None
             state[field_name] = _paste(state[field_name], steps, [restore_or(saved, lambda role, shape, cur: torch.zeros(shape, dtype=cur.dtype))] * len(steps))
-        tensor.data = new_value
-        if isinstance(tensor, nn.Parameter) and tensor.grad is not None:
-            tensor.grad = None if tensor.grad.is_sparse else _paste(
-                tensor.grad, steps, [restore_or(None, lambda role, shape, cur: torch.zeros(shape, dtype=cur.dtype))] * len(steps))
+        grad = tensor.grad if isinstance(tensor, nn.Parameter) else None
+        tensor.grad = None
+        _replace_data(tensor, new_value)
+        if grad is not None and not grad.is_sparse:
+            tensor.grad = _paste(grad, steps, [restore_or(None, lambda role, shape, cur: torch.zeros(shape, dtype=cur.dtype))] * len(steps))
     graph.set_alive_(record.alive_before)
     sync_module_attributes_(graph.model)
 

@@ -111,14 +111,17 @@ def test_bench_script_cpu_smoke(tmp_path, capsys):
     torch.export.save(compact, tmp_path / "pruned.pt2")
     out = tmp_path / "latency.json"
     status = tool.main(["--configs", "dlrm:small", "--batch-sizes", "4", "16", "--iters", "3", "--warmup", "1",
-                        "--runtimes", "ort-cpu", "torch-eager", "--width-ratios", "0.5",
+                        "--runtimes", "ort-cpu", "torch-eager", "--width-ratios", "0.5", "--pruned-ratios", "0.5",
                         "--compact-from", f"dlrm:small={tmp_path / 'pruned.pt2'}", "--out", str(out)])
     assert status == 0
     records = load_records(out)
-    expected = {(variant, runtime) for variant in ("dense", "width-scaled-0.5", "amgp-pruned")
+    expected = {(variant, runtime) for variant in ("dense", "amgp-pruned-0.5", "width-scaled-0.5", "amgp-pruned")
                 for runtime in ("ort-cpu", "torch-eager")} | {("dense-fused-emb", "ort-cpu")}
     assert {(r.variant, r.runtime) for r in records} == expected
-    assert len(records) == 14 and all(r.flops for r in records)
+    assert len(records) == 18 and all(r.flops for r in records)
+    pruned = {r.batch_size: r.flops for r in records if r.variant == "amgp-pruned-0.5"}
+    dense = {r.batch_size: r.flops for r in records if r.variant == "dense"}
+    assert all(pruned[b] < dense[b] for b in dense)
     assert json.loads(out.read_text())["metadata"]["failures"] == []
     assert out.with_suffix(".png").exists()
     printed = capsys.readouterr().out

@@ -148,3 +148,22 @@ def test_graph_runs_any_batch_size_after_shrink():
     model, args, graph = _mlp()
     amgp_fx.shrink_(graph, {graph.group("net.0.weight[0]").id: [0, 1, 2]})
     assert graph.module(torch.randn(17, 6)).shape == (17,)
+
+
+def test_training_continues_while_an_old_graph_is_still_referenced():
+    """A loss from before the shrink keeps autograd's gradient accumulators alive; they must not
+    impose the old shapes on the next backward."""
+    model, args, graph = _mlp()
+    optimizer = torch.optim.Adam(model.parameters())
+    loss = graph.module(*args).sum()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    record = amgp_fx.shrink_(graph, {graph.group("net.0.weight[0]").id: [0, 1, 2]}, optimizer)
+    loss = graph.module(*args).sum()  # the old loss (and its graph) is released only after this
+    loss.backward()
+    optimizer.step()
+    amgp_fx.grow_(graph, record, optimizer)
+    loss = graph.module(*args).sum()
+    loss.backward()
+    assert model.net[0].weight.grad.shape == (16, 6)
