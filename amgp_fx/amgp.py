@@ -15,8 +15,8 @@ Accounting, written to the metrics log as JSON lines (``kind`` = ``amgp_surgery`
 ``amgp_phase``, ``amgp_summary``): training FLOPs per step (``flops.count_training_flops`` on the
 graph as it runs, at the step's batch size) summed per phase and over the run; wall-clock per phase
 (``cuda.synchronize`` at the boundaries on a GPU; it includes surgery and anything the training
-loop does in between, such as evaluation); peak memory per phase (CUDA allocator peak; on the CPU
-the process's peak resident set).
+loop does in between, such as evaluation, but not the FLOPs counting itself); peak memory per
+phase (CUDA allocator peak; on the CPU the process's peak resident set).
 
 Resume: ``state_dict`` holds the keep plans in effect and the removed slices (values and optimizer
 state) of the current shrink; ``load_state_dict`` re-shrinks the freshly built full-size model with
@@ -27,6 +27,7 @@ Dim letters: B batch, H hidden width.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import math
@@ -37,16 +38,17 @@ from typing import Any
 
 import torch
 
-from amgp_fx.flops import TrainingFlops, count_training_flops
+from amgp_fx.flops import TrainingFlops, count_training_flops, graph_step_flops
 from amgp_fx.groups.analyze import DependencyGraph
 from amgp_fx.groups.model import Group
 from amgp_fx.importance import score
 from amgp_fx.schedule import AmgpConfig, AmgpSchedule, FinalState, Method, Phase, PruneScope
-from amgp_fx.surgery import SurgeryRecord, grow_, shrink_
+from amgp_fx.surgery import SurgeryRecord, grow_, optimizer_list, shrink_
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AmgpError", "AmgpHook", "select_groups", "plan_keep", "round_width", "dense_config"]
+__all__ = ["AmgpError", "AmgpHook", "select_groups", "plan_keep", "round_width", "dense_config",
+           "predict_train_flops", "match_prune_only"]
 
 STATE_VERSION = 1
 
@@ -56,7 +58,8 @@ class AmgpError(ValueError):
 
 
 # -- which groups, how many channels, which channels -----------------------------------------------
-def select_groups(graph: DependencyGraph, groups: Sequence[str] = (), kinds: Sequence[str] = ("hidden",)) -> list[Group]:
+def select_groups(graph: DependencyGraph, groups: Sequence[str] = (),
+                  kinds: Sequence[str] = ("hidden",)) -> list[Group]:
     """The groups AMGP prunes.
 
     Args:
@@ -87,7 +90,8 @@ def select_groups(graph: DependencyGraph, groups: Sequence[str] = (), kinds: Seq
                 g = exact[0]
                 raise AmgpError(f"group {g.id} ({g.name}, {g.kind}) cannot be pruned: {g.reason}")
         else:
-            matches = [g for g in graph.groups if any(fnmatch.fnmatchcase(n, key) for n in (g.id, g.name, *g.parameters))]
+            matches = [g for g in graph.groups
+                       if any(fnmatch.fnmatchcase(n, key) for n in (g.id, g.name, *g.parameters))]
             if not matches:
                 raise AmgpError(f"no group matches {key!r}; groups: "
                                 + ", ".join(f"{g.id} ({g.name})" for g in graph.groups))
@@ -167,6 +171,58 @@ def dense_config(total_steps: int) -> AmgpConfig:
     return AmgpConfig(AmgpSchedule(total_steps, 0, 0, 0, 0, Method.DENSE), ratio=0.0)
 
 
+def predict_train_flops(graph: DependencyGraph, config: AmgpConfig, *, batch_size: int, optimizers=None,
+                        _cache: dict | None = None) -> int:
+    """Training FLOPs of a whole run of ``config`` on the analysed (full-size) model, before running it.
+
+    Each phase costs its length times the step FLOPs at the widths its ``amount`` gives
+    (``graph_step_flops``: nothing is changed). Exact for scopes "group" and "layer"; for
+    "global" the widths depend on the scores, and the uniform widths of ``ratio`` are used.
+    """
+    groups = select_groups(graph, config.groups, config.kinds) if config.schedule.method is not Method.DENSE else []
+    uniform = dataclasses.replace(config, scope=PruneScope.GROUP) if config.scope is PruneScope.GLOBAL else config
+    cost: dict = {} if _cache is None else _cache
+    total = 0
+    for phase in config.schedule.phases():
+        sizes = _target_sizes(groups, uniform, phase.amount, {}) if phase.amount > 0 else {}
+        key = tuple(sorted(sizes.items()))
+        if key not in cost:
+            cost[key] = graph_step_flops(graph, sizes, batch_size=batch_size, optimizers=optimizers).total
+        total += phase.length * cost[key]
+    return total
+
+
+def match_prune_only(graph: DependencyGraph, config: AmgpConfig, *, batch_size: int, target_flops: int,
+                     ramp_share: float = 0.2, increments: int = 4, optimizers=None) -> AmgpConfig:
+    """A prune-only baseline of ``config``'s ratio and groups whose run costs about ``target_flops``:
+    dense warm-up, ``increments`` cubic pruning steps over ``ramp_share`` of the run, then the
+    compact model; the warm-up length is chosen by bisection (longer warm-up, more FLOPs).
+
+    Returns:
+        The prune-only ``AmgpConfig`` whose predicted FLOPs are closest to, and not above,
+        ``target_flops`` (warm-up 0 if even that costs more).
+    """
+    total = config.schedule.total_steps
+    cache: dict = {}
+    ramp = max(increments, int(round(ramp_share * total)) // increments * increments)
+
+    def build(warmup: int) -> AmgpConfig:
+        schedule = AmgpSchedule(total, warmup, increments, ramp // increments, 0, Method.PRUNE_ONLY, FinalState.COMPACT)
+        return dataclasses.replace(config, schedule=schedule)
+
+    def cost(warmup: int) -> int:
+        return predict_train_flops(graph, build(warmup), batch_size=batch_size, optimizers=optimizers, _cache=cache)
+
+    low, high = 0, total - ramp
+    if cost(low) > target_flops:
+        return build(low)
+    while high - low > 1:
+        middle = (low + high) // 2
+        fits = cost(middle) <= target_flops
+        low, high = (middle, high) if fits else (low, middle)
+    return build(low)
+
+
 # -- the hook ----------------------------------------------------------------------------------------
 class AmgpHook:
     """Training hook that alternates between the full-size and the pruned model.
@@ -213,6 +269,7 @@ class AmgpHook:
         self._total_flops = 0
         self._steps = 0
         self._flops_cache: dict[tuple, TrainingFlops] = {}
+        self._accounting_s = 0.0  # seconds spent counting FLOPs in the current phase
         self._finished = False
         self.history: list[dict[str, Any]] = []  # one record per finished phase
         self.surgeries: list[dict[str, Any]] = []
@@ -241,9 +298,22 @@ class AmgpHook:
 
     # -- trainer hooks ---------------------------------------------------------------------------
     def on_train_start(self, ctx) -> None:
+        """Check that the run is as long as the schedule, and that the graph sees the model's buffers.
+
+        Raises:
+            AmgpError: ``ctx.total_steps`` differs from ``schedule.total_steps``, or the parameters
+                are not on the training device.
+        """
+        total = getattr(ctx, "total_steps", None)
+        if total is not None and int(total) != self.schedule.total_steps:
+            raise AmgpError(f"the AMGP schedule lasts {self.schedule.total_steps} steps but training runs {total}; "
+                            f"build the config for total_steps={total} "
+                            f"(e.g. AmgpConfig.from_recipe_name(name, {total}))")
         self._share_buffers(ctx)
 
     def on_step_start(self, ctx) -> None:
+        """At a phase boundary: close the last phase, open the new one, grow and/or shrink; then
+        count this step's FLOPs."""
         step = int(ctx.step)
         phase = self.schedule.phase_at(step)
         if self._phase is None or phase.start != self._phase.start:
@@ -264,6 +334,7 @@ class AmgpHook:
                             "width": self.width(), "flops_step": flops.total, "flops_total": self._total_flops})
 
     def on_step_end(self, ctx) -> None:
+        """Score with this step's gradients before a ``taylor`` prune; finish after the last step."""
         step = int(ctx.step) - 1  # the trainer counts completed steps here
         following = self.schedule.phase_at(step + 1) if step + 1 < self.schedule.total_steps else None
         if (self.config.criterion == "taylor" and following is not None and following.start == step + 1
@@ -286,7 +357,8 @@ class AmgpHook:
     # -- resume ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue: keep plans in effect, removed slices, accounting."""
-        elapsed = self._phase_elapsed + (time.perf_counter() - self._phase_t0 if self._phase_t0 is not None else 0.0)
+        elapsed = self._phase_elapsed - self._accounting_s
+        elapsed += time.perf_counter() - self._phase_t0 if self._phase_t0 is not None else 0.0
         return {
             "version": STATE_VERSION, "config": self.config.to_dict(), "plan": self._plan,
             "keeps": [{k: list(v) for k, v in keep.items()} for keep in self._keeps],
@@ -325,7 +397,7 @@ class AmgpHook:
         start = state["phase_start"]
         self._phase = None if start is None else self.schedule.phase_at(int(start))
         self._phase_flops, self._phase_steps = int(state["phase_flops"]), int(state["phase_steps"])
-        self._phase_elapsed, self._phase_t0 = float(state["phase_elapsed"]), None
+        self._phase_elapsed, self._phase_t0, self._accounting_s = float(state["phase_elapsed"]), None, 0.0
         self._total_flops, self._steps = int(state["total_flops"]), int(state["steps"])
         self._finished = bool(state["finished"])
         self.history, self.surgeries = list(state["history"]), list(state["surgeries"])
@@ -337,8 +409,10 @@ class AmgpHook:
         optimizers = _optimizers(ctx)
         key = (tuple(g.size for g in self.graph.groups), rows)
         if key not in self._flops_cache:
+            began = time.perf_counter()
             self._flops_cache[key] = count_training_flops(self.graph.module, self.graph.traced.args,
                                                           batch_size=rows, optimizers=optimizers)
+            self._accounting_s += time.perf_counter() - began  # not part of the phase's wall-clock
         return self._flops_cache[key]
 
     def summary(self) -> dict[str, Any]:
@@ -396,7 +470,7 @@ class AmgpHook:
     def _open_phase(self, ctx, phase: Phase) -> None:
         self._phase = phase
         self._phase_flops = self._phase_steps = 0
-        self._phase_elapsed = 0.0
+        self._phase_elapsed = self._accounting_s = 0.0
         device = _device(ctx)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -406,6 +480,7 @@ class AmgpHook:
         """Finish the current phase; ``done`` steps of the run are complete."""
         phase = self._phase
         elapsed = self._phase_elapsed + (self._now(ctx) - self._phase_t0 if self._phase_t0 is not None else 0.0)
+        elapsed -= self._accounting_s
         device = _device(ctx)
         if device.type == "cuda":
             peak = int(torch.cuda.max_memory_allocated(device))
@@ -440,7 +515,7 @@ class AmgpHook:
                 owner._buffers[leaf] = own[name]
         device = _device(ctx)
         for name, parameter in self.graph.module.named_parameters():
-            if parameter.device != device:
+            if not _same_device(parameter.device, device):
                 raise AmgpError(f"parameter {name} is on {parameter.device}, training runs on {device}; move the "
                                 "model to the device before amgp_fx.analyze")
 
@@ -454,19 +529,17 @@ class AmgpHook:
 
 
 def _optimizers(ctx) -> list:
-    optimizers = getattr(ctx, "optimizers", None) if ctx is not None else None
-    if optimizers is None:
-        return []
-    if isinstance(optimizers, torch.optim.Optimizer):
-        return [optimizers]
-    if hasattr(optimizers, "optimizers"):
-        return list(optimizers.optimizers)
-    return list(optimizers)
+    return optimizer_list(getattr(ctx, "optimizers", None) if ctx is not None else None)
 
 
 def _device(ctx) -> torch.device:
     device = getattr(ctx, "device", None) if ctx is not None else None
     return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def _same_device(actual: torch.device, wanted: torch.device) -> bool:
+    """``cuda:0`` is ``cuda`` (the current device) for this check."""
+    return actual.type == wanted.type and (wanted.index is None or actual.index is None or actual.index == wanted.index)
 
 
 def _batch_rows(ctx) -> int:

@@ -12,6 +12,8 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import math
@@ -21,6 +23,7 @@ import warnings
 from typing import Any, Sequence
 
 from amgp_fx.errors import PruneRequestError, UsageError, as_cli_error
+from amgp_fx.schedule import RECIPES  # no torch: the parser stays light
 
 __all__ = ["build_parser", "main", "parse_batch_sizes", "parse_factory_kwargs", "parse_group_ratio", "parse_ratio"]
 
@@ -167,17 +170,22 @@ def _export_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
     group.add_argument("--atol", type=float, help="parity tolerance (default 1e-4 absolute, 1e-3 relative)")
     group.add_argument("--rtol", type=float)
+    group.add_argument("--no-passes", action="store_true", help="skip the FX rewrites (EmbeddingBag, fusion)")
 
 
 def _train_options(parser: argparse.ArgumentParser, steps: int) -> None:
     group = parser.add_argument_group("training")
     group.add_argument("--data", default="synthetic",
                        help="'synthetic' (Criteo-like data shaped for the model) or a Criteo TSV file")
-    group.add_argument("--rows", type=_positive_int, default=20_000, help="synthetic training rows")
+    group.add_argument("--rows", type=_positive_int, default=20_000,
+                       help="rows to use: synthetic rows generated, or the first rows of the file")
+    group.add_argument("--skip-malformed", action="store_true", help="skip malformed TSV rows instead of stopping")
     group.add_argument("--steps", type=int, default=steps, help="training steps (default: %(default)s)")
     group.add_argument("--train-batch", type=_positive_int, default=256, help="training batch size")
     group.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's preset)")
     group.add_argument("--amgp", action="store_true", help="train with alternate growth and pruning")
+    group.add_argument("--amgp-recipe", default="amgp-half", choices=sorted(RECIPES),
+                       help="AMGP schedule with --amgp (default: %(default)s: 60%% of the steps at half width)")
     group.add_argument("--seed", type=int, default=0)
 
 
@@ -213,13 +221,14 @@ HELP = {
 def build_parser() -> argparse.ArgumentParser:
     from amgp_fx import __version__
 
-    parser = _Parser(prog=PROG, formatter_class=_formatter,
+    parser = _Parser(prog=PROG, formatter_class=_formatter, allow_abbrev=False,
                      description="Compress recommendation models by structured pruning on torch.export graphs.",
                      epilog="Run 'amgp-compress COMMAND --help' for each command; docs/cli.md lists the errors.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub = {name: commands.add_parser(name, help=HELP[name], description=HELP[name][0].upper() + HELP[name][1:] + ".",
-                                     epilog=EPILOGS[name], formatter_class=_formatter) for name in HELP}
+    sub = {name: commands.add_parser(name, help=HELP[name], allow_abbrev=False, epilog=EPILOGS[name],
+                                     description=HELP[name][0].upper() + HELP[name][1:] + ".",
+                                     formatter_class=_formatter) for name in HELP}
     _model_options(sub["analyze"])
     sub["analyze"].add_argument("--prunable-only", action="store_true", help="list only prunable groups")
     sub["analyze"].add_argument("--json", metavar="FILE", help="also write the groups as JSON")
@@ -274,28 +283,43 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _fail(line: str) -> None:
-    print(f"{PROG}: error: {line}", file=sys.stderr)
+    print(f"{PROG}: error: {line}", file=sys.stderr, flush=True)
+
+
+def _close_progress_line() -> None:
+    progress = sys.modules.get("amgp_fx.cli_commands")
+    if progress is not None:
+        progress.Progress.interrupted()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``amgp-compress`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in argv or "--verbose" in argv
+    captured = io.StringIO()
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
             raise UsageError("no command given", f"Run '{PROG} --help'; '{PROG} run' runs the whole pipeline")
-        _configure_logging(args.verbose)
         from amgp_fx import cli_commands
 
-        return int(cli_commands.COMMANDS[args.command](args) or 0)
+        cli_commands.precheck(args)  # before torch is imported: bad options fail in a fraction of a second
+        _configure_logging(args.verbose)
+        # torch prints some diagnostics (e.g. the graph of an untraceable model) on stderr: keep them
+        # out of the one-line error unless --verbose
+        with contextlib.redirect_stderr(captured) if not args.verbose else contextlib.nullcontext():
+            return int(cli_commands.COMMANDS[args.command](args) or 0)
     except SystemExit as exit_request:  # --help and --version
         return int(exit_request.code or 0)
     except KeyboardInterrupt:
-        _fail("interrupted; no output files were written by the interrupted step")
+        _close_progress_line()
+        _fail("interrupted; the command's output files were discarded (training checkpoints stay, for --resume)")
         return 130
     except Exception as error:  # noqa: BLE001 - the one place errors become exit codes
+        _close_progress_line()
         expected = as_cli_error(error)
+        if expected is None:
+            sys.stderr.write(captured.getvalue())
         if verbose or expected is None:
             traceback.print_exc()
         if expected is None:

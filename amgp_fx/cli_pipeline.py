@@ -11,6 +11,7 @@ Dim letters: B batch, F sparse fields.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import tempfile
 import time
@@ -20,12 +21,15 @@ from typing import Any
 import torch
 
 from amgp_fx.cli import parse_batch_sizes
-from amgp_fx.cli_commands import (OutputDir, Progress, _export, _model_metadata, _prune, _prune_request, _save_model,
-                                  _stats_line, _table, _write_json, load)
+from amgp_fx.cli_commands import (OutputDir, Progress, check_source, export_model, load, metrics_text, model_label,
+                                  model_metadata, prune_graph, prune_request, run_report, save_model, stats_line,
+                                  write_json)
 from amgp_fx.errors import DataError, TrainingFailure, UsageError
 from amgp_fx.model_inputs import make_inputs, resize_batch
 
 __all__ = ["run_benchmarks", "run_pipeline", "run_training"]
+
+log = logging.getLogger(__name__)
 
 _ONNX_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
                 "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
@@ -67,7 +71,11 @@ def load_data(args: argparse.Namespace, shape: dict[str, Any]):
             raise DataError(f"{path} is Criteo TSV data (13 dense, 26 categorical columns) but the model takes "
                             f"{shape['num_dense']} dense and {len(shape['table_sizes'])} sparse inputs",
                             "Use a model built for Criteo (e.g. --model dlrm --preset default) or --data synthetic")
-        rows, _ = read_criteo_tsv(path, shape["table_sizes"], max_rows=args.rows)
+        rows, stats = read_criteo_tsv(path, shape["table_sizes"], max_rows=args.rows,
+                                      skip_malformed=args.skip_malformed)
+        if stats.skipped:
+            log.warning("%s: skipped %d malformed rows (first: %s)", path, stats.skipped,
+                        "; ".join(stats.first_errors))
     if rows.num_rows < 20:
         raise DataError(f"the data has {rows.num_rows} usable rows, too few to train and evaluate",
                         "Pass a file with at least 20 rows")
@@ -78,9 +86,40 @@ def load_data(args: argparse.Namespace, shape: dict[str, Any]):
     return train_eval_split(rows, 0.1, seed=args.seed)
 
 
+class _SparseTablesView(torch.nn.Module):
+    """A graph module plus ``nn.Embedding(sparse=True)`` shells around the parameters its sparse
+    ``aten.embedding`` nodes read, so that ``train.build_optimizers`` (which looks for embedding
+    modules) gives them the sparse optimizer, as it does for the eager model. Parameters are shared."""
+
+    def __init__(self, graph_module: torch.fx.GraphModule, tables: list[torch.nn.Parameter]) -> None:
+        super().__init__()
+        self.graph = graph_module
+        self.tables = torch.nn.ModuleList()
+        for weight in tables:
+            shell = torch.nn.Embedding(1, 1, sparse=True)
+            shell.weight = weight
+            self.tables.append(shell)
+
+    def forward(self, *inputs):
+        return self.graph(*inputs)
+
+
+def trainable(module: torch.nn.Module) -> torch.nn.Module:
+    """``module``, or for a GraphModule with sparse embedding lookups a :class:`_SparseTablesView` of it."""
+    if not isinstance(module, torch.fx.GraphModule):
+        return module
+    tables = {}
+    for node in module.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.embedding.default and \
+                len(node.args) > 4 and node.args[4] and node.args[0].op == "get_attr":
+            weight = module.get_parameter(node.args[0].target)
+            tables[id(weight)] = weight
+    return _SparseTablesView(module, list(tables.values())) if tables else module
+
+
 def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: bool, inputs: tuple,
                 metrics_path: Path | None = None, checkpoint_dir: Path | None = None):
-    """Train ``module`` (dense, or AMGP with the ``amgp-half`` recipe); returns (trained module, result)."""
+    """Train ``module`` (dense, or AMGP with ``args.amgp_recipe``); returns (trained module, result)."""
     from amgp_fx.config import TrainConfig
     from amgp_fx.train import train
 
@@ -98,9 +137,19 @@ def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: boo
         from amgp_fx.schedule import AmgpConfig
 
         graph = analyze(module, inputs)
-        hooks = [AmgpHook(graph, AmgpConfig.from_recipe_name("amgp-half", total_steps=steps))]
+        try:
+            recipe = AmgpConfig.from_recipe_name(args.amgp_recipe, total_steps=steps)
+        except ValueError as error:
+            raise UsageError(f"AMGP recipe {args.amgp_recipe!r} does not fit {steps} steps: {error}",
+                             "Train for more steps or choose another --amgp-recipe") from error
+        hooks = [AmgpHook(graph, recipe)]
         module = graph.module
-    result = train(module, data[0], data[1], config, hooks=hooks, progress=False)
+    try:
+        result = train(trainable(module), data[0], data[1], config, hooks=hooks, progress=False)
+    except ValueError as error:
+        if not str(error).startswith("cannot resume"):
+            raise
+        raise UsageError(str(error), "Resume with the same options, or start afresh in a new -o folder") from error
     if not math.isfinite(result.train_loss):
         raise TrainingFailure(f"training diverged: the loss is {result.train_loss} at step {result.step}",
                               "Lower --lr or check the data")
@@ -116,9 +165,11 @@ def run_training(args: argparse.Namespace) -> int:
     progress = Progress(3, args.quiet)
     if args.steps < 1:
         raise UsageError(f"--steps {args.steps} must be at least 1", "Pass e.g. --steps 500")
+    check_source(args)
     out_path = Path(args.output_dir)
     with OutputDir(out_path) as out:
         progress.stage("loading the model and the data")
+        torch.manual_seed(args.seed)  # a factory's fresh weights are the same in a resumed run
         loaded = load(args)
         shape = data_shape(loaded)
         data = load_data(args, shape)
@@ -127,18 +178,14 @@ def run_training(args: argparse.Namespace) -> int:
         module, result = train_model(loaded.module, data, args, args.steps, amgp=args.amgp,
                                      inputs=loaded.example_inputs, metrics_path=out_path / "train_metrics.jsonl",
                                      checkpoint_dir=out_path / "checkpoints")
-        progress.done(f"loss {result.train_loss:.4f}, eval {_metrics_text(result.metrics)}")
+        progress.done(f"loss {result.train_loss:.4f}, eval {metrics_text(result.metrics)}")
         progress.stage("saving")
-        _save_model(out, "trained", module, loaded.example_inputs, {**_model_metadata(loaded), "data": shape})
-        _write_json(out.file("train_summary.json"), {"version": 1, "model": loaded.description,
+        save_model(out, "trained", module, loaded.example_inputs, {**model_metadata(loaded), "data": shape})
+        write_json(out.file("train_summary.json"), {"version": 1, "model": loaded.description,
                                                      **_train_summary(result)})
         progress.done()
     _written(out, args.quiet)
     return 0
-
-
-def _metrics_text(metrics: dict) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("auc", "logloss")) or "-"
 
 
 def _written(out: OutputDir, quiet: bool) -> None:
@@ -193,13 +240,13 @@ def bench_variant(onnx_path, module, inputs, name: str, variant: str, args, runt
             return make_inputs(specs, b)
     flops = (lambda b: count_forward_flops(module, factory(b))) if module is not None else None
     records = []
-    if onnx_path is not None and "ort" in runtimes:
-        records += benchmark_onnx(onnx_path, factory, sizes, provider=provider, warmup=args.warmup, iters=args.iters,
-                                  model=name, variant=variant, flops=flops)
-    for mode in ("eager", "compile"):
+    for mode in ("eager", "compile"):  # before ONNX Runtime, whose spinning threads slow torch down for a while
         if module is not None and f"torch-{mode}" in runtimes:
             records += benchmark_torch(module, factory, sizes, mode=mode, device=device, warmup=args.warmup,
                                        iters=args.iters, model_name=name, variant=variant, flops=flops)
+    if onnx_path is not None and "ort" in runtimes:
+        records += benchmark_onnx(onnx_path, factory, sizes, provider=provider, warmup=args.warmup, iters=args.iters,
+                                  model=name, variant=variant, flops=flops)
     return records
 
 
@@ -209,7 +256,8 @@ def _runtimes(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
     chosen = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [r for r in chosen if r not in ("ort", "torch-eager", "torch-compile")]
     if unknown or not chosen:
-        raise UsageError(f"unknown runtime {', '.join(unknown) or text!r}", "Choose from ort, torch-eager, torch-compile")
+        raise UsageError(f"unknown runtime {', '.join(unknown) or text!r}",
+                         "Choose from ort, torch-eager, torch-compile")
     return chosen
 
 
@@ -240,9 +288,10 @@ def run_benchmarks(args: argparse.Namespace) -> int:
             args.model_file = None if model_file in onnx_files else model_file
             loaded = load(args)
             if "ort" in runtimes and not onnx_files:
-                onnx_files = [str(_export(loaded.module, loaded.example_inputs, Path(scratch) / "model.onnx",
-                                          args_for_export()).path)]
-        name = loaded.description.split(" ")[0] if loaded else Path(onnx_files[0]).stem
+                # a scratch file to time (checked, not parity-tested: `export` is for files you keep)
+                onnx_files = [str(export_model(loaded.module, loaded.example_inputs, Path(scratch) / "model.onnx",
+                                          args_for_export(no_parity=True)).path)]
+        name = model_label(loaded) if loaded else Path(onnx_files[0]).stem
         for index, path in enumerate(onnx_files or [None]):
             variant = args.variant or (Path(path).stem if path and len(onnx_files) > 1 else "model")
             module = loaded.module if loaded is not None and index == 0 else None
@@ -265,7 +314,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     from amgp_fx.groups.analyze import analyze
     from amgp_fx.pruning_plan import count_parameters
 
-    request = _prune_request(args)
+    request = prune_request(args)
     parse_batch_sizes(args.batch_sizes)
     if args.steps < 0 or args.finetune_steps < 0:
         raise UsageError("--steps and --finetune-steps must be >= 0", "Pass 0 to skip training")
@@ -274,43 +323,46 @@ def run_pipeline(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"version": 1}
     with OutputDir(args.output_dir) as out:
         progress.stage("loading the model")
+        torch.manual_seed(args.seed)
         loaded = load(args, default_model="dlrm")
         module, inputs = loaded.module, loaded.example_inputs
         summary["model"] = loaded.description
         progress.done(f"{loaded.description}, {count_parameters(module):,} parameters")
         progress.stage(f"training {'with AMGP' if args.amgp else 'dense'} for {args.steps} steps")
-        shape = data_shape(loaded)
-        data = load_data(args, shape) if args.steps or args.finetune_steps else None
+        training = bool(args.steps or args.finetune_steps)
+        shape = data_shape(loaded) if training else None
+        data = load_data(args, shape) if training else None
         if args.steps:
             module, result = train_model(module, data, args, args.steps, amgp=args.amgp, inputs=inputs)
             summary["dense_training"] = _train_summary(result)
-            progress.done(f"eval {_metrics_text(result.metrics)}")
+            progress.done(f"eval {metrics_text(result.metrics)}")
         else:
             progress.done("skipped")
-        metadata = {**_model_metadata(loaded), "data": shape}
+        metadata = {**model_metadata(loaded), **({"data": shape} if shape else {})}
         progress.stage("saving, exporting and timing the dense model")
-        _save_model(out, "dense", module, inputs, metadata)
-        dense_export = _export(module, inputs, out.file("dense.onnx"), args)
-        records = bench_variant(out.file("dense.onnx"), module, inputs, "model", "dense", args, ("ort", "torch-eager"))
+        save_model(out, "dense", module, inputs, metadata)
+        dense_export = export_model(module, inputs, out.file("dense.onnx"), args)
+        records = bench_variant(out.file("dense.onnx"), module, inputs, model_label(loaded), "dense", args,
+                                ("ort", "torch-eager"))
         progress.done(f"parity {dense_export.max_abs_diff:.1e}" if dense_export.max_abs_diff is not None else "")
         progress.stage("analysing and pruning")
         graph = analyze(module, inputs)
-        _write_json(out.file("groups.json"), {"version": 1, "groups": graph.table()})
-        plan = _prune(graph, request, None)
-        progress.done(_stats_line(plan.stats))
+        write_json(out.file("groups.json"), {"version": 1, "groups": graph.table()})
+        plan = prune_graph(graph, request, None)
+        progress.done(stats_line(plan.stats))
         progress.stage(f"fine-tuning the compact model for {args.finetune_steps} steps")
         compact = graph.module
         if args.finetune_steps:
             compact, result = train_model(compact, data, args, args.finetune_steps, amgp=False, inputs=inputs)
             summary["compact_training"] = _train_summary(result)
-            progress.done(f"eval {_metrics_text(result.metrics)}")
+            progress.done(f"eval {metrics_text(result.metrics)}")
         else:
             progress.done("skipped")
         progress.stage("saving, exporting and timing the compact model")
-        _save_model(out, "compact", compact, inputs, {**metadata, "plan": plan.to_dict()})
+        save_model(out, "compact", compact, inputs, {**metadata, "plan": plan.to_dict()})
         plan.save(out.file("plan.json"))
-        compact_export = _export(compact, inputs, out.file("compact.onnx"), args)
-        records += bench_variant(out.file("compact.onnx"), compact, inputs, "model", "compact", args,
+        compact_export = export_model(compact, inputs, out.file("compact.onnx"), args)
+        records += bench_variant(out.file("compact.onnx"), compact, inputs, model_label(loaded), "compact", args,
                                  ("ort", "torch-eager"))
         progress.done()
         progress.stage("writing reports")
@@ -318,8 +370,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
         summary.update(pruning=plan.stats, plan_groups=len(plan.groups), exports={
             "dense": dense_export.to_dict(), "compact": compact_export.to_dict()},
             seconds=time.perf_counter() - started)
-        _write_json(out.file("summary.json"), summary)
-        out.file("report.md").write_text(_report(summary, plan, table), encoding="utf-8")
+        write_json(out.file("summary.json"), summary)
+        out.file("report.md").write_text(run_report(summary, plan, table), encoding="utf-8")
         progress.done()
     if not args.quiet:
         print(table)
@@ -327,18 +379,3 @@ def run_pipeline(args: argparse.Namespace) -> int:
         print("  " + "  ".join(p.name for p in out.written))
         print(f"  start with {out.path / 'report.md'}")
     return 0
-
-
-def _report(summary: dict, plan, latency_table: str) -> str:
-    rows = [[g.id, g.name, g.kind, g.full_size, len(g.keep)] for g in plan.groups]
-    quality = [[stage, _metrics_text(summary[key]["eval"]), summary[key]["steps"]]
-               for stage, key in (("dense", "dense_training"), ("compact", "compact_training")) if key in summary]
-    return "\n".join([
-        "# amgp-compress run", "", f"Model: {summary['model']}", "",
-        "## Pruning", "", _stats_line(plan.stats), "", _table(rows, ["group", "name", "kind", "before", "after"]),
-        "", "## Quality (held-out 10% of the data)", "",
-        _table(quality, ["model", "metrics", "training steps"]) if quality else "no training",
-        "", "## Latency", "", latency_table, "",
-        "Files: dense.pt2/.safetensors, compact.pt2/.safetensors (+ plan.json), dense.onnx, compact.onnx, "
-        "latency.json, groups.json, summary.json.", ""])
-

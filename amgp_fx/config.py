@@ -54,7 +54,6 @@ class _ConfigMixin:
     """`to_dict`/`from_dict` for flat frozen dataclasses whose fields are JSON scalars or tuples."""
 
     _TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ()
-    _ENUM_FIELDS: ClassVar[dict[str, type[enum.Enum]]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with `type` and `version` keys."""
@@ -128,7 +127,8 @@ class TrainConfig(_ConfigMixin):
         seed: seeds parameters' RNG consumers (dropout), and the data order with the epoch number.
         shuffle: shuffle training rows each epoch (the order depends only on seed and epoch).
         data_on_device: copy in-memory training data to the device once instead of per batch.
-        metrics_path: JSON-lines file for training and evaluation records (None: no file).
+        metrics_path: JSON-lines file for training and evaluation records (None: no file); a fresh
+            run replaces it, a resumed run keeps the records up to the checkpoint's step.
         checkpoint_dir: directory for checkpoints (None: no checkpoints).
         checkpoint_every: save a checkpoint every N steps (0: only at the end, when a dir is set).
         keep_checkpoints: how many most recent checkpoints to keep.

@@ -106,14 +106,20 @@ EXIT_CODES = {cls.__name__: cls.exit_code for cls in (
 _LIBRARY_ERRORS: dict[str, tuple[type[CliError], str]] = {
     "TraceError": (TraceFailure, "Make forward traceable by torch.export (see docs/cli.md#troubleshooting)"),
     "ExampleInputError": (InputSpecError, "Pass inputs the model accepts with --input-shape or --example-inputs"),
-    "SurgeryError": (PruneRequestError, "Choose groups listed as prunable by 'amgp-compress analyze'"),
-    "PlanError": (PruneRequestError, "Re-create the plan on this model with 'amgp-compress prune'"),
-    "DataFormatError": (DataError, "Fix or drop the offending rows, or check the file's format"),
+    "SurgeryError": (PruneRequestError, "Run 'amgp-compress analyze' to list the prunable groups and their sizes"),
+    "AmgpError": (PruneRequestError, "Run 'amgp-compress analyze' to list the prunable groups and their sizes"),
+    "PlanError": (PruneRequestError, "Run 'amgp-compress analyze' to list the prunable groups and their sizes"),
+    "DataFormatError": (DataError, "Fix or delete that row, or pass --skip-malformed to skip malformed rows"),
     "ParityError": (ExportFailure, "Try --atol/--rtol, or report the model: ONNX Runtime disagrees with PyTorch"),
     "ExportError": (ExportFailure, "Retry with --verbose to see the failing stage"),
     "PassError": (ExportFailure, "Retry export with --no-passes to skip the FX rewrites"),
     "ConfigError": (UsageError, "Check the option values against 'amgp-compress train --help'"),
 }
+
+
+# library messages that already say what to do (then the default fix is not appended)
+_FIX_WORDS = re.compile(r"What to try|\b(Pass|Use|Try|Run|Re-create|Raise|Lower|Leave|Check|Retry|Choose|Save|Make|"
+                        r"Fix|Install|pass|use a|keep at least|lists the|says why)\b")
 
 
 def _sentence(text: str) -> str:
@@ -134,8 +140,7 @@ def as_cli_error(error: BaseException) -> CliError | None:
         if mapped is not None and cls.__module__.startswith("amgp_fx"):
             target, fix = mapped
             message = re.sub(r"\s+", " ", str(error)).strip() or cls.__name__
-            has_fix = re.search(r"\b(pass|use|try|choose|make|retry|check|set|fix|keep|drop)\b",
-                                message.split(". ", 1)[-1], re.IGNORECASE) and ". " in message
+            has_fix = _FIX_WORDS.search(message) is not None
             return target(message.rstrip("."), "" if has_fix else fix)
     return None
 

@@ -249,9 +249,10 @@ def graph_step_flops(graph, sizes: dict[str, int] | None = None, *, batch_size: 
         graph.set_alive_(alive_now)
 
 
-def width_scale_for_flops(build: Callable[[float], nn.Module], target_flops: float, example_inputs: Callable[[nn.Module], Any]
-                          | Any, *, batch_size: int, optimizer_flops: int | None = None,
-                          low: float = 0.05, high: float = 1.0, tolerance: float = 0.002) -> float:
+def width_scale_for_flops(build: Callable[[float], nn.Module], target_flops: float,
+                          example_inputs: Callable[[nn.Module], Any] | Any, *, batch_size: int,
+                          optimizer_flops: int | None = None, low: float = 0.05, high: float = 1.0,
+                          tolerance: float = 0.002) -> float:
     """The width scale s in [low, high] whose model ``build(s)`` costs ``target_flops`` per step.
 
     ``build`` is called under ``torch.device("meta")`` (no memory, no initialisation cost), so a

@@ -2,7 +2,7 @@
 
 A shape spec lists the positional inputs, separated by ``;``: a dtype, the shape in brackets with
 ``B`` for the batch dim, and optionally ``:LOW..HIGH``, the value range (integers: ids drawn from
-``[LOW, HIGH)``, so ``HIGH`` is at most the smallest table size; floats: uniform in ``[LOW, HIGH)``;
+``[LOW, HIGH)``, so ``HIGH`` is at most the smallest table size; floats: uniform in ``[LOW, HIGH]``;
 floats without a range are standard normal, integers without one are 0, a valid id for any table).
 
 Dim letters: B batch, F sparse fields.
@@ -27,8 +27,8 @@ import torch
 
 from amgp_fx.errors import InputSpecError
 
-__all__ = ["DTYPES", "TensorSpec", "format_input_spec", "load_example_batch", "make_inputs", "parse_input_spec",
-           "resize_batch", "spec_of"]
+__all__ = ["DTYPES", "TensorSpec", "check_inputs", "format_input_spec", "load_example_batch", "make_inputs",
+           "parse_input_spec", "resize_batch", "spec_of"]
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "float": torch.float32, "float64": torch.float64, "double": torch.float64,
@@ -37,7 +37,7 @@ DTYPES: dict[str, torch.dtype] = {
     "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
 }
 _CANONICAL = {dtype: name for name, dtype in reversed(list(DTYPES.items()))}
-_SPEC = re.compile(r"^(?P<dtype>[a-z0-9]+)\[(?P<dims>[^\]]*)\](?::(?P<low>[^.]*)\.\.(?P<high>.*))?$")
+_SPEC = re.compile(r"^(?P<dtype>[a-z0-9]+)\[(?P<dims>[^\]]*)\](?::(?P<low>.*?)\.\.(?P<high>.*))?$")
 _EXAMPLE = "float32[B,13];int64[B,26]:0..1000"
 MAX_ELEMENTS = 2**31
 
@@ -181,9 +181,14 @@ def resize_batch(inputs: Sequence[torch.Tensor], batch_size: int) -> tuple[torch
     return tuple(t[index.to(t.device)] for t in inputs)
 
 
+def _natural(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def load_example_batch(path: str | Path) -> tuple[torch.Tensor, ...]:
     """A small saved batch: a ``.pt`` file (loaded with ``weights_only=True``) holding a tensor, a
-    tuple/list of tensors or a dict of them (in insertion order), or a ``.safetensors`` file.
+    tuple/list of tensors or a dict of them (in insertion order), or a ``.safetensors`` file (inputs
+    in the natural order of their names: ``input_0``, ``input_1``, ..., ``input_10``).
 
     Raises:
         InputSpecError: the file is missing, not loadable without pickle, or holds no tensors.
@@ -196,7 +201,8 @@ def load_example_batch(path: str | Path) -> tuple[torch.Tensor, ...]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load as load_safetensors
 
-            loaded = load_safetensors(path.read_bytes())
+            loaded = load_safetensors(path.read_bytes())  # safetensors does not keep the order: sort names
+            loaded = {key: loaded[key] for key in sorted(loaded, key=_natural)}
         else:
             loaded = torch.load(io.BytesIO(path.read_bytes()), weights_only=True, map_location="cpu")
     except Exception as error:  # noqa: BLE001 - any loader failure means an unusable file
@@ -209,3 +215,16 @@ def load_example_batch(path: str | Path) -> tuple[torch.Tensor, ...]:
     if not isinstance(loaded, (tuple, list)) or not loaded or not all(isinstance(t, torch.Tensor) for t in loaded):
         raise InputSpecError(f"{path} holds {type(loaded).__name__}, not tensors", fix)
     return tuple(loaded)
+
+
+def check_inputs(module: torch.nn.Module, inputs: tuple, description: str = "the model") -> None:
+    """Run ``module`` once on ``inputs``; raise InputSpecError naming the shapes when it fails."""
+    try:
+        with torch.no_grad():
+            module(*inputs)
+    except Exception as error:  # noqa: BLE001 - any failure here is the inputs'
+        first = " ".join(str(error).split())[:300]
+        raise InputSpecError(f"{description} fails on example inputs {format_input_spec(spec_of(inputs))}: "
+                             f"{type(error).__name__}: {first}",
+                             "Pass inputs of the shapes and dtypes it expects with --input-shape or "
+                             "--example-inputs") from error

@@ -44,9 +44,9 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from amgp_fx.errors import FactoryError, InputSpecError, ModelFileError, UsageError
+from amgp_fx.errors import FactoryError, InputSpecError, ModelFileError, TraceFailure, UsageError
 from amgp_fx.fileio import atomic_open, atomic_write_bytes
-from amgp_fx.model_inputs import load_example_batch, make_inputs, parse_input_spec, resize_batch, spec_of
+from amgp_fx.model_inputs import check_inputs, load_example_batch, make_inputs, parse_input_spec, resize_batch
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def _load_pt2(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None, 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="No complete tensor found")  # buffers sharing storage
             program = torch.export.load(path, extra_files=extra)
-    except Exception as error:  # noqa: BLE001 - deserialisation failures of any kind
+    except Exception as error:  # deserialisation failures of any kind
         raise ModelFileError(f"torch.export.load could not read {path}: {type(error).__name__}: "
                              f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}",
                              "Save it again with this torch version (torch.export files are tied to torch "
@@ -160,6 +160,10 @@ def _export(module: nn.Module, inputs: tuple) -> torch.export.ExportedProgram:
     try:
         return torch.export.export(module, inputs, dynamic_shapes=_batch_dynamic_shapes(module, inputs, {}),
                                    strict=False)
+    except Exception as error:
+        first = " ".join(str(error).split())[:300]
+        raise TraceFailure(f"torch.export could not export {type(module).__name__} to save it as .pt2: "
+                           f"{type(error).__name__}: {first}", "Save a state dict (.safetensors) instead") from error
     finally:
         try:
             module.train(was_training)
@@ -174,7 +178,8 @@ def save_pt2(module: nn.Module, example_inputs: tuple, path: str | os.PathLike,
     ``metadata`` (JSON-able: the pruning plan, the factory) goes into the archive's ``extra/amgp_fx.json``.
     """
     program = _export(module, tuple(example_inputs))
-    with atomic_open(path, "wb") as handle:
+    with atomic_open(path, "wb") as handle, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No complete tensor found")  # buffers sharing storage
         torch.export.save(program, handle, extra_files={META_FILE: _meta(metadata)})
 
 
@@ -288,13 +293,12 @@ def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn
 
 def _load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
     try:
-        result = module.load_state_dict(dict(state), strict=True)
+        module.load_state_dict(dict(state), strict=True)
     except RuntimeError as error:
         detail = " ".join(str(error).split())[:400]
         raise ModelFileError(f"the state dict in {source} does not fit the factory's model: {detail}",
                              "Pass the --factory/--factory-kwargs it was saved from, and --plan for a pruned "
                              "model") from error
-    del result
 
 
 # -- one entry point ----------------------------------------------------------------------------------------
@@ -382,18 +386,3 @@ def _example_inputs(module, saved_inputs, input_shape, example_file, batch_size)
         return resize_batch(saved_inputs, batch_size)
     raise InputSpecError(f"cannot tell which inputs {type(module).__name__} takes",
                          "Pass --input-shape 'float32[B,13];int64[B,26]:0..1000' or --example-inputs batch.pt")
-
-
-def check_inputs(module: nn.Module, inputs: tuple, description: str = "the model") -> None:
-    """Run ``module`` once on ``inputs``; raise InputSpecError naming the shapes when it fails."""
-    from amgp_fx.model_inputs import format_input_spec
-
-    try:
-        with torch.no_grad():
-            module(*inputs)
-    except Exception as error:  # noqa: BLE001 - any failure here is the inputs'
-        first = " ".join(str(error).split())[:300]
-        raise InputSpecError(f"{description} fails on example inputs {format_input_spec(spec_of(inputs))}: "
-                             f"{type(error).__name__}: {first}",
-                             "Pass inputs of the shapes and dtypes it expects with --input-shape or "
-                             "--example-inputs") from error

@@ -146,7 +146,8 @@ def _select(graph: DependencyGraph, groups: Sequence[str] | None, kinds: Sequenc
             except KeyError:
                 raise PlanError(f"no group {key!r} in this model; 'amgp-compress analyze' lists the groups") from None
             if not group.prunable:
-                raise PlanError(f"group {group.id} ({group.name}) cannot be pruned: {group.reason}")
+                raise PlanError(f"group {group.id} ({group.name}) cannot be pruned: {group.reason}. Leave it out; "
+                                "'amgp-compress analyze' lists the prunable groups")
             chosen.append(group)
     else:
         chosen = graph.prunable_groups(tuple(kinds) if kinds else None)

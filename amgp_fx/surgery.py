@@ -64,7 +64,8 @@ class SurgeryRecord:
                 t.saved = {k: list(v) for k, v in state[t.name].items()}
 
 
-def _optimizers(optimizers) -> list[torch.optim.Optimizer]:
+def optimizer_list(optimizers) -> list[torch.optim.Optimizer]:
+    """An optimizer, a list of them, or an object with ``.optimizers`` (the trainer's) as a list."""
     if optimizers is None:
         return []
     if isinstance(optimizers, torch.optim.Optimizer):
@@ -142,7 +143,7 @@ def shrink_(graph: DependencyGraph, keep: Mapping[str, Sequence[int]], optimizer
     Example:
         A Linear 16->32 -> Linear 32->8 pair kept at 24 hidden units has weights (24, 16) and (8, 24).
     """
-    opts = _optimizers(optimizers)
+    opts = optimizer_list(optimizers)
     before = graph.alive.copy()
     after, sizes, kept = _new_alive(graph, keep)
     records = []
@@ -229,7 +230,7 @@ def grow_(graph: DependencyGraph, record: SurgeryRecord, optimizers=None, *, ini
         raise SurgeryError("init must be 'restore' or 'fresh' and optimizer_state 'restore' or 'reset'")
     if not np.array_equal(graph.alive, record.alive_after):
         raise SurgeryError("this record is not the most recent shrink in effect; grow the later shrinks first")
-    opts = _optimizers(optimizers)
+    opts = optimizer_list(optimizers)
     for ts in record.tensors:
         tensor = _get_tensor(graph.module, ts.name)
         shrunk_shape = tuple(tensor.shape)

@@ -120,6 +120,8 @@ def trace(model: nn.Module, example_inputs: Any, *, kwargs: dict | None = None, 
     if check_inputs:
         check_example_inputs(model, args, kwargs)
     was_training = model.training
+    if isinstance(model, fx.GraphModule) and "train" not in vars(model):
+        enable_train_eval_(model)  # an exported program's module refuses .train() otherwise
     model.train()  # trace the training behaviour of dropout / batch norm; the flags are flipped later
     try:
         dynamic_shapes = _batch_dynamic_shapes(model, args, kwargs) if dynamic_batch else None
@@ -154,9 +156,11 @@ def _eval_matches(model: nn.Module, module: fx.GraphModule, args: tuple, kwargs:
     try:
         with torch.no_grad():
             expected, actual = model(*args, **kwargs), module(*args, **kwargs)
-        pairs = zip(pytree.tree_leaves(expected), pytree.tree_leaves(actual))
-        same = all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in pairs
-                   if isinstance(a, torch.Tensor) and a.is_floating_point())
+        pairs = [(a, b) for a, b in zip(pytree.tree_leaves(expected), pytree.tree_leaves(actual))
+                 if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        if any(a.is_meta for a, _ in pairs):
+            return True  # nothing to compare on the meta device
+        same = all(torch.allclose(a, b, rtol=1e-3, atol=1e-3) for a, b in pairs)  # TF32 on GPUs
     except Exception:  # noqa: BLE001 - a mismatch of structure is a mismatch
         same = False
     if not same:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -235,8 +236,6 @@ def _call_hooks(hooks: Sequence[Any], method: str, ctx: TrainContext) -> None:
 
 
 def _seed_everything(seed: int) -> None:
-    import random
-
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

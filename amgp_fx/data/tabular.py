@@ -243,5 +243,5 @@ def _lookup(keys: np.ndarray, queries: np.ndarray, name: str) -> np.ndarray:
     rows = order[positions]
     missing = keys[rows] != queries
     if missing.any():
-        raise ValueError(f"{name} {queries[missing][0]!r} of a rating is not in its table")
+        raise ValueError(f"{name} {queries[missing][0].tolist()!r} of a rating is not in its table")
     return rows

@@ -62,6 +62,7 @@ class DependencyGraph:
             if node.op == "call_function" and (rule := registry.get(node.target)) is not None and rule.rewrite
         }
         self._build()
+        self._unique_names()
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -274,10 +275,23 @@ class DependencyGraph:
                 g.kind = "embedding"
             elif g.kind in ("other", "reshape") and producers:
                 g.kind = "hidden"
+            g._owns_name = len(np.unique(first.channels)) == len(first.positions)
             if g.prunable and not any(m.is_parameter for m in g.members):
                 g.prunable, g.reason = False, "no parameter holds these channels"
             elif g.prunable and g.full_size < 2:
                 g.prunable, g.reason = False, "a single channel cannot be pruned"
+
+    def _unique_names(self) -> None:
+        """Two groups can start at the same tensor dim (a reshape's factors); the group whose
+        channels the dim holds one-to-one keeps the plain name, the others get their kind appended."""
+        by_name: dict[str, list[Group]] = {}
+        for g in self.groups:
+            by_name.setdefault(g.name, []).append(g)
+        for name, same in by_name.items():
+            if len(same) > 1:
+                same.sort(key=lambda g: (not g._owns_name, not g.prunable))
+                for g in same[1:]:
+                    g.name = f"{name}:{g.kind}:{g.id}"
 
     def _isolated_and_frozen(self, label: np.ndarray, frozen_reason: np.ndarray) -> bool:
         """True for a dim whose atoms are all frozen and coupled with nothing (cheap to skip)."""

@@ -1,0 +1,82 @@
+"""AMGP reporting: phase and comparison tables, the PNG, and the tiny benchmark's records."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amgp_fx.amgp_report import comparison_table, phase_records, phase_table, plot_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _phase(name, cycle, start, end, width, flops_per_step, label="amgp"):
+    return {"kind": "amgp_phase", "label": label, "phase": name, "cycle": cycle, "start": start, "end": end,
+            "steps": end - start, "width": width, "flops_per_step": flops_per_step,
+            "flops": (end - start) * flops_per_step, "wall_clock_s": 0.01 * (end - start), "peak_memory_bytes": 2**20}
+
+
+RUN = [_phase("warmup", -1, 0, 10, 1.0, 4e9), _phase("pruned", 0, 10, 30, 0.5, 1e9),
+       _phase("final", 1, 30, 40, 1.0, 4e9), {"kind": "eval", "step": 40, "auc": 0.78},
+       {"kind": "train", "step": 40, "loss": 0.45}]
+
+
+def test_phase_table_has_a_row_per_phase_and_a_total():
+    table = phase_table(RUN)
+    lines = table.splitlines()
+    assert len(lines) == 2 + 3 + 1
+    total = [cell.strip() for cell in lines[-1].split("|")[1:-1]]
+    assert total[0] == "total" and total[2] == "40"
+    assert float(total[4]) == pytest.approx((10 * 4 + 20 * 1 + 10 * 4) / 40)  # mean GFLOPs per step
+    assert float(total[5]) == pytest.approx(100)
+
+
+def test_phase_records_read_a_metrics_file(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in reversed(RUN)))
+    assert [p["phase"] for p in phase_records(path)] == ["warmup", "pruned", "final"]
+
+
+def test_comparison_table_reports_differences_to_dense():
+    records = [dict(model="m", method="dense", auc_mean=0.8, auc_std=0.0010, logloss_mean=0.45, train_flops=2e12,
+                    wall_clock_s=10.0, samples=100, seeds=[0, 1, 2]),
+               dict(model="m", method="amgp", auc_mean=0.7995, auc_std=0.0012, logloss_mean=0.451, train_flops=1.2e12,
+                    wall_clock_s=7.5, samples=100, seeds=[0, 1, 2])]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in comparison_table(records).splitlines()[2:]]
+    assert rows[1][:4] == ["m", "amgp", "0.7995 +- 0.0012", "-0.0005"]
+    assert rows[1][6] == "0.60" and rows[1][8] == "0.75"
+
+
+def test_plot_writes_a_png(tmp_path):
+    records = RUN + [_phase("final", 0, 0, 40, 1.0, 4e9, label="dense")]
+    path = plot_run(records, tmp_path / "run.png", title="toy")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="no amgp_phase records"):
+        plot_run([{"kind": "eval", "step": 1, "auc": 0.5}], tmp_path / "none.png")
+
+
+REQUIRED = {"model", "method", "auc_mean", "auc_std", "logloss_mean", "train_flops", "wall_clock_s", "samples",
+            "seeds", "device", "command"}
+
+
+def test_tiny_benchmark_produces_records_with_all_fields(tmp_path):
+    out = tmp_path / "amgp.json"
+    command = [sys.executable, str(ROOT / "tools" / "bench_amgp.py"), "--tiny", "--models", "dcn_v2", "--seeds", "2",
+               "--samples", "6144", "--out", str(out), "--plot-dir", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert [(r["model"], r["method"]) for r in records] == [("dcn_v2", m) for m in
+                                                           ("dense", "amgp", "prune_only", "small_dense")]
+    for record in records:
+        assert REQUIRED <= set(record), REQUIRED - set(record)
+        assert record["seeds"] == [0, 1] and record["samples"] == 6144 and 0.5 < record["auc_mean"] < 1
+        assert record["command"].startswith("python tools/bench_amgp.py --tiny")
+    by_method = {r["method"]: r for r in records}
+    dense_flops = by_method["dense"]["train_flops"]
+    assert by_method["amgp"]["train_flops"] < 0.8 * dense_flops
+    for method in ("prune_only", "small_dense"):  # matched to AMGP's training FLOPs within 5%
+        assert by_method[method]["train_flops"] == pytest.approx(by_method["amgp"]["train_flops"], rel=0.05)
+    assert by_method["amgp"]["train_flops"] == by_method["amgp"]["predicted_train_flops"]
+    assert (tmp_path / "amgp_train_dcn_v2.png").exists()

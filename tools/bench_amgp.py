@@ -1,0 +1,378 @@
+"""Training-cost benchmark of AMGP (issue 4): dense vs AMGP vs prune-only vs small dense.
+
+Every method trains the same synthetic Criteo-like rows (a wide teacher, so that capacity
+matters), for the same number of samples, with the same optimizer, over several seeds, and is
+scored on the same held-out rows. Baselines are matched to AMGP's training FLOPs before any run:
+prune-only gets the dense warm-up length whose predicted FLOPs equal AMGP's, and the small dense
+model the width scale whose per-step FLOPs equal AMGP's average step.
+
+Embeddings train as production does: sparse gradients (``nn.Embedding(sparse=True)``) with a
+sparse-aware optimizer (SparseAdam for adam, Adagrad, SGD). Wall-clock is the sum of the AMGP
+hook's per-phase wall-clock (CUDA-synchronised at phase boundaries; surgery included, FLOPs
+counting and the final evaluation excluded).
+
+Modes:
+    --tiny   CPU, small models, a few thousand samples, < 60 s: checks structure and accounting.
+    default  GPU (one H200): industrial-width DLRM and a wide DCN-v2, millions of samples per run,
+             starts no run that would end past --budget-s (results are written after
+             every run, so a cut-short run still leaves a valid JSON file).
+
+Output: a JSON list of records, one per (model, method), with model, method, auc_mean, auc_std,
+logloss_mean, logloss_std, train_flops, wall_clock_s, samples, seeds, device, command, and details.
+
+Example:
+    python tools/bench_amgp.py --tiny --out /tmp/amgp_tiny.json
+    python tools/bench_amgp.py --out docs/results/amgp_train.json --plot-dir docs/results
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import amgp_fx  # noqa: E402
+import models  # noqa: E402
+from amgp_fx.amgp import AmgpHook, dense_config, match_prune_only, predict_train_flops  # noqa: E402
+from amgp_fx.amgp_report import comparison_table, plot_run  # noqa: E402
+from amgp_fx.config import SyntheticConfig, TrainConfig  # noqa: E402
+from amgp_fx.data import Batch, SyntheticCriteo  # noqa: E402
+from amgp_fx.fileio import atomic_write_json  # noqa: E402
+from amgp_fx.flops import count_training_flops, width_scale_for_flops  # noqa: E402
+from amgp_fx.schedule import AmgpConfig  # noqa: E402
+from amgp_fx.train import train  # noqa: E402
+
+METHODS = ("dense", "amgp", "prune_only", "small_dense")
+GPU_TABLES = (200_000,) * 26
+
+# name -> (reference model, preset, overrides, width-scaled argument names)
+MODEL_SPECS: dict[str, dict[str, Any]] = {
+    # issue 4's industrial shape: sparse 26 x 200k x 128 tables, MLPs that dominate the step
+    "dlrm": dict(model="dlrm", preset="industrial", overrides=dict(table_sizes=GPU_TABLES)),
+    # DCN-v2 with a wide deep tower (the cross network's width is the input's, which is frozen)
+    "dcn_v2": dict(model="dcn_v2", preset="default",
+                   overrides=dict(table_sizes=GPU_TABLES, deep_mlp=(2048, 1024, 512), dropout=0.0)),
+}
+TINY_SPECS: dict[str, dict[str, Any]] = {
+    "dlrm": dict(model="dlrm", preset="small", overrides=dict(bottom_mlp=(64, 8), top_mlp=(128, 64))),
+    "dcn_v2": dict(model="dcn_v2", preset="small", overrides=dict(deep_mlp=(128, 64), dropout=0.0)),
+}
+
+
+def _round8(value: float) -> int:
+    return max(8, 8 * int(round(value / 8)))
+
+
+def scaled_overrides(spec: dict[str, Any], scale: float) -> dict[str, Any]:
+    """The spec's constructor arguments with every hidden MLP width times ``scale`` (multiple of 8).
+
+    DLRM's last bottom width is the embedding dim (kept); DCN-v2's cross width is the input's.
+    """
+    base = {**models._module(spec["model"]).PRESETS[spec["preset"]], **spec["overrides"]}
+    if spec["model"] == "dlrm":
+        *hidden, last = base["bottom_mlp"]
+        return {**spec["overrides"], "bottom_mlp": (*[_round8(w * scale) for w in hidden], last),
+                "top_mlp": tuple(_round8(w * scale) for w in base["top_mlp"])}
+    if spec["model"] == "dcn_v2":
+        return {**spec["overrides"], "deep_mlp": tuple(_round8(w * scale) for w in base["deep_mlp"])}
+    raise ValueError(f"no width scaling rule for model {spec['model']!r}")
+
+
+def build(spec: dict[str, Any], overrides: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The reference model with sparse embedding gradients (set before tracing, which records it)."""
+    model = models.build_model(spec["model"], spec["preset"], **(overrides or spec["overrides"]))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            module.sparse = True
+    return model
+
+
+# -- data --------------------------------------------------------------------------------------------
+def _rows_worker(args: tuple) -> tuple:
+    config_dict, start, stop = args
+    batch = SyntheticCriteo(SyntheticConfig.from_dict(config_dict)).rows(start, stop)
+    return batch.dense.numpy(), batch.sparse.numpy(), batch.label.numpy()
+
+
+def make_rows(config: SyntheticConfig, start: int, count: int, workers: int) -> Batch:
+    """Rows [start, start + count), generated in parallel processes (rows depend only on their index)."""
+    if workers <= 1 or count <= 65_536:
+        return SyntheticCriteo(config).rows(start, start + count)
+    chunk = 131_072
+    jobs = [(config.to_dict(), s, min(s + chunk, start + count)) for s in range(start, start + count, chunk)]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        parts = list(pool.map(_rows_worker, jobs))
+    return Batch(*(torch.from_numpy(np.concatenate([p[i] for p in parts])) for i in range(3)))
+
+
+# -- one run ---------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Plan:
+    """Per model: the AMGP config and the FLOPs-matched baselines, decided before any run."""
+
+    amgp: AmgpConfig
+    prune_only: AmgpConfig
+    dense: AmgpConfig
+    small_scale: float
+    small_overrides: dict[str, Any]
+    predicted: dict[str, int]
+
+
+def make_plan(spec: dict[str, Any], args, steps: int) -> Plan:
+    """Predict FLOPs on a meta-device copy of the model and match the baselines to AMGP."""
+    with torch.device("meta"):
+        model = build(spec)
+    graph = amgp_fx.analyze(model, model.example_inputs(4))
+    amgp_config = AmgpConfig.from_recipe_name(args.recipe, steps, ratio=args.ratio, criterion=args.criterion,
+                                              grow_init=args.grow_init, optimizer_state=args.optimizer_state)
+    dense = dense_config(steps)
+    batch = args.batch_size
+    predicted = {"dense": predict_train_flops(graph, dense, batch_size=batch),
+                 "amgp": predict_train_flops(graph, amgp_config, batch_size=batch)}
+    prune_only = match_prune_only(graph, amgp_config, batch_size=batch, target_flops=predicted["amgp"])
+    predicted["prune_only"] = predict_train_flops(graph, prune_only, batch_size=batch)
+
+    def build_scaled(scale: float) -> torch.nn.Module:
+        return build(spec, scaled_overrides(spec, scale))
+
+    scale = width_scale_for_flops(build_scaled, predicted["amgp"] / steps, lambda m: m.example_inputs(4),
+                                  batch_size=batch)
+    with torch.device("meta"):
+        small = build_scaled(scale)
+    predicted["small_dense"] = steps * count_training_flops(small, small.example_inputs(4), batch_size=batch).total
+    return Plan(amgp_config, prune_only, dense, scale, scaled_overrides(spec, scale), predicted)
+
+
+def run_one(spec: dict[str, Any], method: str, seed: int, plan: Plan, data: tuple[Batch, Batch], args,
+            steps: int, metrics_path: str | None) -> dict[str, Any]:
+    device = torch.device(args.device)
+    torch.manual_seed(seed)
+    with device:
+        model = build(spec, plan.small_overrides if method == "small_dense" else None)
+    graph = amgp_fx.analyze(model, model.example_inputs(4))
+    config = {"dense": plan.dense, "small_dense": plan.dense, "amgp": plan.amgp, "prune_only": plan.prune_only}[method]
+    hook = AmgpHook(graph, config, label=method)
+    forward = hook.forward
+    if args.compile:
+        forward = _compiled_forward(graph.module)
+
+    train_config = TrainConfig(optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, steps=steps,
+                               eval_batch_size=args.eval_batch_size, log_every=0, eval_every=args.eval_every,
+                               device=str(device), seed=seed, data_on_device=True, metrics_path=metrics_path)
+    result = train(model, data[0], data[1], train_config, hooks=[hook], forward=forward, progress=False)
+    summary = hook.summary()
+    record = {"seed": seed, "auc": result.metrics["auc"], "logloss": result.metrics["logloss"],
+              "train_flops": hook.total_flops, "wall_clock_s": summary["wall_clock_s"],
+              "train_call_s": result.wall_clock_s, "width_final": summary["width_final"],
+              "parameters": sum(p.numel() for p in model.parameters()),
+              "phases": [{k: p[k] for k in ("phase", "cycle", "start", "end", "width", "flops_per_step",
+                                            "wall_clock_s", "peak_memory_bytes")} for p in summary["phases"]]}
+    del model, graph, hook, result
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return record
+
+
+def _compiled_forward(module: torch.nn.Module):
+    """``train``'s forward through ``torch.compile(module)``, in the eager model's train/eval mode."""
+    compiled = torch.compile(module, dynamic=False)
+
+    def forward(model, batch):
+        if module.training != model.training:
+            module.train(model.training)
+        return compiled(batch.dense, batch.sparse)
+    return forward
+
+
+def aggregate(name: str, method: str, runs: list[dict], plan: Plan, args, steps: int, device_name: str) -> dict:
+    aucs, loglosses = [r["auc"] for r in runs], [r["logloss"] for r in runs]
+    walls = [r["wall_clock_s"] for r in runs]
+    config = {"dense": plan.dense, "small_dense": plan.dense, "amgp": plan.amgp, "prune_only": plan.prune_only}[method]
+    return {
+        "model": name, "method": method,
+        "auc_mean": statistics.fmean(aucs), "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
+        "logloss_mean": statistics.fmean(loglosses),
+        "logloss_std": statistics.stdev(loglosses) if len(loglosses) > 1 else 0.0,
+        "train_flops": int(statistics.fmean(r["train_flops"] for r in runs)),
+        "predicted_train_flops": plan.predicted[method],
+        "wall_clock_s": statistics.fmean(walls), "wall_clock_std": statistics.stdev(walls) if len(walls) > 1 else 0.0,
+        "samples": steps * args.batch_size, "steps": steps, "batch_size": args.batch_size,
+        "seeds": [r["seed"] for r in runs], "device": device_name, "command": _command(),
+        "optimizer": args.optimizer, "lr": args.lr, "compile": bool(args.compile), "tf32": bool(args.tf32),
+        "eval_every": args.eval_every, "teacher": args.teacher, "test_samples": args.test_samples,
+        "amgp_config": config.to_dict(), "width_scale": plan.small_scale if method == "small_dense" else None,
+        "model_overrides": {k: list(v) if isinstance(v, tuple) and len(v) < 10 else v
+                            for k, v in (plan.small_overrides if method == "small_dense" else {}).items()
+                            if k != "table_sizes"},
+        "parameters": runs[0]["parameters"], "per_seed": runs,
+    }
+
+
+def _command() -> str:
+    return "python tools/bench_amgp.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__})"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke run (< 60 s): small models, few samples")
+    parser.add_argument("--models", nargs="+", default=["dlrm", "dcn_v2"], choices=sorted(MODEL_SPECS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
+    parser.add_argument("--samples", type=int, default=None, help="training rows per run (default 8M, tiny 12k)")
+    parser.add_argument("--test-samples", type=int, default=None, help="held-out rows (default 500k, tiny 4k)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 16384, tiny 256")
+    parser.add_argument("--eval-batch-size", type=int, default=None)
+    parser.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw", "adagrad"])
+    parser.add_argument("--lr", type=float, default=None, help="default 1e-3 (tiny 1e-2)")
+    parser.add_argument("--recipe", default="amgp-half", help="AMGP recipe (amgp_fx.schedule.RECIPES)")
+    parser.add_argument("--ratio", type=float, default=0.5, help="share of hidden units removed when pruned")
+    parser.add_argument("--criterion", default="l2", choices=["l2", "l1", "taylor", "random"])
+    parser.add_argument("--grow-init", default="restore", choices=["restore", "fresh"])
+    parser.add_argument("--optimizer-state", default="restore", choices=["restore", "reset"])
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="evaluate every N steps for the AUC curve (wall-clock then includes evaluation)")
+    parser.add_argument("--teacher", default="capacity", help="SyntheticConfig preset of the teacher")
+    parser.add_argument("--device", default=None, help="default cuda if available (tiny: cpu)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the graph module (each width change recompiles; off by default)")
+    parser.add_argument("--no-tf32", dest="tf32", action="store_false", help="disable TF32 matmuls on the GPU")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (tiny default 1)")
+    parser.add_argument("--workers", type=int, default=None, help="data generation processes (default: cores)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no run that would end past this many seconds (default 420 on GPU)")
+    parser.add_argument("--out", default="docs/results/amgp_train.json")
+    parser.add_argument("--plot-dir", default=None, help="write one AMGP-vs-dense PNG per model here")
+    args = parser.parse_args(argv)
+    tiny = args.tiny
+    args.samples = args.samples or (12_288 if tiny else 8_388_608)
+    args.test_samples = args.test_samples or (4_096 if tiny else 524_288)
+    args.batch_size = args.batch_size or (256 if tiny else 16_384)
+    args.eval_batch_size = args.eval_batch_size or (4_096 if tiny else 65_536)
+    args.lr = args.lr or (1e-2 if tiny else 1e-3)
+    args.device = args.device or ("cpu" if tiny or not torch.cuda.is_available() else "cuda")
+    args.workers = args.workers or (1 if tiny else max(1, min(32, os.cpu_count() or 1)))
+    if args.threads or tiny:
+        torch.set_num_threads(args.threads or 1)  # tiny ops: threads only contend
+    if args.budget_s is None and not tiny:
+        args.budget_s = 420.0
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    specs = TINY_SPECS if args.tiny else MODEL_SPECS
+    steps = max(1, args.samples // args.batch_size)
+
+    def say(message: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f}s] {message}", flush=True)
+
+    teacher = dict(num_dense=4, table_sizes=(20, 50, 100, 30)) if args.tiny else dict(table_sizes=GPU_TABLES)
+    data_config = SyntheticConfig.from_preset(args.teacher, **teacher)
+    say(f"generating {args.samples} + {args.test_samples} rows ({args.teacher} teacher, {args.workers} workers)")
+    train_rows = make_rows(data_config, 0, steps * args.batch_size, args.workers)
+    test_rows = make_rows(data_config, 1 << 40, args.test_samples, args.workers)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+    data = (train_rows.to(device), test_rows.to(device))
+    device_name = _device_name(device)
+    say(f"data ready on {device_name}; {steps} steps of {args.batch_size} per run")
+
+    records: list[dict] = []
+    out = Path(args.out)
+    incomplete = False
+    longest = 0.0  # the longest run so far, to decide whether another fits the budget
+    for name in args.models:
+        spec = specs[name]
+        plan = make_plan(spec, args, steps)
+        ratios = ", ".join(f"{m} {plan.predicted[m] / plan.predicted['dense']:.3f}" for m in METHODS)
+        say(f"{name}: predicted train FLOPs vs dense: {ratios}; small-dense width scale {plan.small_scale:.3f}; "
+            f"prune-only warm-up {plan.prune_only.schedule.warmup_steps} steps")
+        if device.type == "cuda":  # untimed warm-up: CUDA context, cuBLAS handles, allocator pools
+            warm = max(2, min(20, steps // 10))
+            run_one(spec, "dense", 0, dataclasses.replace(plan, dense=dense_config(warm)), data, args, warm, None)
+        runs: dict[str, list[dict]] = {m: [] for m in args.methods}
+        for seed in range(args.seeds):
+            for method in args.methods:
+                elapsed = time.perf_counter() - start
+                if args.budget_s is not None and elapsed + 1.2 * longest > args.budget_s:
+                    incomplete = True
+                    say(f"budget: skipping {name}/{method}/seed {seed} and the rest")
+                    break
+                began = time.perf_counter()
+                metrics = None
+                if args.plot_dir and seed == 0 and method in ("dense", "amgp"):
+                    metrics = str(Path(args.plot_dir) / f"amgp_train_{name}_{method}.jsonl")
+                run = run_one(spec, method, seed, plan, data, args, steps, metrics)
+                longest = max(longest, time.perf_counter() - began)
+                runs[method].append(run)
+                say(f"{name} {method:11s} seed {seed}: auc {run['auc']:.5f} logloss {run['logloss']:.5f} "
+                    f"train {run['wall_clock_s']:.2f}s flops {run['train_flops'] / 1e12:.3f}T "
+                    f"(run {time.perf_counter() - began:.1f}s)")
+                records = [r for r in records if r["model"] != name] + [
+                    aggregate(name, m, rs, plan, args, steps, device_name) for m, rs in runs.items() if rs]
+                atomic_write_json(out, records)
+            if incomplete:
+                break
+        if args.plot_dir and runs.get("amgp"):
+            try:
+                _plot(args.plot_dir, name)
+            except ImportError as error:  # matplotlib missing
+                say(f"no plot: {error}")
+        if incomplete:
+            break
+    for record in records:
+        record["incomplete"] = incomplete
+    atomic_write_json(out, records)
+    try:
+        print(comparison_table(records), flush=True)
+    except ImportError as error:  # tabulate missing: the JSON file has everything
+        print(f"(no table: {error})", flush=True)
+    for name in args.models:
+        by_method = {r["method"]: r for r in records if r["model"] == name}
+        if "dense" in by_method and "small_dense" in by_method:
+            gap = by_method["dense"]["auc_mean"] - by_method["small_dense"]["auc_mean"]
+            note = "" if gap >= 0.003 else "  (below 0.003: the task does not reward capacity enough)"
+            print(f"{name}: dense - small dense AUC = {gap:+.4f}{note}", flush=True)
+    say(f"wrote {out}")
+    return records
+
+
+def _plot(plot_dir: str, name: str) -> None:
+    paths = [Path(plot_dir) / f"amgp_train_{name}_{m}.jsonl" for m in ("dense", "amgp")]
+    records = []
+    for path, label in zip(paths, ("dense", "amgp")):
+        if path.exists():
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                records.append({**record, "label": record.get("label", label)})
+    plot_run(records, Path(plot_dir) / f"amgp_train_{name}.png", title=f"{name}: AMGP vs dense")
+
+
+if __name__ == "__main__":
+    main()
