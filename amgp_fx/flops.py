@@ -232,7 +232,7 @@ def graph_step_flops(graph, sizes: dict[str, int] | None = None, *, batch_size: 
             raise ValueError(f"group {group.id} ({group.name}) cannot be pruned: {group.reason}")
         if not 1 <= size <= group.size:
             raise ValueError(f"size of group {group.id} must be in [1, {group.size}], got {size}")
-        present = group._channel_ids[group.alive]
+        present = group.channel_ids[group.alive]
         alive[present[size:]] = False
     module = graph.module
     shapes: dict[str, list[int]] = {}

@@ -105,7 +105,7 @@ def _new_alive(graph: DependencyGraph, keep: Mapping[str, Sequence[int]]) -> tup
             raise SurgeryError(f"keeping no channel of group {group.id} ({group.name}) would empty it; keep at least one")
         if len(set(index)) != len(index) or min(index) < 0 or max(index) >= size:
             raise SurgeryError(f"keep indices of group {group.id} must be distinct and in [0, {size}); got {indices!r}")
-        present = group._channel_ids[group.alive]
+        present = group.channel_ids[group.alive]
         dropped = np.setdiff1d(present, present[sorted(index)])
         alive[dropped] = False
         sizes[group.id] = (size, len(index))

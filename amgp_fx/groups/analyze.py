@@ -124,7 +124,7 @@ class DependencyGraph:
         """Set which base channels are present and rewrite the graph's size literals to match."""
         self._alive = alive
         for g in self.groups:
-            g.alive = alive[g._channel_ids]
+            g.alive = alive[g.channel_ids]
         self._rewrite_literals()
 
     def label_of(self, node: fx.Node):
@@ -243,7 +243,7 @@ class DependencyGraph:
             chans = ordered[sort_by_group[boundaries[gi]:boundaries[gi + 1]]]
             channel_of[chans] = np.arange(len(chans))
             group = Group(id=f"g{gi}", name="", kind=kind_of.get(int(chans[0]), "other"), full_size=len(chans))
-            group._channel_ids = chans
+            group.channel_ids = chans
             group.alive = np.ones(len(chans), dtype=bool)
             reason_ids = frozen_reason[chans]
             reason_ids = reason_ids[reason_ids >= 0]
@@ -275,7 +275,7 @@ class DependencyGraph:
                 g.kind = "embedding"
             elif g.kind in ("other", "reshape") and producers:
                 g.kind = "hidden"
-            g._owns_name = len(np.unique(first.channels)) == len(first.positions)
+            g.owns_name = len(np.unique(first.channels)) == len(first.positions)
             if g.prunable and not any(m.is_parameter for m in g.members):
                 g.prunable, g.reason = False, "no parameter holds these channels"
             elif g.prunable and g.full_size < 2:
@@ -289,7 +289,7 @@ class DependencyGraph:
             by_name.setdefault(g.name, []).append(g)
         for name, same in by_name.items():
             if len(same) > 1:
-                same.sort(key=lambda g: (not g._owns_name, not g.prunable))
+                same.sort(key=lambda g: (not g.owns_name, not g.prunable))
                 for g in same[1:]:
                     g.name = f"{name}:{g.kind}:{g.id}"
 

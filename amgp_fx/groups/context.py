@@ -7,15 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
-import torch
 import torch.fx as fx
 
 from amgp_fx.groups.atoms import AtomTable
 from amgp_fx.groups.model import Role
-
-DimLabel = "np.ndarray | None"
-
 
 def is_concrete(size) -> bool:
     return isinstance(size, int)
@@ -159,4 +154,4 @@ def seq(value) -> Sequence:
     return value if isinstance(value, (list, tuple)) else [value]
 
 
-__all__ = ["RuleContext", "is_concrete", "normalize_dim", "dims_arg", "seq", "torch"]
+__all__ = ["RuleContext", "is_concrete", "normalize_dim", "dims_arg", "seq"]

@@ -60,6 +60,8 @@ class Group:
     mask_equivalent: bool = True
     notes: tuple[str, ...] = ()
     alive: np.ndarray | None = None  # bool (full_size,): channels currently present
+    channel_ids: np.ndarray | None = field(default=None, repr=False)  # (full_size,) base atom per channel
+    owns_name: bool = field(default=True, repr=False)  # its first producer's dim holds exactly its channels
 
     @property
     def size(self) -> int:

@@ -50,11 +50,6 @@ def _freeze_all(ctx: RuleContext, label, reason: str) -> None:
         ctx.freeze(label, reason)
 
 
-def _tensor_args(node: fx.Node):
-    for arg in node.all_input_nodes:
-        yield arg
-
-
 def propagate(module: fx.GraphModule, registry: RuleRegistry) -> Propagation:
     atoms = AtomTable()
     labels: dict = {}
@@ -100,18 +95,15 @@ def _fetch_attr(module: fx.GraphModule, target: str):
 
 
 def _apply(ctx: RuleContext, node: fx.Node, registry: RuleRegistry, result: Propagation):
-    value = node.meta.get("val")
     if node.target is operator.getitem:
         source = result.labels.get(node.args[0])
         if isinstance(source, list) and isinstance(node.args[1], int) and node.args[1] < len(source):
             return source[node.args[1]]
         return None
-    if node.target in _NON_TENSOR_OPS or not _produces_tensor(value):
-        rule = registry.get(node.target)
-        if rule is None:
-            return None
     rule = registry.get(node.target)
     if rule is None:
+        if node.target in _NON_TENSOR_OPS or not _produces_tensor(node.meta.get("val")):
+            return None  # shape arithmetic on SymInts and asserts carry no channels
         return _unknown(ctx, node, result)
     try:
         labels = rule.propagate(ctx)
