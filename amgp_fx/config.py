@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 __all__ = [
     "CONFIG_VERSION",
     "OptimizerName",
+    "SparseOptimizerName",
     "TrainConfig",
     "SyntheticConfig",
     "CRITEO_CARDINALITIES",
@@ -48,6 +49,19 @@ class OptimizerName(str, enum.Enum):
     ADAM = "adam"
     ADAMW = "adamw"
     ADAGRAD = "adagrad"
+
+
+class SparseOptimizerName(str, enum.Enum):
+    """Optimizer of embedding tables that produce sparse gradients (`nn.Embedding(sparse=True)`).
+
+    rowwise_adagrad is what production recommenders use (one accumulator per row, see
+    `amgp_fx.optim`); sparse_adam keeps two full-size moments and is the slowest on a GPU.
+    """
+
+    SGD = "sgd"
+    ADAGRAD = "adagrad"
+    SPARSE_ADAM = "sparse_adam"
+    ROWWISE_ADAGRAD = "rowwise_adagrad"
 
 
 class _ConfigMixin:
@@ -114,6 +128,8 @@ class TrainConfig(_ConfigMixin):
         optimizer: "sgd", "adam", "adamw" or "adagrad" for dense parameters; embedding tables that
             produce sparse gradients get SGD, SparseAdam (adam/adamw) or Adagrad.
         lr: learning rate of the dense optimizer.
+        sparse_optimizer: optimizer of sparse-gradient embedding tables ("sgd", "adagrad",
+            "sparse_adam", "rowwise_adagrad"); None picks `optimizer`'s sparse counterpart.
         sparse_lr: learning rate of the sparse optimizer; None uses `lr`.
         weight_decay: dense weight decay (sparse optimizers cannot apply it; it is not used there).
         momentum: SGD momentum (ignored by the other optimizers).
@@ -146,6 +162,7 @@ class TrainConfig(_ConfigMixin):
     optimizer: OptimizerName = OptimizerName.ADAM
     lr: float = 1e-3
     sparse_lr: float | None = None
+    sparse_optimizer: SparseOptimizerName | None = None
     weight_decay: float = 0.0
     momentum: float = 0.0
     batch_size: int = 2048
@@ -170,6 +187,13 @@ class TrainConfig(_ConfigMixin):
         except ValueError:
             choices = [name.value for name in OptimizerName]
             raise ValueError(f"TrainConfig.optimizer must be one of {choices}, got {self.optimizer!r}") from None
+        if self.sparse_optimizer is not None:
+            try:
+                object.__setattr__(self, "sparse_optimizer", SparseOptimizerName(self.sparse_optimizer))
+            except ValueError:
+                choices = [name.value for name in SparseOptimizerName]
+                raise ValueError(f"TrainConfig.sparse_optimizer must be one of {choices} or None, "
+                                 f"got {self.sparse_optimizer!r}") from None
         _require(self.steps is None or self.epochs is None,
                  f"TrainConfig takes steps or epochs, not both; got steps={self.steps!r}, epochs={self.epochs!r}")
         if self.steps is None and self.epochs is None:

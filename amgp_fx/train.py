@@ -39,10 +39,11 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .config import OptimizerName, TrainConfig
+from .config import OptimizerName, SparseOptimizerName, TrainConfig
 from .data.batch import Batch
 from .data.loader import BatchLoader, BatchSource
 from .metrics import MetricsLogger, ctr_metrics
+from .optim import RowWiseAdagrad
 
 __all__ = ["Optimizers", "TrainContext", "TrainResult", "build_optimizers", "default_forward", "evaluate", "train"]
 
@@ -107,10 +108,30 @@ def _sparse_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(found.values())
 
 
+_SPARSE_COUNTERPART = {
+    OptimizerName.SGD: SparseOptimizerName.SGD,
+    OptimizerName.ADAM: SparseOptimizerName.SPARSE_ADAM,
+    OptimizerName.ADAMW: SparseOptimizerName.SPARSE_ADAM,
+    OptimizerName.ADAGRAD: SparseOptimizerName.ADAGRAD,
+}
+
+
+def _sparse_optimizer(tables: list[nn.Parameter], name: SparseOptimizerName, lr: float,
+                      momentum: float) -> torch.optim.Optimizer:
+    if name is SparseOptimizerName.SGD:
+        return torch.optim.SGD(tables, lr=lr, momentum=momentum)
+    if name is SparseOptimizerName.ADAGRAD:
+        return torch.optim.Adagrad(tables, lr=lr)
+    if name is SparseOptimizerName.ROWWISE_ADAGRAD:
+        return RowWiseAdagrad(tables, lr=lr)
+    return torch.optim.SparseAdam(tables, lr=lr)
+
+
 def build_optimizers(model: nn.Module, config: TrainConfig) -> Optimizers:
     """A dense optimizer for ordinary parameters and a sparse-capable one for sparse embeddings.
 
-    Sparse counterparts: sgd -> SGD, adam/adamw -> SparseAdam, adagrad -> Adagrad. Weight decay
+    Sparse counterparts unless `config.sparse_optimizer` names one: sgd -> SGD, adam/adamw ->
+    SparseAdam, adagrad -> Adagrad (row-wise Adagrad on request, see `amgp_fx.optim`). Weight decay
     is not applied to sparse embeddings (torch's sparse updates do not support it).
 
     Returns:
@@ -136,13 +157,8 @@ def build_optimizers(model: nn.Module, config: TrainConfig) -> Optimizers:
     if sparse:
         if config.weight_decay:
             logger.info("weight_decay=%g is not applied to %d sparse embedding tables", config.weight_decay, len(sparse))
-        if name is OptimizerName.SGD:
-            optimizer = torch.optim.SGD(sparse, lr=sparse_lr, momentum=config.momentum)
-        elif name is OptimizerName.ADAGRAD:
-            optimizer = torch.optim.Adagrad(sparse, lr=sparse_lr)
-        else:
-            optimizer = torch.optim.SparseAdam(sparse, lr=sparse_lr)
-        optimizers.append(optimizer)
+        optimizers.append(_sparse_optimizer(sparse, config.sparse_optimizer or _SPARSE_COUNTERPART[name], sparse_lr,
+                                            config.momentum))
         names.append("sparse")
     return Optimizers(optimizers, names)
 
