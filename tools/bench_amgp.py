@@ -7,7 +7,9 @@ prune-only gets the dense warm-up length whose predicted FLOPs equal AMGP's, and
 model the width scale whose per-step FLOPs equal AMGP's average step.
 
 Embeddings train as production does: sparse gradients (``nn.Embedding(sparse=True)``) with a
-sparse-aware optimizer (SparseAdam for adam, Adagrad, SGD). Wall-clock is the sum of the AMGP
+sparse-aware optimizer, by default row-wise Adagrad (``amgp_fx.optim``, fbgemm's and torchrec's
+default; SparseAdam made the embedding update longer than the MLPs, see
+``tools/bench_step_time.py``). Wall-clock is the sum of the AMGP
 hook's per-phase wall-clock (CUDA-synchronised at phase boundaries; surgery included, FLOPs
 counting and the final evaluation excluded).
 
@@ -172,7 +174,8 @@ def run_one(spec: dict[str, Any], method: str, seed: int, plan: Plan, data: tupl
     if args.compile:
         forward = _compiled_forward(graph.module)
 
-    train_config = TrainConfig(optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, steps=steps,
+    train_config = TrainConfig(optimizer=args.optimizer, lr=args.lr, sparse_optimizer=args.sparse_optimizer,
+                               sparse_lr=args.sparse_lr, batch_size=args.batch_size, steps=steps,
                                eval_batch_size=args.eval_batch_size, log_every=0, eval_every=args.eval_every,
                                device=str(device), seed=seed, data_on_device=True, metrics_path=metrics_path)
     result = train(model, data[0], data[1], train_config, hooks=[hook], forward=forward, progress=False)
@@ -215,7 +218,8 @@ def aggregate(name: str, method: str, runs: list[dict], plan: Plan, args, steps:
         "wall_clock_s": statistics.fmean(walls), "wall_clock_std": statistics.stdev(walls) if len(walls) > 1 else 0.0,
         "samples": steps * args.batch_size, "steps": steps, "batch_size": args.batch_size,
         "seeds": [r["seed"] for r in runs], "device": device_name, "command": _command(),
-        "optimizer": args.optimizer, "lr": args.lr, "compile": bool(args.compile), "tf32": bool(args.tf32),
+        "optimizer": args.optimizer, "lr": args.lr, "sparse_optimizer": args.sparse_optimizer,
+        "sparse_lr": args.sparse_lr, "compile": bool(args.compile), "tf32": bool(args.tf32),
         "eval_every": args.eval_every, "teacher": args.teacher, "test_samples": args.test_samples,
         "amgp_config": config.to_dict(), "width_scale": plan.small_scale if method == "small_dense" else None,
         "model_overrides": {k: list(v) if isinstance(v, tuple) and len(v) < 10 else v
@@ -247,6 +251,10 @@ def parse_args(argv=None):
     parser.add_argument("--eval-batch-size", type=int, default=None)
     parser.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw", "adagrad"])
     parser.add_argument("--lr", type=float, default=None, help="default 1e-3 (tiny 1e-2)")
+    parser.add_argument("--sparse-optimizer", default="rowwise_adagrad",
+                        choices=["rowwise_adagrad", "sparse_adam", "adagrad", "sgd"],
+                        help="optimizer of the sparse embedding tables (default: %(default)s)")
+    parser.add_argument("--sparse-lr", type=float, default=None, help="embedding learning rate (default 0.02)")
     parser.add_argument("--recipe", default="amgp-half", help="AMGP recipe (amgp_fx.schedule.RECIPES)")
     parser.add_argument("--ratio", type=float, default=0.5, help="share of hidden units removed when pruned")
     parser.add_argument("--criterion", default="l2", choices=["l2", "l1", "taylor", "random"])
@@ -272,6 +280,7 @@ def parse_args(argv=None):
     args.batch_size = args.batch_size or (256 if tiny else 16_384)
     args.eval_batch_size = args.eval_batch_size or (4_096 if tiny else 65_536)
     args.lr = args.lr or (1e-2 if tiny else 1e-3)
+    args.sparse_lr = args.sparse_lr or (0.05 if tiny else 0.02)
     args.device = args.device or ("cpu" if tiny or not torch.cuda.is_available() else "cuda")
     args.workers = args.workers or (1 if tiny else max(1, min(32, os.cpu_count() or 1)))
     if args.threads or tiny:
