@@ -33,7 +33,7 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -233,6 +233,9 @@ class AmgpHook:
         config: ``AmgpConfig`` (schedule and pruning policy).
         label: name of the run in its log records (default: the method).
         log_every: write an ``amgp_step`` record every N steps (0: none).
+        plan_sync: maps the keep plan this process computed to the one to apply; default: rank
+            0's plan on every rank of an initialised multi-process group
+            (``amgp_fx.distributed.broadcast_plan``), the plan itself otherwise.
     Raises:
         AmgpError: a requested group cannot be pruned (raised here, before training starts).
 
@@ -247,7 +250,8 @@ class AmgpHook:
     """
 
     def __init__(self, graph: DependencyGraph, config: AmgpConfig, *, label: str | None = None,
-                 log_every: int = 0) -> None:
+                 log_every: int = 0, plan_sync: Callable[[dict[str, list[int]]], dict[str, list[int]]] | None = None,
+                 ) -> None:
         if not isinstance(config, AmgpConfig):
             raise TypeError(f"config must be an AmgpConfig, got {type(config).__name__}")
         self.graph = graph
@@ -255,6 +259,7 @@ class AmgpHook:
         self.schedule = config.schedule
         self.label = label or config.schedule.method.value
         self.log_every = log_every
+        self.plan_sync = plan_sync
         pruning = config.schedule.method is not Method.DENSE
         self.groups: list[Group] = select_groups(graph, config.groups, config.kinds) if pruning else []
         self._plan = -1
@@ -440,7 +445,7 @@ class AmgpHook:
         if phase.plan >= 0:
             scores = self._pending_scores if self._pending_scores is not None else self._scores(phase)
             self._pending_scores = None
-            keep = plan_keep(self.graph, self.groups, self.config, phase.amount, scores)
+            keep = self._synced(plan_keep(self.graph, self.groups, self.config, phase.amount, scores))
             start = self._now(ctx)
             before = self.sizes()
             record = shrink_(self.graph, keep, _optimizers(ctx))
@@ -448,6 +453,14 @@ class AmgpHook:
             self._record = record if self.schedule.method is Method.AMGP else None  # prune-only never grows
             self._log_surgery(ctx, "shrink", before, start, record.nbytes)
         self._plan = phase.plan
+
+    def _synced(self, keep: dict[str, list[int]]) -> dict[str, list[int]]:
+        """The plan every rank applies: ranks that pruned different channels would diverge."""
+        if self.plan_sync is not None:
+            return self.plan_sync(keep)
+        from amgp_fx.distributed import broadcast_plan  # torch.distributed only when pruning
+
+        return broadcast_plan(keep)
 
     def _grow(self, ctx) -> None:
         start = self._now(ctx)

@@ -198,7 +198,8 @@ EPILOGS = {
              "--ratio 0.5 --group-ratio g1=0.75\nwrites pruned.pt2, pruned.safetensors (with the plan), plan.json, "
              "prune_report.json",
     "train": "examples:\n  amgp-compress train --model dlrm --steps 500 -o out/\n  amgp-compress train model.pt2 "
-             "--data day_0.tsv --amgp\nwrites trained.pt2, trained.safetensors, train_metrics.json",
+             "--data day_0.tsv --amgp\n  amgp-compress train --model dlrm --amgp --nproc 2 --train-batch 512\n"
+             "writes trained.pt2, trained.safetensors, train_metrics.json",
     "export": "examples:\n  amgp-compress export out/pruned.pt2 -o out/\n  amgp-compress export weights.safetensors "
               "--model dlrm --static-batch --batch-size 512\nwrites model.onnx (checked, parity-tested) and "
               "export_report.json",
@@ -240,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     _train_options(sub["train"], steps=500)
     sub["train"].add_argument("--checkpoint-every", type=_positive_int, default=100, help="steps between checkpoints")
     sub["train"].add_argument("--resume", action="store_true", help="continue from the last checkpoint in -o")
+    sub["train"].add_argument("--nproc", type=int, default=1, metavar="N",
+                              help="data-parallel processes on this machine (torchrun + DistributedDataParallel); "
+                                   "--train-batch is the global batch and must be divisible by N (default: 1)")
     _output_dir(sub["train"])
     _model_options(sub["export"])
     _export_options(sub["export"])
@@ -299,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     captured = io.StringIO()
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(argv)  # `train --nproc N` re-runs the same command line under torchrun
         if args.command is None:
             raise UsageError("no command given", f"Run '{PROG} --help'; '{PROG} run' runs the whole pipeline")
         from amgp_fx import cli_commands

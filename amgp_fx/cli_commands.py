@@ -260,6 +260,8 @@ def precheck(args: argparse.Namespace) -> None:
         prune_request(args)
     if args.command in ("bench", "run"):
         parse_batch_sizes(args.batch_sizes)
+    if args.command == "train":
+        check_nproc(args.nproc, args.train_batch)
     if args.command != "bench" or args.model_name or args.factory or args.model_file:
         check_source(args, default_model="dlrm" if args.command == "run" else None)
     if args.model_file and not Path(args.model_file).exists():
@@ -268,6 +270,15 @@ def precheck(args: argparse.Namespace) -> None:
         check_output_path(Path(args.output_dir))
     if getattr(args, "json", None):
         check_output_path(Path(args.json).parent)
+
+
+def check_nproc(nproc: int, batch: int) -> None:
+    """``--nproc`` processes must split ``--train-batch`` (the global batch) evenly."""
+    if nproc < 1:
+        raise UsageError(f"--nproc {nproc} must be at least 1", "Pass the number of training processes, e.g. --nproc 2")
+    if batch % nproc:
+        raise UsageError(f"--train-batch {batch} does not split evenly over --nproc {nproc} processes",
+                         f"Pass a --train-batch divisible by {nproc}, e.g. {max(nproc, batch // nproc * nproc)}")
 
 
 def model_label(loaded) -> str:

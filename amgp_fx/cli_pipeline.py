@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +28,7 @@ from amgp_fx.cli import parse_batch_sizes
 from amgp_fx.cli_commands import (OutputDir, Progress, check_source, export_model, load, metrics_text, model_label,
                                   model_metadata, prune_graph, prune_request, run_report, save_model, stats_line,
                                   write_json)
-from amgp_fx.errors import DataError, TrainingFailure, UsageError
+from amgp_fx.errors import CliError, DataError, TrainingFailure, UsageError
 from amgp_fx.model_inputs import make_inputs, resize_batch
 
 __all__ = ["run_benchmarks", "run_pipeline", "run_training"]
@@ -162,30 +166,122 @@ def _train_summary(result) -> dict[str, Any]:
 
 
 def run_training(args: argparse.Namespace) -> int:
-    progress = Progress(3, args.quiet)
+    """``train``: in this process, or with ``--nproc N`` in N data-parallel processes under torchrun
+    (this process launches them; their rank 0 writes the output files, staged as usual)."""
     if args.steps < 1:
         raise UsageError(f"--steps {args.steps} must be at least 1", "Pass e.g. --steps 500")
     check_source(args)
-    out_path = Path(args.output_dir)
-    with OutputDir(out_path) as out:
-        progress.stage("loading the model and the data")
-        torch.manual_seed(args.seed)  # a factory's fresh weights are the same in a resumed run
-        loaded = load(args)
-        shape = data_shape(loaded)
-        data = load_data(args, shape)
-        progress.done(f"{data[0].num_rows:,} training rows")
-        progress.stage(f"training {'with AMGP' if args.amgp else 'dense'} for {args.steps} steps")
-        module, result = train_model(loaded.module, data, args, args.steps, amgp=args.amgp,
-                                     inputs=loaded.example_inputs, metrics_path=out_path / "train_metrics.jsonl",
-                                     checkpoint_dir=out_path / "checkpoints")
-        progress.done(f"loss {result.train_loss:.4f}, eval {metrics_text(result.metrics)}")
-        progress.stage("saving")
-        save_model(out, "trained", module, loaded.example_inputs, {**model_metadata(loaded), "data": shape})
-        write_json(out.file("train_summary.json"), {"version": 1, "model": loaded.description,
-                                                     **_train_summary(result)})
-        progress.done()
-    _written(out, args.quiet)
+    nproc = getattr(args, "nproc", 1)
+    from amgp_fx import distributed
+
+    if nproc > 1 and not distributed.launched_by_torchrun():
+        return launch_workers(args)
+    env = _join_process_group(args) if distributed.launched_by_torchrun() else None
+    args.world_size = env.world_size if env is not None else 1
+    try:
+        if env is None or env.is_main:
+            with OutputDir(Path(args.output_dir)) as out:
+                _train_and_save(args, out, Progress(3, args.quiet))
+            _written(out, args.quiet)
+        else:
+            _train_and_save(args, None, Progress(3, quiet=True))
+    finally:
+        distributed.shutdown()
     return 0
+
+
+def _train_and_save(args: argparse.Namespace, out: OutputDir | None, progress: Progress) -> None:
+    """Load, train and (with ``out``: rank 0 or a single process) save the trained model."""
+    out_path = Path(args.output_dir)
+    progress.stage("loading the model and the data")
+    torch.manual_seed(args.seed)  # a factory's fresh weights are the same in a resumed run
+    loaded = load(args)
+    shape = data_shape(loaded)
+    data = load_data(args, shape)
+    progress.done(f"{data[0].num_rows:,} training rows")
+    workers = f" in {args.world_size} processes" if getattr(args, "world_size", 1) > 1 else ""
+    progress.stage(f"training {'with AMGP' if args.amgp else 'dense'} for {args.steps} steps{workers}")
+    module, result = train_model(loaded.module, data, args, args.steps, amgp=args.amgp,
+                                 inputs=loaded.example_inputs, metrics_path=out_path / "train_metrics.jsonl",
+                                 checkpoint_dir=out_path / "checkpoints")
+    progress.done(f"loss {result.train_loss:.4f}, eval {metrics_text(result.metrics)}")
+    if out is None:
+        return
+    progress.stage("saving")
+    save_model(out, "trained", module, loaded.example_inputs, {**model_metadata(loaded), "data": shape})
+    write_json(out.file("train_summary.json"), {"version": 1, "model": loaded.description,
+                                                 **_train_summary(result)})
+    progress.done()
+
+
+def _join_process_group(args: argparse.Namespace):
+    """This worker's `DistEnv` (gloo on the CPU, NCCL on GPUs)."""
+    from amgp_fx import distributed
+
+    env = distributed.init_from_env(device=_devices(getattr(args, "device", "cpu"))[1])
+    if args.train_batch % env.world_size:
+        raise UsageError(f"--train-batch {args.train_batch} does not split evenly over {env.world_size} processes",
+                         f"Pass a --train-batch divisible by {env.world_size}")
+    return env
+
+
+_ERROR_LINE = re.compile(r"^amgp-compress: error: (.*)$")
+_EXIT_CODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` less ``--nproc N``: the workers learn the world size from torchrun, and torchrun's own
+    parser would refuse ``--nproc`` as an ambiguous abbreviation of its ``--nproc-per-node``."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--nproc":
+            skip = True
+        elif not token.startswith("--nproc="):
+            kept.append(token)
+    return kept
+
+
+def launch_workers(args: argparse.Namespace) -> int:
+    """Re-run this command line under ``python -m torch.distributed.run --standalone`` with
+    ``--nproc`` processes and wait for them.
+
+    Their stderr is collected (shown live with --verbose): on failure the workers' one-line
+    error, and the exit code of the first failing worker, become this process's.
+
+    Raises:
+        CliError: a worker failed (its message and exit code), or TrainingFailure: torchrun failed
+            before a worker could say why.
+    """
+    if getattr(args, "argv", None) is None:
+        raise UsageError("--nproc needs the command line to re-run", "Run it as amgp-compress train ... --nproc N")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+               "-m", "amgp_fx", *_without_nproc(args.argv)]
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])  # the workers import this very amgp_fx (and models/)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+    lines: list[str] = []
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, errors="replace") as process:
+        for line in process.stderr:
+            lines.append(line)
+            if args.verbose:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+    if process.returncode == 0:
+        return 0
+    output = "".join(lines)
+    errors = list(dict.fromkeys(m.group(1) for m in map(_ERROR_LINE.match, lines) if m))
+    cause = output[output.find("Root Cause"):] if "Root Cause" in output else output
+    code = _EXIT_CODE.search(cause)
+    if not errors:
+        last = next((line.strip() for line in reversed(lines) if line.strip()), "no output")
+        raise TrainingFailure(f"the {args.nproc} training processes failed (torchrun exit code {process.returncode}; "
+                              f"last output: {last[:200]})", "Rerun with --verbose to see their output")
+    error = CliError(errors[0])
+    error.exit_code = int(code.group(1)) if code and int(code.group(1)) > 0 else process.returncode
+    raise error
 
 
 def _written(out: OutputDir, quiet: bool) -> None:

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,8 @@ from .checkpoint import (
 )
 from .config import OptimizerName, SparseOptimizerName, TrainConfig
 from .data.batch import Batch
-from .data.loader import BatchLoader, BatchSource
+from .data.loader import BatchLoader, BatchSource, shard_source
+from .distributed import DDPForward, DistEnv, all_reduce_sum, barrier, current_env, is_distributed
 from .metrics import MetricsLogger, ctr_metrics
 from .optim import RowWiseAdagrad
 
@@ -273,8 +274,19 @@ def train(
     hooks: Sequence[Any] = (),
     forward: Forward | None = None,
     progress: bool = True,
+    distributed: bool | None = None,
+    ddp_options: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train `model` with BCE-with-logits loss; evaluate, log and checkpoint as `config` says.
+
+    Data-parallel (an initialised process group, see `amgp_fx.distributed`): `config.batch_size`
+    is the global batch and each rank trains on its contiguous share of every global batch, so N
+    processes take the steps one process would. The forward runs through `DDPForward` (rebuilt
+    after every AMGP shrink and grow); the logged loss is averaged over ranks at logging steps
+    only; rank 0 alone writes metrics, the progress bar and checkpoints, and the others wait for
+    each checkpoint; every rank evaluates the whole eval set on its unwrapped model (the same
+    numbers everywhere, no collectives). Checkpoints hold no per-rank state, so a run resumes on
+    any number of processes.
 
     Args:
         model: takes `forward(model, batch)` to logits (B,) or (B, T); moved to `config.device`.
@@ -285,16 +297,22 @@ def train(
         hooks: step hooks (see the module docstring).
         forward: `forward(model, batch) -> logits`; default `model(batch.dense, batch.sparse)`.
         progress: show a tqdm bar with loss and samples/s.
+        distributed: None: data-parallel when a process group of more than one process is
+            initialised; True: require one; False: train this process alone.
+        ddp_options: more `DistributedDataParallel` arguments (e.g. ``find_unused_parameters``).
 
     Returns:
         A `TrainResult`.
 
     Raises:
         ValueError: for training data with no batches, logits whose size does not match the labels,
-            or a checkpoint made with another seed, batch size, optimizer or shuffle setting.
+            or a checkpoint made with another seed, batch size, optimizer or shuffle setting;
+            data-parallel: a batch size not divisible by the number of processes, or
+            ``distributed=True`` without a process group.
     """
     forward = forward or default_forward
-    device = torch.device(config.device)
+    env = _process_group(distributed, torch.device(config.device), config.batch_size)
+    device = env.device
     _seed_everything(config.seed)
     model.to(device)
     model.train()
@@ -305,12 +323,15 @@ def train(
     if isinstance(eval_data, Batch):
         eval_data = BatchLoader(eval_data, config.eval_batch_size or config.batch_size, device=device,
                                 data_on_device=config.data_on_device)
+    if env.distributed:
+        train_data = shard_source(train_data, env.rank, env.world_size)
     steps_per_epoch = len(train_data)
     if steps_per_epoch == 0:
         raise ValueError("training data has no batches")
     total_steps = config.steps if config.steps is not None else config.epochs * steps_per_epoch
-    metrics_logger = MetricsLogger(config.metrics_path)
+    metrics_logger = MetricsLogger(config.metrics_path if env.is_main else None)
     ctx = TrainContext(0, 0, total_steps, model, optimizers, config, device, metrics_logger, forward)
+    step_forward = _step_forward(model, forward, hooks, ctx, ddp_options) if env.distributed else forward
     saved = None
     if config.resume and (path := latest_checkpoint(config.checkpoint_dir)) is not None:
         saved = load_checkpoint(path)
@@ -324,16 +345,18 @@ def train(
         _restore(saved, hooks, model, optimizers)
         metrics_logger.truncate_after(saved["step"])
         window = dict(saved["log_window"])
-    elif config.metrics_path is not None:
+    elif config.metrics_path is not None and env.is_main:
         metrics_logger.truncate_after(-1)  # a fresh run starts a fresh metrics file
 
     step, last_checkpoint, eval_metrics, train_loss = ctx.step, None, {}, float("nan")
     epoch, batch_index = divmod(step, steps_per_epoch)
     batches = train_data.epoch(epoch, batch_index)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    rows_since_flush = 0
     run_start = window_start = time.perf_counter()
     run_samples = 0
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, disable=not progress or not env.is_main, unit="step",
+               dynamic_ncols=True)
     try:
         while step < total_steps:
             batch = next(batches, None)
@@ -344,21 +367,21 @@ def train(
             ctx.step, ctx.epoch, ctx.batch = step, epoch, batch
             _call_hooks(hooks, "on_step_start", ctx)
             optimizers.zero_grad(set_to_none=True)
-            loss = _loss(forward(model, batch), batch.label)
-            loss.backward()
+            loss = _loss(step_forward(model, batch), batch.label)
+            weight = _shard_weight(batch, env)
+            (loss if weight is None else loss * weight).backward()
             optimizers.step()
             step += 1
             ctx.step, ctx.loss = step, loss.detach()
-            loss_sum += ctx.loss
+            loss_sum += ctx.loss if weight is None else ctx.loss * weight
+            rows_since_flush += batch.num_rows
             window["steps"] += 1
-            window["samples"] += batch.num_rows
-            run_samples += batch.num_rows
             bar.update(1)
             _call_hooks(hooks, "on_step_end", ctx)
             finished = step == total_steps
             if (config.log_every and step % config.log_every == 0) or finished:
-                window["loss_sum"] += loss_sum.item()
-                loss_sum.zero_()
+                run_samples += _flush(window, loss_sum, rows_since_flush, env)
+                rows_since_flush = 0
                 now = time.perf_counter()
                 train_loss = window["loss_sum"] / max(window["steps"], 1)
                 record = {"kind": "train", "step": step, "epoch": epoch, "loss": train_loss,
@@ -373,15 +396,89 @@ def train(
                 metrics_logger.log({"kind": "eval", "step": step, "epoch": epoch, **eval_metrics,
                                     "wall_clock_s": time.perf_counter() - run_start})
             if config.checkpoint_dir is not None and ((config.checkpoint_every and step % config.checkpoint_every == 0) or finished):
-                window["loss_sum"] += loss_sum.item()
-                loss_sum.zero_()
-                last_checkpoint = _save(config, step, steps_per_epoch, model, optimizers, hooks, window)
+                run_samples += _flush(window, loss_sum, rows_since_flush, env)
+                rows_since_flush = 0
+                if env.is_main:
+                    last_checkpoint = _save(config, step, steps_per_epoch, model, optimizers, hooks, window)
+                barrier()  # no rank runs ahead of (or resumes from) a half-written checkpoint
     finally:
         bar.close()
         metrics_logger.close()
     wall_clock = time.perf_counter() - run_start
     return TrainResult(step, eval_metrics, train_loss, list(metrics_logger.records), wall_clock,
                        run_samples / max(wall_clock, 1e-9), None if last_checkpoint is None else str(last_checkpoint))
+
+
+def _process_group(distributed: bool | None, device: torch.device, batch_size: int) -> DistEnv:
+    """This process's place in data-parallel training (a one-process `DistEnv` when there is none).
+
+    Raises:
+        ValueError: ``distributed=True`` without a process group, a batch size the ranks cannot
+            split evenly, or an NCCL group asked to train on the CPU.
+    """
+    if distributed is False or (distributed is None and not is_distributed()):
+        return DistEnv(device=device)
+    if not is_distributed():
+        raise ValueError("train(distributed=True) needs an initialised process group of more than one process; "
+                         "launch with torchrun and call amgp_fx.distributed.init_from_env() first")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    env = current_env(device)
+    if env.backend == "nccl" and device.type != "cuda":
+        raise ValueError(f"the process group uses NCCL, which cannot reduce {device.type} tensors; train with "
+                         "config.device='cuda' or init the group with backend 'gloo'")
+    if batch_size % env.world_size:
+        raise ValueError(f"the global batch size {batch_size} does not split evenly over {env.world_size} "
+                         f"processes; choose a batch size divisible by {env.world_size}")
+    return env
+
+
+def _step_forward(model: nn.Module, forward: Forward, hooks: Sequence[Any], ctx: TrainContext,
+                  ddp_options: Mapping[str, Any] | None) -> DDPForward:
+    """The training forward through DDP; each (re)build is logged as a ``ddp_build`` record."""
+
+    def log_build(seconds: float) -> None:
+        ctx.logger.log({"kind": "ddp_build", "step": ctx.step, "seconds": seconds})
+
+    return DDPForward(model, forward, sparse=_sparse_parameters(model), version=lambda: _surgeries(hooks),
+                      ddp_options=ddp_options, on_build=log_build)
+
+
+def _surgeries(hooks: Sequence[Any]) -> int:
+    """Surgeries recorded by the hooks (``AmgpHook.surgeries``): each one replaces parameter data
+    and gradient accumulators, even when a grow and a shrink at one step restore the shapes."""
+    return sum(len(getattr(hook, "surgeries", ())) for hook in hooks)
+
+
+def _shard_weight(batch: Batch, env: DistEnv) -> float | None:
+    """``rows * world_size / global_rows`` of a rank's share, or None when the shares are equal.
+
+    DDP averages the ranks' gradients with equal weights; a rank holding more rows of a partial
+    (last) batch must count for more, so that the step equals one-process training on the batch.
+    """
+    if not env.distributed:
+        return None
+    global_rows = getattr(batch, "global_rows", None)
+    if global_rows is None or batch.num_rows * env.world_size == global_rows:
+        return None
+    return batch.num_rows * env.world_size / global_rows
+
+
+def _flush(window: dict[str, Any], loss_sum: torch.Tensor, rows: int, env: DistEnv) -> int:
+    """Move the loss and rows since the last flush (over all ranks) into ``window``; zero ``loss_sum``.
+
+    One all-reduce, at logging and checkpoint steps only; the window is then the same on every
+    rank, so a checkpoint's log window is too. Returns the rows added.
+    """
+    if env.distributed:
+        totals = all_reduce_sum(torch.stack([loss_sum, loss_sum.new_tensor(float(rows))]))
+        loss, rows = totals[0].item() / env.world_size, int(totals[1].item())
+    else:
+        loss = loss_sum.item()
+    loss_sum.zero_()
+    window["loss_sum"] += loss
+    window["samples"] += rows
+    return rows
 
 
 def _save(config: TrainConfig, step: int, steps_per_epoch: int, model: nn.Module, optimizers: Optimizers,

@@ -156,3 +156,73 @@ def test_synthetic_config_round_trip_and_validation():
         SyntheticConfig.from_preset("huge")
     with pytest.raises(ValueError, match="unknown SyntheticConfig keys"):
         SyntheticConfig.from_dict({**SMALL.to_dict(), "colour": "red"})
+
+
+# -- the dense-deep teacher term and the "wide_teacher" preset ----------------------------------------
+# clean logits of rows 4094..4098 (across a block boundary) computed before the dense-deep term existed
+_OLD_LOGITS = {
+    "default": [-3.0357880201, -1.5383325771, -1.8641173434, -1.3595465363, -3.958856721],
+    "small": [-1.7888965641, -1.6928402078, -2.9011780484, -1.4584591079, -1.0552886629],
+    "capacity": [-3.1473017835, -2.5774208284, 3.5489951809, -4.4292131789, -2.2218496316],
+}
+_OLD_LABELS = {"default": [0, 0, 0, 0, 0], "small": [0, 0, 0, 1, 0], "capacity": [0, 0, 1, 0, 0]}
+_OLD_FIRST_IDS = {"default": [42, 16, 401, 143, 220], "small": [0, 4, 11, 1, 13], "capacity": [42, 16, 401, 143, 220]}
+
+
+@pytest.mark.parametrize("preset", sorted(_OLD_LOGITS))
+def test_old_presets_rows_unchanged(preset):
+    batch, logits = SyntheticCriteo(SyntheticConfig.from_preset(preset)).rows_with_logits(4094, 4099)
+    np.testing.assert_allclose(logits[:, 0].numpy(), _OLD_LOGITS[preset], rtol=0, atol=1e-8)
+    assert batch.label.tolist() == _OLD_LABELS[preset]
+    assert batch.sparse[:, 0].tolist() == _OLD_FIRST_IDS[preset]
+
+
+def test_dense_deep_knobs_ignored_while_its_scale_is_zero():
+    base = SyntheticCriteo(SyntheticConfig.from_preset("small")).rows_with_logits(0, 300)
+    knobs = SyntheticConfig.from_preset("small", dense_deep_hidden=7, dense_deep_layers=3, dense_deep_frequency=5.0)
+    other = SyntheticCriteo(knobs).rows_with_logits(0, 300)
+    _assert_batches_equal(base[0], other[0])
+    assert torch.equal(base[1], other[1])
+
+
+WIDE = SyntheticConfig.from_preset("wide_teacher", table_sizes=(1000, 50_000, 20, 200_000), num_dense=13)
+
+
+@pytest.fixture(scope="module")
+def wide_data() -> SyntheticCriteo:
+    return SyntheticCriteo(WIDE)
+
+
+@pytest.mark.parametrize("chunk_rows", [999, BLOCK_ROWS, 5000])
+def test_wide_teacher_rows_identical_for_any_chunk_size(wide_data, chunk_rows):
+    start, count = 3000, 2 * BLOCK_ROWS + 77
+    whole = wide_data.rows(start, start + count)
+    _assert_batches_equal(whole, concat_batches(list(wide_data.chunks(count, chunk_rows, start=start))))
+    fresh = SyntheticCriteo(SyntheticConfig.from_dict(WIDE.to_dict())).rows(start + 5, start + 9)
+    _assert_batches_equal(fresh, wide_data.rows(start + 5, start + 9))
+
+
+def test_wide_teacher_label_rate_bayes_auc_and_dense_signal(wide_data):
+    batch, logits = wide_data.rows_with_logits(0, 20000)
+    assert abs(batch.label.mean().item() - 0.25) < 0.02
+    bayes_auc = roc_auc_score(batch.label.numpy(), logits[:, 0].numpy())
+    assert 0.86 < bayes_auc < 0.94, "learnable, but noise keeps it well below 1"
+    # most of the signal is a function of the dense features alone: dropping the term costs AUC
+    without = SyntheticCriteo(SyntheticConfig.from_dict({**WIDE.to_dict(), "dense_deep_scale": 0.0}))
+    _, logits_without = without.rows_with_logits(0, 20000)
+    assert roc_auc_score(batch.label.numpy(), logits_without[:, 0].numpy()) < bayes_auc - 0.08
+    # ... and a wiggly one: a linear fit on the dense features explains little of the clean logit
+    dense = np.c_[batch.dense.numpy().astype(np.float64), np.ones(20000)]
+    residual = np.linalg.lstsq(dense, logits[:, 0].numpy(), rcond=None)[1][0]
+    assert residual / (20000 * logits[:, 0].numpy().var()) > 0.7
+
+
+def test_wide_teacher_multi_task_and_validation():
+    data = SyntheticCriteo(SyntheticConfig.from_preset("wide_teacher", table_sizes=(100, 100), num_tasks=2))
+    batch = data.rows(0, 5000)
+    assert batch.label.shape == (5000, 2)
+    assert 0.1 < float(np.corrcoef(batch.label.numpy().T)[0, 1]) < 0.95
+    with pytest.raises(ValueError, match="dense_deep_layers must be a positive integer"):
+        SyntheticConfig.from_preset("wide_teacher", dense_deep_layers=0)
+    with pytest.raises(ValueError, match="dense_deep_frequency must be a finite number >= 0"):
+        SyntheticConfig.from_preset("wide_teacher", dense_deep_frequency=-1.0)

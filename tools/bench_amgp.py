@@ -250,7 +250,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=None, help="default 16384, tiny 256")
     parser.add_argument("--eval-batch-size", type=int, default=None)
     parser.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw", "adagrad"])
-    parser.add_argument("--lr", type=float, default=None, help="default 1e-3 (tiny 1e-2)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="dense Adam lr, default 1e-4 (tiny 1e-2): at 1e-3 the 0.74-width model ties dense "
+                             "(tools/probe_capacity.py)")
     parser.add_argument("--sparse-optimizer", default="rowwise_adagrad",
                         choices=["rowwise_adagrad", "sparse_adam", "adagrad", "sgd"],
                         help="optimizer of the sparse embedding tables (default: %(default)s)")
@@ -262,7 +264,8 @@ def parse_args(argv=None):
     parser.add_argument("--optimizer-state", default="restore", choices=["restore", "reset"])
     parser.add_argument("--eval-every", type=int, default=0,
                         help="evaluate every N steps for the AUC curve (wall-clock then includes evaluation)")
-    parser.add_argument("--teacher", default="capacity", help="SyntheticConfig preset of the teacher")
+    parser.add_argument("--teacher", default="wide_teacher",
+                        help="SyntheticConfig preset of the teacher (default %(default)s: width pays off there)")
     parser.add_argument("--device", default=None, help="default cuda if available (tiny: cpu)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the graph module (each width change recompiles; off by default)")
@@ -279,7 +282,7 @@ def parse_args(argv=None):
     args.test_samples = args.test_samples or (4_096 if tiny else 524_288)
     args.batch_size = args.batch_size or (256 if tiny else 16_384)
     args.eval_batch_size = args.eval_batch_size or (4_096 if tiny else 65_536)
-    args.lr = args.lr or (1e-2 if tiny else 1e-3)
+    args.lr = args.lr or (1e-2 if tiny else 1e-4)
     args.sparse_lr = args.sparse_lr or (0.05 if tiny else 0.02)
     args.device = args.device or ("cpu" if tiny or not torch.cuda.is_available() else "cuda")
     args.workers = args.workers or (1 if tiny else max(1, min(32, os.cpu_count() or 1)))

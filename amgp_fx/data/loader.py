@@ -6,12 +6,20 @@ Loaders slice whole tensors (no per-row Python). Their row order depends only on
 so a resumed run can jump straight to batch k of an epoch: `epoch(epoch, start_batch=k)`.
 On CUDA, batches are gathered on the CPU into pinned memory and copied with `non_blocking=True`,
 or the whole dataset is put on the device once (`data_on_device=True`).
+
+Data-parallel runs: with `shard=(rank, world_size)` a loader delivers only that rank's contiguous
+share of every global batch (the global batch order is the same on every rank), so N processes
+see exactly the batches of one process, and a run can resume at batch k on any number of ranks.
+Shares differ by at most one row (a last, partial batch); each is a `ShardBatch`, which carries
+the global batch's row count so that the trainer can weight the rank's loss.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import json
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -29,6 +37,10 @@ __all__ = [
     "RowSource",
     "BatchLoader",
     "StreamingLoader",
+    "ShardBatch",
+    "ShardedSource",
+    "shard_bounds",
+    "shard_source",
     "NpyRowSource",
     "NpyDatasetWriter",
     "save_npy_dataset",
@@ -36,6 +48,8 @@ __all__ = [
     "train_eval_split",
     "order_generator",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -66,7 +80,126 @@ def _deliver(batch: Batch, device: torch.device) -> Batch:
     return batch.to(device)  # returns the same tensors when they are already there
 
 
-class BatchLoader:
+class ShardBatch(Batch):
+    """One rank's rows of a global batch; `global_rows` is the global batch's row count.
+
+    A subclass (not a field) so that every consumer of `Batch` takes it unchanged; slicing or
+    moving it gives a plain `Batch`.
+    """
+
+    global_rows: int
+
+
+def _shard_batch(batch: Batch, global_rows: int) -> ShardBatch:
+    shard = ShardBatch(*batch)
+    shard.global_rows = int(global_rows)
+    return shard
+
+
+def shard_bounds(rows: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows [start, stop) of `rank`'s contiguous share of a batch of `rows` rows.
+
+    Example:
+        >>> [shard_bounds(5, rank, 2) for rank in range(2)]
+        [(0, 2), (2, 5)]
+    """
+    return rank * rows // world_size, (rank + 1) * rows // world_size
+
+
+def _check_shard(shard: tuple[int, int] | None, batch_size: int, last_rows: int) -> tuple[int, int] | None:
+    """Validated (rank, world_size); `last_rows` is the size of a final partial batch (0: none).
+
+    Raises:
+        ValueError: a rank outside [0, world_size), a global batch that does not split evenly, or a
+            partial batch with fewer rows than processes (some rank would get none).
+    """
+    if shard is None:
+        return None
+    rank, world = (int(value) for value in shard)
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {tuple(shard)}")
+    if batch_size % world:
+        raise ValueError(f"the global batch size {batch_size} does not split evenly over {world} processes; "
+                         f"choose a batch size divisible by {world}")
+    if 0 < last_rows < world:
+        raise ValueError(f"the last batch of each epoch has {last_rows} rows, fewer than the {world} processes "
+                         "sharing it; drop it (drop_last=True) or use a row count that leaves at least "
+                         f"{world} rows in it")
+    return rank, world
+
+
+class _Sharding:
+    """What both loaders share for `shard=(rank, world_size)`."""
+
+    shard: tuple[int, int] | None = None
+    batch_size: int
+
+    def _last_rows(self) -> int:
+        raise NotImplementedError
+
+    def sharded(self, rank: int, world_size: int):
+        """A copy of this loader that delivers only `rank`'s share of each global batch."""
+        other = copy.copy(self)
+        other.shard = _check_shard((rank, world_size), self.batch_size, self._last_rows())
+        return other
+
+    def _share(self, start: int, stop: int) -> slice:
+        """This rank's rows of the global batch [start, stop)."""
+        if self.shard is None:
+            return slice(start, stop)
+        low, high = shard_bounds(stop - start, *self.shard)
+        return slice(start + low, start + high)
+
+    def _tag(self, batch: Batch, global_rows: int) -> Batch:
+        return batch if self.shard is None else _shard_batch(batch, global_rows)
+
+
+class ShardedSource:
+    """Any `BatchSource`'s global batches cut to one rank's share after delivery.
+
+    For sources that cannot shard themselves: every rank still loads whole global batches, so
+    prefer a loader's `shard=` (or `sharded()`), which gathers only the rank's rows.
+
+    Raises:
+        ValueError: (while iterating) a batch with fewer rows than processes.
+    """
+
+    def __init__(self, source: BatchSource, rank: int, world_size: int) -> None:
+        _check_shard((rank, world_size), world_size, 0)
+        self.source, self.shard = source, (rank, world_size)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        for batch in self.source.epoch(epoch, start_batch):
+            rows = batch.num_rows
+            if rows < self.shard[1]:
+                raise ValueError(f"a batch of {rows} rows cannot be shared by {self.shard[1]} processes")
+            low, high = shard_bounds(rows, *self.shard)
+            yield _shard_batch(batch[low:high], rows)
+
+
+def shard_source(source: BatchSource, rank: int, world_size: int) -> BatchSource:
+    """`source` as rank `rank` of `world_size` reads it: a loader's sharded copy, a source already
+    sharded for this rank as is, anything else wrapped in `ShardedSource`.
+
+    Raises:
+        ValueError: `source` is sharded for another rank or world size, or cannot be split evenly.
+    """
+    shard = getattr(source, "shard", None)
+    if shard is not None:
+        if tuple(shard) != (rank, world_size):
+            raise ValueError(f"the training data is sharded as {tuple(shard)} (rank, world_size) but this "
+                             f"process is rank {rank} of {world_size}; pass it unsharded and train() shards it")
+        return source
+    if isinstance(source, _Sharding):
+        return source.sharded(rank, world_size)
+    log.info("training data of type %s cannot shard itself: every rank loads whole batches", type(source).__name__)
+    return ShardedSource(source, rank, world_size)
+
+
+class BatchLoader(_Sharding):
     """Mini-batches of an in-memory Batch.
 
     Args:
@@ -77,6 +210,7 @@ class BatchLoader:
         drop_last: drop a final batch smaller than B.
         device: where batches are delivered.
         data_on_device: copy `data` to `device` once (fastest when it fits).
+        shard: (rank, world_size): deliver only that rank's share of each batch (see the module doc).
 
     Example:
         >>> rows = Batch(torch.arange(10.0)[:, None], torch.zeros(10, 1, dtype=torch.long), torch.zeros(10))
@@ -95,12 +229,17 @@ class BatchLoader:
         drop_last: bool = False,
         device: torch.device | str = "cpu",
         data_on_device: bool = False,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.data = data.to(self.device) if data_on_device else data
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.shard = _check_shard(shard, batch_size, self._last_rows())
+
+    def _last_rows(self) -> int:
+        return 0 if self.drop_last else self.data.num_rows % self.batch_size
 
     def __len__(self) -> int:
         rows = self.data.num_rows
@@ -116,12 +255,14 @@ class BatchLoader:
             order = torch.randperm(self.data.num_rows, generator=order_generator(self.seed, epoch))
             order = order.to(self.data.dense.device)
         for index in range(start_batch, len(self)):
-            rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+            start = index * self.batch_size
+            stop = min(start + self.batch_size, self.data.num_rows)
+            rows = self._share(start, stop)
             batch = self.data[rows] if order is None else self.data[order[rows]]
-            yield _deliver(batch, self.device)
+            yield self._tag(_deliver(batch, self.device), stop - start)
 
 
-class StreamingLoader:
+class StreamingLoader(_Sharding):
     """Mini-batches streamed from a RowSource in chunks, for data that does not fit in memory.
 
     Chunks are read in a (seed, epoch)-shuffled order and rows are shuffled within a chunk; the
@@ -132,7 +273,8 @@ class StreamingLoader:
         num_rows: N, rows to use from the source.
         batch_size: B.
         chunk_rows: rows read at a time (rounded up to a multiple of B).
-        shuffle, seed, drop_last, device: as for `BatchLoader`.
+        shuffle, seed, drop_last, device, shard: as for `BatchLoader` (with `shard`, every rank
+            reads whole chunks but delivers only its rows).
     """
 
     def __init__(
@@ -146,6 +288,7 @@ class StreamingLoader:
         seed: int = 0,
         drop_last: bool = False,
         device: torch.device | str = "cpu",
+        shard: tuple[int, int] | None = None,
     ) -> None:
         if batch_size < 1 or num_rows < 0:
             raise ValueError(f"need batch_size >= 1 and num_rows >= 0, got {batch_size} and {num_rows}")
@@ -154,6 +297,11 @@ class StreamingLoader:
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.device = torch.device(device)
         self._chunk_starts = list(range(0, num_rows, self.chunk_rows))
+        self.shard = _check_shard(shard, batch_size, self._last_rows())
+
+    def _last_rows(self) -> int:
+        """Chunks hold whole batches, so only the final chunk can end with a partial one."""
+        return 0 if self.drop_last else self.num_rows % self.batch_size
 
     def _batches_in_chunk(self, chunk_start: int) -> int:
         rows = min(self.chunk_rows, self.num_rows - chunk_start)
@@ -194,7 +342,9 @@ class StreamingLoader:
                 if position + 1 < len(plan):
                     pending = pool.submit(self._load, epoch, plan[position + 1][0])
                 for index in range(first_batch, self._batches_in_chunk(chunk_start)):
-                    yield _deliver(chunk[index * self.batch_size : (index + 1) * self.batch_size], self.device)
+                    start = index * self.batch_size
+                    stop = min(start + self.batch_size, chunk.num_rows)
+                    yield self._tag(_deliver(chunk[self._share(start, stop)], self.device), stop - start)
 
 
 class NpyRowSource:

@@ -5,7 +5,9 @@ Dim letters: N rows, F sparse fields, K teacher embedding width, H teacher hidde
 Why a teacher: random labels teach nothing, and labels from a linear rule make every model equal.
 A teacher with per-id embeddings, pairwise dot interactions and an MLP gives a task where a model
 can learn (AUC well above 0.5), cannot be perfect (logit noise caps the Bayes AUC), and where a
-wider teacher makes a wider model pay off.
+wider teacher makes a wider model pay off. An optional fourth term (`dense_deep_scale`), a sine MLP
+over the dense features alone, is signal that every row teaches: with large tables trained for one
+pass the id terms are capped by how far the embeddings got, and this term is where MLP width shows.
 
 Determinism: rows are produced in fixed blocks of `BLOCK_ROWS`; block b is drawn from its own
 generator seeded by (seed, b), and the teacher's per-id vectors are hashes of (seed, feature, id).
@@ -143,17 +145,38 @@ class SyntheticCriteo:
         self._hidden_weight = hidden_weight.astype(np.float32)
         self._hidden_bias = (0.5 * rng.standard_normal(config.teacher_hidden)).astype(np.float32)
         self._output_weight = task_mix((config.teacher_hidden,)).T  # (H, T)
-        self._term_mean = np.zeros((3, tasks))
-        self._term_std = np.ones((3, tasks))
+        self._build_dense_deep(np.random.default_rng(np.random.SeedSequence([config.seed, 3])))
+        self._term_mean = np.zeros((self._num_terms, tasks))
+        self._term_std = np.ones((self._num_terms, tasks))
         self._dense_mean = np.zeros(config.num_dense)
         self._dense_std = np.ones(config.num_dense)
         self._bias = np.zeros(tasks)
+
+    def _build_dense_deep(self, rng: np.random.Generator) -> None:
+        """The optional fourth term's sine MLP, from its own generator (the first three terms' draws
+        and so every existing config's rows are unchanged by it)."""
+        config = self.config
+        self._num_terms = 4 if config.dense_deep_scale > 0 else 3
+        self._dense_deep_layers: list[tuple[np.ndarray, np.ndarray]] = []
+        if self._num_terms == 3:
+            return
+        fan_in, second_moment = config.num_dense, 1.0  # standardised inputs, then sines (E sin^2 = 1/2)
+        for _ in range(config.dense_deep_layers):
+            weight = rng.standard_normal((fan_in, config.dense_deep_hidden))
+            weight *= config.dense_deep_frequency / np.sqrt(fan_in * second_moment)
+            bias = rng.uniform(-np.pi, np.pi, config.dense_deep_hidden)
+            self._dense_deep_layers.append((weight.astype(np.float32), bias.astype(np.float32)))
+            fan_in, second_moment = config.dense_deep_hidden, 0.5
+        shared = rng.standard_normal(fan_in)
+        own = rng.standard_normal((config.num_tasks, fan_in))
+        weight = np.sqrt(config.task_correlation)
+        self._dense_deep_output = (weight * shared + np.sqrt(1.0 - config.task_correlation) * own).T  # (H2, T)
 
     def _calibrate(self, rng: np.random.Generator) -> None:
         """Normalise each logit term to unit std and pick the bias that gives `target_ctr`."""
         dense, ids = self._sample_features(rng, _CALIBRATION_ROWS)
         self._dense_mean, self._dense_std = dense.mean(0), dense.std(0) + 1e-6
-        terms = self._raw_terms(dense, ids)  # (3, N, T)
+        terms = self._raw_terms(dense, ids)  # (C, N, T), C = 3 or 4 terms
         self._term_mean, self._term_std = terms.mean(1), terms.std(1) + 1e-12
         signal = self._signal(terms)
         noise = self.config.noise_std * rng.standard_normal(signal.shape)
@@ -175,7 +198,7 @@ class SyntheticCriteo:
         return np.log1p(counts).astype(np.float32), ids
 
     def _raw_terms(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """First-order, interaction and deep terms before normalisation, (3, N, T) float64."""
+        """First-order, interaction, deep (and dense-deep) terms before normalisation, (C, N, T) float64."""
         dim = self.config.teacher_dim
         values = self._per_id_values(ids)
         embeddings, first_order = values[:, :, :dim], values[:, :, dim]
@@ -191,7 +214,13 @@ class SyntheticCriteo:
         hidden = np.maximum(flat_fields @ self._hidden_weight + self._hidden_bias, 0.0)
         deep = hidden.astype(np.float64) @ self._output_weight
         first = first_order @ self._first_order_weights.T
-        return np.stack([first, interaction, deep])
+        if self._num_terms == 3:
+            return np.stack([first, interaction, deep])
+        hidden = standardized.astype(np.float32)
+        for weight, bias in self._dense_deep_layers:
+            hidden = np.sin(hidden @ weight + bias)
+        dense_deep = hidden.astype(np.float64) @ self._dense_deep_output
+        return np.stack([first, interaction, deep, dense_deep])
 
     def _per_id_values(self, ids: np.ndarray) -> np.ndarray:
         """Teacher values of every id, (N, F, K + 1): cached for head ids, hashed for the tail."""
@@ -205,7 +234,8 @@ class SyntheticCriteo:
 
     def _signal(self, terms: np.ndarray) -> np.ndarray:
         config = self.config
-        scales = np.array([config.first_order_scale, config.interaction_scale, config.deep_scale])
+        scales = np.array([config.first_order_scale, config.interaction_scale, config.deep_scale,
+                           config.dense_deep_scale][:self._num_terms])
         normalized = (terms - self._term_mean[:, None, :]) / self._term_std[:, None, :]
         return np.einsum("c,cnt->nt", scales, normalized)
 
