@@ -42,7 +42,15 @@ from .checkpoint import (
 from .config import OptimizerName, SparseOptimizerName, TrainConfig
 from .data.batch import Batch
 from .data.loader import BatchLoader, BatchSource, shard_source
-from .distributed import DDPForward, DistEnv, all_reduce_sum, barrier, current_env, is_distributed
+from .distributed import (
+    DDPForward,
+    DistEnv,
+    all_reduce_sum,
+    barrier,
+    current_env,
+    is_distributed,
+    sparse_parameters,
+)
 from .metrics import MetricsLogger, ctr_metrics
 from .optim import RowWiseAdagrad
 
@@ -100,15 +108,6 @@ class Optimizers:
             optimizer.load_state_dict(optimizer_state)
 
 
-def _sparse_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Weights of nn.Embedding / nn.EmbeddingBag modules built with sparse=True (no duplicates)."""
-    found: dict[int, nn.Parameter] = {}
-    for module in model.modules():
-        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse and module.weight.requires_grad:
-            found.setdefault(id(module.weight), module.weight)
-    return list(found.values())
-
-
 _SPARSE_COUNTERPART = {
     OptimizerName.SGD: SparseOptimizerName.SGD,
     OptimizerName.ADAM: SparseOptimizerName.SPARSE_ADAM,
@@ -138,7 +137,7 @@ def build_optimizers(model: nn.Module, config: TrainConfig) -> Optimizers:
     Returns:
         `Optimizers` with names ["dense", "sparse"], leaving out one with no parameters.
     """
-    sparse = _sparse_parameters(model)
+    sparse = sparse_parameters(model)
     sparse_ids = {id(parameter) for parameter in sparse}
     dense = [parameter for parameter in model.parameters() if parameter.requires_grad and id(parameter) not in sparse_ids]
     name = OptimizerName(config.optimizer)
@@ -440,7 +439,7 @@ def _step_forward(model: nn.Module, forward: Forward, hooks: Sequence[Any], ctx:
     def log_build(seconds: float) -> None:
         ctx.logger.log({"kind": "ddp_build", "step": ctx.step, "seconds": seconds})
 
-    return DDPForward(model, forward, sparse=_sparse_parameters(model), version=lambda: _surgeries(hooks),
+    return DDPForward(model, forward, sparse=sparse_parameters(model), version=lambda: _surgeries(hooks),
                       ddp_options=ddp_options, on_build=log_build)
 
 
