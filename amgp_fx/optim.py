@@ -57,7 +57,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
             raise ValueError(f"RowWiseAdagrad eps must be >= 0, got {eps!r}")
         defaults = dict(lr=lr, eps=eps, initial_accumulator_value=initial_accumulator_value)
         super().__init__(params, defaults)
-        self._flat_cache: dict[tuple, torch.Tensor] = {}
+        self._flat: tuple[tuple, torch.Tensor] | None = None  # (ids of the tables it backs, buffer)
         for group in self.param_groups:
             for param in group["params"]:
                 if param.dim() != 2:
@@ -104,7 +104,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
         Rebuilt when a state is no longer a slice of it (after ``load_state_dict`` or surgery).
         """
         key = tuple(id(param) for param in params)
-        flat = self._flat_cache.get(key)
+        flat = self._flat[1] if self._flat is not None and self._flat[0] == key else None
         states = [self.state[param]["sum"] for param in params]
         if flat is not None:
             offset, element = 0, flat.element_size()
@@ -121,7 +121,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
             for param, state in zip(params, states):
                 self.state[param]["sum"] = flat[offset:offset + state.shape[0]]
                 offset += state.shape[0]
-            self._flat_cache = {key: flat}  # only the current table set is kept alive
+            self._flat = (key, flat)
         return flat
 
     def _sparse_update(self, params: list[torch.Tensor], lr: float, eps: float) -> None:

@@ -34,6 +34,7 @@ from amgp_fx.amgp import plan_keep, select_groups  # noqa: E402
 from amgp_fx.config import SyntheticConfig, TrainConfig  # noqa: E402
 from amgp_fx.data import SyntheticCriteo  # noqa: E402
 from amgp_fx.fileio import atomic_write_json  # noqa: E402
+from amgp_fx.importance import score  # noqa: E402
 from amgp_fx.schedule import AmgpConfig, AmgpSchedule  # noqa: E402
 from amgp_fx.train import _loss, build_optimizers  # noqa: E402
 from bench_amgp import GPU_TABLES, MODEL_SPECS, TINY_SPECS, build  # noqa: E402
@@ -93,7 +94,6 @@ def measure(name: str, spec: dict, batch_size: int, sparse_optimizer: str, dense
     groups = select_groups(graph, (), ("hidden",))
     for width in ("full", "pruned"):
         if width == "pruned":
-            from amgp_fx.importance import score
             keep = plan_keep(graph, groups, amgp, 1.0, score(graph, "l2", groups=groups))
             amgp_fx.shrink_(graph, keep, list(optimizers))
         time_steps(graph.module, optimizers, batches, args.warmup, device)
@@ -150,8 +150,9 @@ def main(argv=None) -> list[dict]:
     rows_for = {}
     for name in args.models:  # rows shaped like each model's inputs (ids within its smallest table)
         with torch.device("meta"):
-            example = build(specs[name]).example_inputs(1)
-            smallest = min(m.num_embeddings for m in build(specs[name]).modules() if isinstance(m, torch.nn.Embedding))
+            model = build(specs[name])
+        example = model.example_inputs(1)
+        smallest = min(m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding))
         data = SyntheticConfig.from_preset("default", num_dense=example[0].shape[1],
                                            table_sizes=(smallest,) * example[1].shape[1])
         rows_for[name] = SyntheticCriteo(data).rows(0, 2 * max(batch_sizes))
