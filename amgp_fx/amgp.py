@@ -42,7 +42,8 @@ from amgp_fx.flops import TrainingFlops, count_training_flops, graph_step_flops
 from amgp_fx.groups.analyze import DependencyGraph
 from amgp_fx.groups.model import Group
 from amgp_fx.importance import score
-from amgp_fx.schedule import AmgpConfig, AmgpSchedule, FinalState, Method, Phase, PruneScope
+from amgp_fx.rescale import consumer_scales, scale_consumers_
+from amgp_fx.schedule import AmgpConfig, AmgpSchedule, FinalState, GrowInit, Method, Phase, PruneScope
 from amgp_fx.surgery import SurgeryRecord, grow_, optimizer_list, shrink_
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ def match_prune_only(graph: DependencyGraph, config: AmgpConfig, *, batch_size: 
     def cost(warmup: int) -> int:
         return predict_train_flops(graph, build(warmup), batch_size=batch_size, optimizers=optimizers, _cache=cache)
 
-    low, high = 0, total - ramp
+    low, high = (1 if config.criterion == "taylor" else 0), total - ramp  # taylor scores need a warm-up step
     if cost(low) > target_flops:
         return build(low)
     while high - low > 1:
@@ -265,6 +266,7 @@ class AmgpHook:
         self._plan = -1
         self._keeps: list[dict[str, list[int]]] = []  # shrinks in effect, in order
         self._record: SurgeryRecord | None = None  # of the last shrink (AMGP grows it back)
+        self._scales: dict[str, float] = {}  # consumer factors of that shrink, divided out when it grows back
         self._pending_scores: dict[str, torch.Tensor] | None = None
         self._phase: Phase | None = None
         self._phase_flops = 0
@@ -368,6 +370,7 @@ class AmgpHook:
             "version": STATE_VERSION, "config": self.config.to_dict(), "plan": self._plan,
             "keeps": [{k: list(v) for k, v in keep.items()} for keep in self._keeps],
             "saved": self._record.saved_state() if self._record is not None else None,
+            "scales": dict(self._scales),
             "pending_scores": self._pending_scores,
             "phase_start": None if self._phase is None else self._phase.start,
             "phase_flops": self._phase_flops, "phase_steps": self._phase_steps, "phase_elapsed": elapsed,
@@ -397,6 +400,7 @@ class AmgpHook:
         if state["saved"] is not None and record is not None:
             record.load_saved_state_(state["saved"])
             self._record = record
+        self._scales = {k: float(v) for k, v in state.get("scales", {}).items()}
         self._plan = int(state["plan"])
         self._pending_scores = state.get("pending_scores")
         start = state["phase_start"]
@@ -448,7 +452,10 @@ class AmgpHook:
             keep = self._synced(plan_keep(self.graph, self.groups, self.config, phase.amount, scores))
             start = self._now(ctx)
             before = self.sizes()
+            scales = consumer_scales(self.graph, keep) if self.config.rescale else {}
             record = shrink_(self.graph, keep, _optimizers(ctx))
+            scale_consumers_(self.graph, scales)  # the kept units only: the saved slices stay as they were
+            self._scales = scales if self.schedule.method is Method.AMGP else {}
             self._keeps.append(keep)
             self._record = record if self.schedule.method is Method.AMGP else None  # prune-only never grows
             self._log_surgery(ctx, "shrink", before, start, record.nbytes)
@@ -466,6 +473,9 @@ class AmgpHook:
         start = self._now(ctx)
         before = self.sizes()
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + 7919 * (self._plan + 1))
+        if self.config.grow_init is GrowInit.RESTORE:  # the kept units back to the scale the restored ones had
+            scale_consumers_(self.graph, self._scales, inverse=True)
+        self._scales = {}
         grow_(self.graph, self._record, _optimizers(ctx), init=self.config.grow_init.value,
               optimizer_state=self.config.optimizer_state.value, generator=generator)
         self._record = None

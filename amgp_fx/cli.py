@@ -198,7 +198,8 @@ EPILOGS = {
              "--ratio 0.5 --group-ratio g1=0.75\nwrites pruned.pt2, pruned.safetensors (with the plan), plan.json, "
              "prune_report.json",
     "train": "examples:\n  amgp-compress train --model dlrm --steps 500 -o out/\n  amgp-compress train model.pt2 "
-             "--data day_0.tsv --amgp\n  amgp-compress train --model dlrm --amgp --nproc 2 --train-batch 512\n"
+             "--data day_0.tsv --amgp --device cuda\n  amgp-compress train --model dlrm --amgp --nproc 2 "
+             "--train-batch 512\n"
              "writes trained.pt2, trained.safetensors, train_metrics.json",
     "export": "examples:\n  amgp-compress export out/pruned.pt2 -o out/\n  amgp-compress export weights.safetensors "
               "--model dlrm --static-batch --batch-size 512\nwrites model.onnx (checked, parity-tested) and "
@@ -244,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub["train"].add_argument("--nproc", type=int, default=1, metavar="N",
                               help="data-parallel processes on this machine (torchrun + DistributedDataParallel); "
                                    "--train-batch is the global batch and must be divisible by N (default: 1)")
+    sub["train"].add_argument("--device", default="cpu", metavar="DEVICE",
+                              help="cpu (default), cuda, cuda:N or auto (cuda when torch sees a GPU, else cpu); "
+                                   "with --nproc N on CUDA, process i trains on cuda:i (NCCL)")
     _output_dir(sub["train"])
     _model_options(sub["export"])
     _export_options(sub["export"])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from amgp_fx.cli import parse_batch_sizes, parse_factory_kwargs, parse_group_ratio, parse_ratio
+from amgp_fx.devices import parse_device
 from amgp_fx.errors import ModelFileError, OutputPathError, PruneRequestError, UsageError
 
 __all__ = ["COMMANDS", "OutputDir"]
@@ -262,6 +263,7 @@ def precheck(args: argparse.Namespace) -> None:
         parse_batch_sizes(args.batch_sizes)
     if args.command == "train":
         check_nproc(args.nproc, args.train_batch)
+        args.device = parse_device(args.device)  # the syntax only: the GPUs are checked once torch is loaded
     if args.command != "bench" or args.model_name or args.factory or args.model_file:
         check_source(args, default_model="dlrm" if args.command == "run" else None)
     if args.model_file and not Path(args.model_file).exists():

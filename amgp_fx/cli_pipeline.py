@@ -123,12 +123,14 @@ def trainable(module: torch.nn.Module) -> torch.nn.Module:
 
 def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: bool, inputs: tuple,
                 metrics_path: Path | None = None, checkpoint_dir: Path | None = None):
-    """Train ``module`` (dense, or AMGP with ``args.amgp_recipe``); returns (trained module, result)."""
+    """Train ``module`` (dense, or AMGP with ``args.amgp_recipe``) on ``args.train_device`` (``train``;
+    ``run`` picks it from its ``--device``); returns (trained module, back on the CPU, result)."""
     from amgp_fx.config import TrainConfig
     from amgp_fx.train import train
 
+    device = getattr(args, "train_device", None) or _devices(getattr(args, "device", "cpu"))[1]
     config = TrainConfig(batch_size=args.train_batch, steps=steps, seed=args.seed, log_every=max(1, steps // 10),
-                         device=_devices(getattr(args, "device", "cpu"))[1],
+                         device=device,
                          **({"lr": args.lr} if args.lr else {}),
                          metrics_path=str(metrics_path) if metrics_path else None,
                          checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
@@ -154,6 +156,7 @@ def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: boo
         if not str(error).startswith("cannot resume"):
             raise
         raise UsageError(str(error), "Resume with the same options, or start afresh in a new -o folder") from error
+    module.to("cpu")  # saving, export and pruning run on the CPU, with the CPU example inputs
     if not math.isfinite(result.train_loss):
         raise TrainingFailure(f"training diverged: the loss is {result.train_loss} at step {result.step}",
                               "Lower --lr or check the data")
@@ -173,11 +176,18 @@ def run_training(args: argparse.Namespace) -> int:
     check_source(args)
     nproc = getattr(args, "nproc", 1)
     from amgp_fx import distributed
+    from amgp_fx.devices import resolve_device
 
+    # the GPUs are checked before any process starts or any file is written; a worker checks again
+    # against the processes torchrun started on its machine
+    local_processes = _env_processes() if distributed.launched_by_torchrun() else nproc
+    args.train_device = resolve_device(getattr(args, "device", "cpu"), local_processes)
     if nproc > 1 and not distributed.launched_by_torchrun():
         return launch_workers(args)
     env = _join_process_group(args) if distributed.launched_by_torchrun() else None
     args.world_size = env.world_size if env is not None else 1
+    if env is not None:
+        args.train_device = str(env.device)  # cuda:LOCAL_RANK on GPUs
     try:
         if env is None or env.is_main:
             with OutputDir(Path(args.output_dir)) as out:
@@ -200,7 +210,8 @@ def _train_and_save(args: argparse.Namespace, out: OutputDir | None, progress: P
     data = load_data(args, shape)
     progress.done(f"{data[0].num_rows:,} training rows")
     workers = f" in {args.world_size} processes" if getattr(args, "world_size", 1) > 1 else ""
-    progress.stage(f"training {'with AMGP' if args.amgp else 'dense'} for {args.steps} steps{workers}")
+    where = "" if args.train_device == "cpu" else f" on {'GPUs' if workers else args.train_device}"
+    progress.stage(f"training {'with AMGP' if args.amgp else 'dense'} for {args.steps} steps{workers}{where}")
     module, result = train_model(loaded.module, data, args, args.steps, amgp=args.amgp,
                                  inputs=loaded.example_inputs, metrics_path=out_path / "train_metrics.jsonl",
                                  checkpoint_dir=out_path / "checkpoints")
@@ -210,37 +221,47 @@ def _train_and_save(args: argparse.Namespace, out: OutputDir | None, progress: P
     progress.stage("saving")
     save_model(out, "trained", module, loaded.example_inputs, {**model_metadata(loaded), "data": shape})
     write_json(out.file("train_summary.json"), {"version": 1, "model": loaded.description,
-                                                 **_train_summary(result)})
+                                                 "device": args.train_device, **_train_summary(result)})
     progress.done()
 
 
 def _join_process_group(args: argparse.Namespace):
-    """This worker's `DistEnv` (gloo on the CPU, NCCL on GPUs)."""
+    """This worker's `DistEnv`: gloo on the CPU; on CUDA, NCCL and the GPU ``cuda:LOCAL_RANK``."""
     from amgp_fx import distributed
 
-    env = distributed.init_from_env(device=_devices(getattr(args, "device", "cpu"))[1])
+    env = distributed.init_from_env(device=args.train_device)
     if args.train_batch % env.world_size:
         raise UsageError(f"--train-batch {args.train_batch} does not split evenly over {env.world_size} processes",
                          f"Pass a --train-batch divisible by {env.world_size}")
     return env
 
 
+def _env_processes() -> int:
+    """Processes torchrun started on this machine (LOCAL_WORLD_SIZE, else WORLD_SIZE)."""
+    for name in ("LOCAL_WORLD_SIZE", "WORLD_SIZE"):
+        text = os.environ.get(name, "")
+        if text.isdigit() and int(text) > 0:
+            return int(text)
+    return 1
+
+
 _ERROR_LINE = re.compile(r"^amgp-compress: error: (.*)$")
 _EXIT_CODE = re.compile(r"exitcode\s*:\s*(-?\d+)")
 
 
-def _without_nproc(argv: list[str]) -> list[str]:
-    """``argv`` less ``--nproc N``: the workers learn the world size from torchrun, and torchrun's own
-    parser would refuse ``--nproc`` as an ambiguous abbreviation of its ``--nproc-per-node``."""
+def _worker_argv(argv: list[str], device: str) -> list[str]:
+    """``argv`` less ``--nproc N``, with ``--device`` set to the checked ``device``: the workers learn
+    the world size from torchrun (whose own parser would refuse ``--nproc`` as an ambiguous
+    abbreviation of its ``--nproc-per-node``), and ``auto`` was resolved once, here."""
     kept, skip = [], False
     for token in argv:
         if skip:
             skip = False
-        elif token == "--nproc":
+        elif token in ("--nproc", "--device"):
             skip = True
-        elif not token.startswith("--nproc="):
+        elif not token.startswith(("--nproc=", "--device=")):
             kept.append(token)
-    return kept
+    return [*kept, "--device", device]
 
 
 def launch_workers(args: argparse.Namespace) -> int:
@@ -257,7 +278,7 @@ def launch_workers(args: argparse.Namespace) -> int:
     if getattr(args, "argv", None) is None:
         raise UsageError("--nproc needs the command line to re-run", "Run it as amgp-compress train ... --nproc N")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
-               "-m", "amgp_fx", *_without_nproc(args.argv)]
+               "-m", "amgp_fx", *_worker_argv(args.argv, args.train_device)]
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])  # the workers import this very amgp_fx (and models/)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)

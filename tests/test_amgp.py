@@ -243,3 +243,13 @@ def test_device_check_treats_an_index_free_device_as_any_index():
     assert _same_device(torch.device("cuda:0"), torch.device("cuda"))
     assert not _same_device(torch.device("cuda:1"), torch.device("cuda:0"))
     assert not _same_device(torch.device("cpu"), torch.device("cuda"))
+
+
+def test_a_taylor_prune_only_baseline_keeps_a_warmup_step_for_its_gradients():
+    from amgp_fx.amgp import match_prune_only
+    _, graph = _dcn()
+    config = AmgpConfig(AmgpSchedule(**SCHEDULE), ratio=0.5, criterion="taylor")
+    baseline = match_prune_only(graph, config, batch_size=BATCH, target_flops=1)  # below any schedule's cost
+    assert baseline.schedule.warmup_steps == 1 and baseline.criterion == "taylor"
+    assert match_prune_only(graph, AmgpConfig(AmgpSchedule(**SCHEDULE), ratio=0.5), batch_size=BATCH,
+                            target_flops=1).schedule.warmup_steps == 0

@@ -80,3 +80,20 @@ def test_tiny_benchmark_produces_records_with_all_fields(tmp_path):
         assert by_method[method]["train_flops"] == pytest.approx(by_method["amgp"]["train_flops"], rel=0.05)
     assert by_method["amgp"]["train_flops"] == by_method["amgp"]["predicted_train_flops"]
     assert (tmp_path / "amgp_train_dcn_v2.png").exists()
+
+
+def test_sweep_runs_each_variant_on_one_data_set_and_pairs_it_with_dense(tmp_path):
+    out = tmp_path / "sweep.json"
+    command = [sys.executable, str(ROOT / "tools" / "sweep_amgp.py"), "--tiny", "--model", "dlrm", "--seeds", "2",
+               "--samples", "3072", "--variants", "dense", "base", "one-cycle", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert [(r["variant"], r["method"]) for r in records] == [("dense", "dense"), ("base", "amgp"),
+                                                              ("one-cycle", "amgp")]
+    for record in records:
+        assert REQUIRED <= set(record) and record["seeds"] == [0, 1] and record["samples"] == 3072
+    base, one_cycle = records[1]["amgp_config"]["schedule"], records[2]["amgp_config"]["schedule"]
+    assert (base["cycles"], one_cycle["cycles"]) == (3, 1), "a fractions variant runs its own schedule"
+    assert records[1]["amgp_config"]["rescale"] is True
+    assert "vs dense" in done.stdout  # the summary pairs every variant with the dense run of its lr

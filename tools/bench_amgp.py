@@ -273,7 +273,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (tiny default 1)")
     parser.add_argument("--workers", type=int, default=None, help="data generation processes (default: cores)")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="start no run that would end past this many seconds (default 420 on GPU)")
+                        help="start no run that would end past this many seconds (default 560: one 10-minute GPU call)")
     parser.add_argument("--out", default="docs/results/amgp_train.json")
     parser.add_argument("--plot-dir", default=None, help="write one AMGP-vs-dense PNG per model here")
     args = parser.parse_args(argv)
@@ -289,7 +289,7 @@ def parse_args(argv=None):
     if args.threads or tiny:
         torch.set_num_threads(args.threads or 1)  # tiny ops: threads only contend
     if args.budget_s is None and not tiny:
-        args.budget_s = 420.0
+        args.budget_s = 560.0
     return args
 
 

@@ -93,7 +93,8 @@ def bench_args(args, entry: dict[str, Any], steps: int, test_rows: int) -> argpa
             "--sparse-lr", repr(entry["sparse_lr"]), "--batch-size", str(entry["batch_size"]),
             "--eval-batch-size", "8192",
             "--samples", str(steps * entry["batch_size"]), "--test-samples", str(test_rows),
-            "--recipe", args.recipe, "--ratio", repr(args.ratio), "--eval-every", str(args.eval_every)]
+            "--recipe", args.recipe, "--ratio", repr(args.ratio), "--eval-every", str(args.eval_every),
+            "--criterion", args.criterion, "--grow-init", args.grow_init, "--optimizer-state", args.optimizer_state]
     return bench_amgp.parse_args(argv)
 
 
@@ -227,6 +228,9 @@ def parse_args(argv=None):
                         help="embedding optimizer (bench_amgp's choices); the tuned sparse lr is for row-wise Adagrad")
     parser.add_argument("--recipe", default="amgp-half")
     parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--criterion", default="l2", choices=["l2", "l1", "taylor", "random"])
+    parser.add_argument("--grow-init", default="restore", choices=["restore", "fresh"])
+    parser.add_argument("--optimizer-state", default="restore", choices=["restore", "reset"])
     parser.add_argument("--eval-every", type=int, default=0,
                         help="evaluate every N steps (wall-clock then includes evaluation; default: at the end only)")
     parser.add_argument("--curve-dir", default=None, help="write seed 0's metrics log per method here")

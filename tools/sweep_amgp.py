@@ -1,0 +1,135 @@
+"""Which AMGP settings cost the AUC? One data set, many variants, side by side (issue 4).
+
+``tools/bench_amgp.py`` compares the four methods at one setting; this runs named variants of
+AMGP (and dense at other learning rates) on the same generated data in one process, so that a GPU
+call spends its time training instead of regenerating 8M rows per setting. Every variant is a set
+of overrides of bench_amgp's arguments (recipe, ratio, criterion, grow-init, optimizer-state, lr,
+method); ``fractions`` defines a schedule that is not a named recipe (registered for this run only).
+
+Example:
+    python tools/sweep_amgp.py --model dlrm --out docs/results/amgp_sweep_dlrm.json      # GPU, ~8 min
+    python tools/sweep_amgp.py --tiny --variants base fresh --out /tmp/sweep.json        # CPU smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_amgp  # noqa: E402
+from amgp_fx.amgp import dense_config  # noqa: E402
+from amgp_fx.config import SyntheticConfig  # noqa: E402
+from amgp_fx.fileio import atomic_write_json  # noqa: E402
+from amgp_fx.schedule import RECIPES  # noqa: E402
+
+# name -> overrides of bench_amgp's arguments; "method" defaults to amgp
+VARIANTS: dict[str, dict[str, Any]] = {
+    "dense": dict(method="dense"),
+    "base": dict(),  # amgp-half, l2, restore values and optimizer state
+    "fresh": dict(grow_init="fresh"),  # regrown units: random in, zero out (no jump at growth)
+    "reset": dict(optimizer_state="reset"),  # regrown units' Adam moments zeroed
+    "one-cycle": dict(fractions=dict(warmup=0.1, pruned=0.6, cycles=1, final=0.3)),  # two surgeries, not six
+    "grow-late": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), grow_init="fresh"),
+    "quarter": dict(recipe="amgp-quarter", ratio=0.25),
+    "dense-lr3e-4": dict(method="dense", lr=3e-4),
+    "base-lr3e-4": dict(lr=3e-4),
+    "dense-lr1e-3": dict(method="dense", lr=1e-3),
+    "base-lr1e-3": dict(lr=1e-3),
+}
+ARG_FIELDS = ("recipe", "ratio", "criterion", "grow_init", "optimizer_state", "lr")
+
+
+def variant_args(base: argparse.Namespace, name: str, overrides: dict[str, Any]) -> argparse.Namespace:
+    """bench_amgp's namespace for one variant; a ``fractions`` schedule becomes a recipe of its own."""
+    args = argparse.Namespace(**vars(base))
+    for field in ARG_FIELDS:
+        if field in overrides:
+            setattr(args, field, overrides[field])
+    if "fractions" in overrides:
+        args.recipe = f"sweep-{name}"
+        RECIPES[args.recipe] = dict(fractions=dict(overrides["fractions"]), ratio=args.ratio)
+    return args
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="dlrm", choices=sorted(bench_amgp.MODEL_SPECS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--out", default="docs/results/amgp_sweep.json")
+    own, rest = parser.parse_known_args(argv)
+    base = bench_amgp.parse_args(rest + ["--models", own.model, "--out", own.out])
+    return own, base
+
+
+def main(argv=None) -> list[dict]:
+    own, base = parse_args(argv)
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f}s] {message}", flush=True)
+
+    spec = (bench_amgp.TINY_SPECS if base.tiny else bench_amgp.MODEL_SPECS)[own.model]
+    steps = max(1, base.samples // base.batch_size)
+    teacher = (dict(num_dense=4, table_sizes=(20, 50, 100, 30)) if base.tiny
+               else dict(table_sizes=bench_amgp.GPU_TABLES))
+    data_config = SyntheticConfig.from_preset(base.teacher, **teacher)
+    say(f"generating {steps * base.batch_size} + {base.test_samples} rows ({base.teacher} teacher)")
+    train_rows = bench_amgp.make_rows(data_config, 0, steps * base.batch_size, base.workers)
+    test_rows = bench_amgp.make_rows(data_config, 1 << 40, base.test_samples, base.workers)
+    device = torch.device(base.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = base.tf32
+    data = (train_rows.to(device), test_rows.to(device))
+    device_name = bench_amgp._device_name(device)
+    command = "python tools/sweep_amgp.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    say(f"data ready on {device_name}; {steps} steps of {base.batch_size}; variants {own.variants}")
+    records: list[dict] = []
+    for name in own.variants:
+        overrides = VARIANTS[name]
+        args = variant_args(base, name, overrides)
+        method = overrides.get("method", "amgp")
+        plan = bench_amgp.make_plan(spec, args, steps)
+        if device.type == "cuda" and not records:  # untimed warm-up: CUDA context, cuBLAS, allocator
+            warm = max(2, min(20, steps // 10))
+            bench_amgp.run_one(spec, "dense", 0, dataclasses.replace(plan, dense=dense_config(warm)),
+                               data, args, warm, None)
+        runs = []
+        for seed in range(base.seeds):
+            run = bench_amgp.run_one(spec, method, seed, plan, data, args, steps, None)
+            runs.append(run)
+            say(f"{name:14s} seed {seed}: auc {run['auc']:.5f} logloss {run['logloss']:.5f} "
+                f"train {run['wall_clock_s']:.2f}s flops {run['train_flops'] / 1e12:.3f}T")
+        record = bench_amgp.aggregate(own.model, method, runs, plan, args, steps, device_name)
+        record.update(variant=name, overrides=overrides, command=command)
+        records.append(record)
+        atomic_write_json(Path(own.out), records)
+    print_summary(records)
+    say(f"wrote {own.out}")
+    return records
+
+
+def print_summary(records: list[dict]) -> None:
+    """Each variant against the dense run of the same learning rate (paired by seed where both exist)."""
+    dense = {r["lr"]: r for r in records if r["method"] == "dense"}
+    for record in records:
+        base = dense.get(record["lr"])
+        line = f"{record['variant']:14s} lr {record['lr']:g}: auc {record['auc_mean']:.5f} +- {record['auc_std']:.5f}"
+        if base is not None and base is not record:
+            paired = [a["auc"] - b["auc"] for a, b in zip(record["per_seed"], base["per_seed"])]
+            line += (f"  vs dense {record['auc_mean'] - base['auc_mean']:+.5f} (per seed "
+                     f"{', '.join(f'{d:+.4f}' for d in paired)})  flops {record['train_flops'] / base['train_flops']:.2f}"
+                     f"  wall {record['wall_clock_s'] / base['wall_clock_s']:.2f}")
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
