@@ -14,6 +14,9 @@ j's share of the next layer's pre-activation variance (``|outgoing|^2`` alone wh
 no producer weights). With equal units this is sqrt(present / kept); units that an ``l2`` or
 ``taylor`` criterion removes are weaker, and the factor shrinks accordingly.
 
+A consumer whose outputs pass through a BatchNorm or LayerNorm (DCN-v2's deep tower) is left
+alone: the normalization already restores the scale.
+
 ``AmgpHook`` computes the factors before a shrink, scales the kept units right after it and divides the same factors out after growing back with
 ``grow_init="restore"``, so the regrown full-size model has its pre-pruning scale; fresh growth
 keeps the scaled weights (the new units' outgoing weights are zero, so nothing else changes).
@@ -32,12 +35,30 @@ from amgp_fx.groups.model import Group, Role
 __all__ = ["consumer_scales", "scale_consumers_"]
 
 
+_NORM_ROLES = (Role.SCALE, Role.RUNNING_VAR)
+
+
+def _normalized(graph: DependencyGraph, tensor: str, dim: int) -> bool:
+    """Whether the outputs of the layer that owns ``tensor`` (consuming along ``dim``) go through a
+    normalization (BatchNorm, affine LayerNorm): its output channels' group has a norm's scale or
+    running variance. Such a layer's output scale is normalized away, so it needs no compensation
+    (scaling it would only shrink its effective learning rate and stale the running statistics)."""
+    for group in graph.groups:
+        producing = any(m.tensor == tensor and m.dim != dim and m.role is Role.PRODUCER for m in group.members)
+        if producing and any(m.role in _NORM_ROLES for m in group.members):
+            return True
+    return False
+
+
 def _member_slices(graph: DependencyGraph, group: Group, role: Role):
     """(tensor, dim, current indices (n,), group channel of each (n,)) of the group's present
-    positions in each ``role`` member, in the tensor's current (possibly shrunk) coordinates."""
+    positions in each ``role`` member, in the tensor's current (possibly shrunk) coordinates;
+    consumers whose outputs are normalized are left out."""
     dims = {(td.tensor, td.dim): td for td in graph.tensor_dims}
     for member in group.members:
         if member.role is not role:
+            continue
+        if role is Role.CONSUMER and _normalized(graph, member.tensor, member.dim):
             continue
         td = dims.get((member.tensor, member.dim))
         if td is None:

@@ -104,7 +104,7 @@ def test_a_compact_run_keeps_the_outgoing_weights_scaled_by_the_factor(rows):
     model, graph, hook, original = _frozen_run(True, "compact", rows)
     unscaled, graph_plain, _, _ = _frozen_run(False, "compact", rows)
     factors = hook._scales
-    assert factors and all(f > 1.0 for f in factors.values())
+    assert any(f > 1.0 for f in factors.values()), "the tower's last group feeds the unnormalized output layer"
     scale_consumers_(graph, factors, inverse=True)
     plain = dict(unscaled.named_parameters())
     for key, value in model.named_parameters():
@@ -116,3 +116,26 @@ def test_rescale_must_be_a_bool():
         AmgpConfig(AmgpSchedule(10, warmup_steps=1, cycles=1, pruned_steps=2), rescale="yes")
     config = AmgpConfig(AmgpSchedule(10, warmup_steps=1, cycles=1, pruned_steps=2), rescale=False)
     assert AmgpConfig.from_dict(config.to_dict()) == config
+
+
+def test_consumers_followed_by_a_normalization_are_left_alone():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 24), torch.nn.ReLU(), torch.nn.Linear(24, 1))
+    graph = amgp_fx.analyze(model, (torch.randn(4, 16),))
+    first, second = graph.prunable_groups()  # 32 units feed Linear(32, 24) (no norm after); 24 feed the output
+    keep = {first.id: list(range(16)), second.id: list(range(12))}
+    factors = consumer_scales(graph, keep)
+    assert factors[first.id] > 1.2 and factors[second.id] > 1.2
+
+    torch.manual_seed(0)
+    normed = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 24),
+                                 torch.nn.BatchNorm1d(24), torch.nn.ReLU(), torch.nn.Linear(24, 1))
+    graph = amgp_fx.analyze(normed, (torch.randn(4, 16),))
+    first, second = graph.prunable_groups()
+    before = normed[2].weight.detach().clone()
+    factors = consumer_scales(graph, {first.id: list(range(16)), second.id: list(range(12))})
+    assert factors[first.id] == 1.0, "Linear(32, 24) feeds a BatchNorm: its scale is normalized away"
+    assert factors[second.id] > 1.2
+    scale_consumers_(graph, factors)
+    torch.testing.assert_close(normed[2].weight, before, rtol=0, atol=0)
