@@ -237,6 +237,10 @@ class AmgpHook:
         plan_sync: maps the keep plan this process computed to the one to apply; default: rank
             0's plan on every rank of an initialised multi-process group
             (``amgp_fx.distributed.broadcast_plan``), the plan itself otherwise.
+        saved_device: where the removed units wait until they grow back: ``None`` (default) on
+            the parameters' own device, so a shrink copies nothing to the host (a DLRM-industrial
+            shrink removes 281 MB of values and Adam moments); ``"cpu"`` to hold no accelerator
+            memory for them.
     Raises:
         AmgpError: a requested group cannot be pruned (raised here, before training starts).
 
@@ -252,7 +256,7 @@ class AmgpHook:
 
     def __init__(self, graph: DependencyGraph, config: AmgpConfig, *, label: str | None = None,
                  log_every: int = 0, plan_sync: Callable[[dict[str, list[int]]], dict[str, list[int]]] | None = None,
-                 ) -> None:
+                 saved_device: torch.device | str | None = None) -> None:
         if not isinstance(config, AmgpConfig):
             raise TypeError(f"config must be an AmgpConfig, got {type(config).__name__}")
         self.graph = graph
@@ -261,6 +265,7 @@ class AmgpHook:
         self.label = label or config.schedule.method.value
         self.log_every = log_every
         self.plan_sync = plan_sync
+        self.saved_device = saved_device
         pruning = config.schedule.method is not Method.DENSE
         self.groups: list[Group] = select_groups(graph, config.groups, config.kinds) if pruning else []
         self._plan = -1
@@ -453,13 +458,32 @@ class AmgpHook:
             start = self._now(ctx)
             before = self.sizes()
             scales = consumer_scales(self.graph, keep) if self.config.rescale else {}
-            record = shrink_(self.graph, keep, _optimizers(ctx))
+            record = shrink_(self.graph, keep, _optimizers(ctx), saved_device=self.saved_device)
             scale_consumers_(self.graph, scales)  # the kept units only: the saved slices stay as they were
             self._scales = scales if self.schedule.method is Method.AMGP else {}
             self._keeps.append(keep)
             self._record = record if self.schedule.method is Method.AMGP else None  # prune-only never grows
             self._log_surgery(ctx, "shrink", before, start, record.nbytes)
         self._plan = phase.plan
+        self._scale_learning_rate(ctx, phase)
+
+    def _scale_learning_rate(self, ctx, phase: Phase) -> None:
+        """Dense optimizers at ``pruned_lr_scale`` x their own rate while pruned, 1x at full size.
+
+        The unscaled rate lives in each param group as ``amgp_base_lr``, so it is saved and
+        resumed with the optimizer state; sparse (embedding) optimizers are left alone."""
+        if self.config.pruned_lr_scale == 1.0:
+            return
+        holder = getattr(ctx, "optimizers", None) if ctx is not None else None
+        names = getattr(holder, "names", None)
+        optimizers = _optimizers(ctx)
+        factor = self.config.pruned_lr_scale if phase.pruned else 1.0
+        for index, optimizer in enumerate(optimizers):
+            if names is not None and names[index] != "dense":
+                continue
+            for group in optimizer.param_groups:
+                group.setdefault("amgp_base_lr", group["lr"])
+                group["lr"] = group["amgp_base_lr"] * factor
 
     def _synced(self, keep: dict[str, list[int]]) -> dict[str, list[int]]:
         """The plan every rank applies: ranks that pruned different channels would diverge."""

@@ -57,7 +57,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     sizes = []
     for part in str(text).split(","):
         part = part.strip()
-        if not part.isdigit() or int(part) < 1:
+        if not (part.isascii() and part.isdigit()) or int(part) < 1:  # "²".isdigit() is True, int("²") fails
             raise UsageError(f"batch size {part!r} in {text!r} is not a positive integer",
                              "Pass comma-separated sizes such as --batch-sizes 1,64,512")
         sizes.append(int(part))
@@ -80,7 +80,7 @@ def parse_factory_kwargs(text: str | None) -> dict[str, Any]:
 
 
 def _positive_int(text: str) -> int:
-    if not str(text).strip().isdigit() or int(text) < 1:
+    if not (str(text).strip().isascii() and str(text).strip().isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
 

@@ -240,7 +240,7 @@ def _env_processes() -> int:
     """Processes torchrun started on this machine (LOCAL_WORLD_SIZE, else WORLD_SIZE)."""
     for name in ("LOCAL_WORLD_SIZE", "WORLD_SIZE"):
         text = os.environ.get(name, "")
-        if text.isdigit() and int(text) > 0:
+        if text.isascii() and text.isdigit() and int(text) > 0:
             return int(text)
     return 1
 

@@ -109,7 +109,7 @@ def parse_input_spec(text: str) -> tuple[TensorSpec, ...]:
         for dim in match["dims"].split(","):
             if dim in ("B", "b"):
                 dims.append("B")
-            elif dim.isdigit() and int(dim) > 0:
+            elif dim.isascii() and dim.isdigit() and int(dim) > 0:
                 dims.append(int(dim))
             else:
                 raise _fail(text, f"dim {dim!r} of {part!r} is not a positive integer or B")
@@ -182,7 +182,7 @@ def resize_batch(inputs: Sequence[torch.Tensor], batch_size: int) -> tuple[torch
 
 
 def _natural(name: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    return [int(part) if part.isascii() and part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def load_example_batch(path: str | Path) -> tuple[torch.Tensor, ...]:

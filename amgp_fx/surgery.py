@@ -42,7 +42,7 @@ class TensorSurgery:
 
 @dataclass
 class SurgeryRecord:
-    """What a shrink changed; hand it to ``grow_`` to undo it. ``nbytes`` is its CPU memory."""
+    """What a shrink changed; hand it to ``grow_`` to undo it. ``nbytes`` is the memory its saved slices hold."""
 
     alive_before: np.ndarray
     alive_after: np.ndarray
@@ -128,7 +128,8 @@ def _plan(graph: DependencyGraph, before: np.ndarray, after: np.ndarray) -> dict
     return plan
 
 
-def shrink_(graph: DependencyGraph, keep: Mapping[str, Sequence[int]], optimizers=None) -> SurgeryRecord:
+def shrink_(graph: DependencyGraph, keep: Mapping[str, Sequence[int]], optimizers=None, *,
+            saved_device: torch.device | str | None = "cpu") -> SurgeryRecord:
     """Remove channels in place from every tensor that holds them.
 
     Args:
@@ -136,8 +137,11 @@ def shrink_(graph: DependencyGraph, keep: Mapping[str, Sequence[int]], optimizer
         keep: group id -> positions (among the group's present channels) to keep; shape (K,), 0 < K <= size.
         optimizers: an optimizer, a list of them, or an object with ``.optimizers``; their
             per-parameter state (momentum, Adam moments, Adagrad sums) is sliced too.
+        saved_device: where the removed slices are kept: the CPU (default: no accelerator memory
+            held) or ``None`` for each tensor's own device (no device-to-host copy; an AMGP run that
+            grows them back in a few hundred steps saves that time).
     Returns:
-        ``SurgeryRecord`` with the removed slices (on the CPU).
+        ``SurgeryRecord`` with the removed slices.
     Raises:
         SurgeryError: a frozen group, an empty keep list, or out-of-range indices.
     Example:
@@ -152,9 +156,9 @@ def shrink_(graph: DependencyGraph, keep: Mapping[str, Sequence[int]], optimizer
         record = TensorSurgery(name, [(d, k, r, role) for d, k, r, role in steps])
         old_shape = tuple(tensor.shape)
         states = list(_state_tensors(opts, tensor, old_shape))
-        record.saved["value"], new_value = _cut(tensor.data, steps)
+        record.saved["value"], new_value = _cut(tensor.data, steps, saved_device=saved_device)
         for key, state, field_name in states:
-            record.saved[key], state[field_name] = _cut(state[field_name], steps)
+            record.saved[key], state[field_name] = _cut(state[field_name], steps, saved_device=saved_device)
         grad = tensor.grad if isinstance(tensor, nn.Parameter) else None
         tensor.grad = None
         _replace_data(tensor, new_value)
@@ -166,14 +170,15 @@ def shrink_(graph: DependencyGraph, keep: Mapping[str, Sequence[int]], optimizer
     return SurgeryRecord(before, after, records, sizes, kept)
 
 
-def _cut(tensor: torch.Tensor, steps, save: bool = True):
+def _cut(tensor: torch.Tensor, steps, save: bool = True, saved_device: torch.device | str | None = "cpu"):
     if tensor.is_sparse:  # e.g. SGD momentum of a sparse embedding gradient
-        saved, dense = _cut(tensor.to_dense(), steps, save)
+        saved, dense = _cut(tensor.to_dense(), steps, save, saved_device)
         return saved, dense.to_sparse(tensor.sparse_dim())
     saved = []
     for dim, keep, removed, _ in steps:
         if save:
-            saved.append(tensor.index_select(dim, removed.to(tensor.device)).detach().to("cpu", copy=True))
+            piece = tensor.index_select(dim, removed.to(tensor.device)).detach()  # a new tensor, not a view
+            saved.append(piece if saved_device is None else piece.to(saved_device))
         tensor = tensor.index_select(dim, keep.to(tensor.device))
     return saved, tensor
 

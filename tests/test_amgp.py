@@ -143,9 +143,9 @@ def test_regrown_units_get_their_saved_moments_back_or_zeros(rows, policy):
     assert snapshots.get("checked")
 
 
-@pytest.mark.parametrize("grow_init", ["restore", "fresh"])
-def test_resume_inside_a_pruned_phase_continues_identically(rows, tmp_path, grow_init):
-    config = AmgpConfig(AmgpSchedule(**SCHEDULE), ratio=0.5, grow_init=grow_init)
+@pytest.mark.parametrize("grow_init, lr_scale", [("restore", 1.0), ("fresh", 1.0), ("restore", 2.0)])
+def test_resume_inside_a_pruned_phase_continues_identically(rows, tmp_path, grow_init, lr_scale):
+    config = AmgpConfig(AmgpSchedule(**SCHEDULE), ratio=0.5, grow_init=grow_init, pruned_lr_scale=lr_scale)
     model, graph = _dcn()
     _run(graph, model, rows, config, optimizer="adagrad")
     uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
@@ -253,3 +253,35 @@ def test_a_taylor_prune_only_baseline_keeps_a_warmup_step_for_its_gradients():
     assert baseline.schedule.warmup_steps == 1 and baseline.criterion == "taylor"
     assert match_prune_only(graph, AmgpConfig(AmgpSchedule(**SCHEDULE), ratio=0.5), batch_size=BATCH,
                             target_flops=1).schedule.warmup_steps == 0
+
+
+@pytest.mark.parametrize("method", ["amgp", "prune_only"])
+def test_pruned_phases_train_the_dense_optimizer_at_the_scaled_rate(rows, method):
+    torch.manual_seed(0)
+    model = models.build_model("dcn_v2", "small", deep_mlp=(64, 40))
+    for module in model.modules():  # sparse gradients: the tables get their own optimizer
+        if isinstance(module, torch.nn.Embedding):
+            module.sparse = True
+    graph = amgp_fx.analyze(model, model.example_inputs(4))
+    schedule = (AmgpSchedule(**SCHEDULE) if method == "amgp" else
+                AmgpSchedule(20, warmup_steps=3, cycles=2, pruned_steps=4, method="prune_only", final="compact"))
+    hook = AmgpHook(graph, AmgpConfig(schedule, ratio=0.5, pruned_lr_scale=3.0))
+    seen = []
+
+    class Rates:  # runs after the AMGP hook: the rates this step trains with
+        def on_step_start(self, ctx):
+            rates = {name: opt.param_groups[0]["lr"] for name, opt in zip(ctx.optimizers.names, ctx.optimizers)}
+            seen.append((schedule.phase_at(int(ctx.step)).pruned, rates))
+
+    train(model, rows[0], None, TrainConfig(optimizer="adam", lr=1e-2, sparse_optimizer="adagrad", sparse_lr=0.05,
+                                            batch_size=BATCH, steps=20),
+          hooks=[hook, Rates()], forward=hook.forward, progress=False)
+    assert len(seen) == 20 and any(p for p, _ in seen) and any(not p for p, _ in seen)
+    for pruned, rates in seen:
+        assert rates["dense"] == pytest.approx(3e-2 if pruned else 1e-2)
+        assert rates["sparse"] == 0.05, "embedding tables are not pruned: their rate stays"
+
+
+def test_pruned_lr_scale_must_be_positive():
+    with pytest.raises(ValueError, match="pruned_lr_scale"):
+        AmgpConfig(AmgpSchedule(**SCHEDULE), pruned_lr_scale=0)

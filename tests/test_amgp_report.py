@@ -97,3 +97,9 @@ def test_sweep_runs_each_variant_on_one_data_set_and_pairs_it_with_dense(tmp_pat
     assert (base["cycles"], one_cycle["cycles"]) == (3, 1), "a fractions variant runs its own schedule"
     assert records[1]["amgp_config"]["rescale"] is True
     assert "vs dense" in done.stdout  # the summary pairs every variant with the dense run of its lr
+
+
+def test_sweep_refuses_a_cpu_proxy_of_another_model():
+    command = [sys.executable, str(ROOT / "tools" / "sweep_amgp.py"), "--cpu-proxy", "--model", "dcn_v2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "--cpu-proxy shrinks the DLRM benchmark" in done.stderr

@@ -253,6 +253,12 @@ def test_batch_sizes_round_trip(sizes):
     assert parse_batch_sizes(",".join(map(str, sizes))) == tuple(dict.fromkeys(sizes))
 
 
+@pytest.mark.parametrize("text", ["\u00b2", "1,\u0663", "\uff11"])  # superscript two, Arabic-Indic three, fullwidth one
+def test_batch_sizes_refuse_non_ascii_digits(text):
+    with pytest.raises(UsageError, match="not a positive integer"):
+        parse_batch_sizes(text)
+
+
 @given(st.text(max_size=20))
 def test_batch_sizes_never_crash(text):
     try:

@@ -108,6 +108,25 @@ def test_snapshot_lives_on_the_cpu_and_reports_its_size():
     assert record.nbytes == (14 * 6 + 14 + 12 * 14) * 4
 
 
+def test_slices_kept_on_the_device_are_copies_and_restore_exactly():
+    model, args, graph = _mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    graph.module(*args).sum().backward()
+    optimizer.step()
+    weight = model.net[0].weight
+    rows = weight.detach().clone()
+    moments = {k: v.clone() for k, v in optimizer.state[weight].items() if v.dim()}
+    record = amgp_fx.shrink_(graph, {graph.group("net.0.weight[0]").id: [0, 1]}, optimizer, saved_device=None)
+    with torch.no_grad():  # writes to the live (shrunk) storage must not reach the saved slices
+        for parameter in model.parameters():
+            parameter.zero_()
+    amgp_fx.grow_(graph, record, optimizer)
+    removed = list(range(2, 16))
+    torch.testing.assert_close(weight[removed], rows[removed], rtol=0, atol=0)
+    for key, value in moments.items():
+        torch.testing.assert_close(optimizer.state[weight][key][removed], value[removed], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("keep, message", [
     ([], "would empty it"),
     ([0, 0], "distinct"),

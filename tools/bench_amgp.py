@@ -142,7 +142,8 @@ def make_plan(spec: dict[str, Any], args, steps: int) -> Plan:
         model = build(spec)
     graph = amgp_fx.analyze(model, model.example_inputs(4))
     amgp_config = AmgpConfig.from_recipe_name(args.recipe, steps, ratio=args.ratio, criterion=args.criterion,
-                                              grow_init=args.grow_init, optimizer_state=args.optimizer_state)
+                                              grow_init=args.grow_init, optimizer_state=args.optimizer_state,
+                                              rescale=args.rescale, pruned_lr_scale=args.pruned_lr_scale)
     dense = dense_config(steps)
     batch = args.batch_size
     predicted = {"dense": predict_train_flops(graph, dense, batch_size=batch),
@@ -262,6 +263,10 @@ def parse_args(argv=None):
     parser.add_argument("--criterion", default="l2", choices=["l2", "l1", "taylor", "random"])
     parser.add_argument("--grow-init", default="restore", choices=["restore", "fresh"])
     parser.add_argument("--optimizer-state", default="restore", choices=["restore", "reset"])
+    parser.add_argument("--no-rescale", dest="rescale", action="store_false",
+                        help="do not compensate the kept units' output scale at a shrink (amgp_fx.rescale)")
+    parser.add_argument("--pruned-lr-scale", type=float, default=1.0,
+                        help="dense learning-rate multiplier while pruned (AmgpConfig.pruned_lr_scale)")
     parser.add_argument("--eval-every", type=int, default=0,
                         help="evaluate every N steps for the AUC curve (wall-clock then includes evaluation)")
     parser.add_argument("--teacher", default="wide_teacher",

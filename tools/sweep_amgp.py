@@ -9,6 +9,7 @@ method); ``fractions`` defines a schedule that is not a named recipe (registered
 Example:
     python tools/sweep_amgp.py --model dlrm --out docs/results/amgp_sweep_dlrm.json      # GPU, ~8 min
     python tools/sweep_amgp.py --tiny --variants base fresh --out /tmp/sweep.json        # CPU smoke run
+    python tools/sweep_amgp.py --cpu-proxy --seeds 2 --variants dense base lr-x2 --out /tmp/proxy.json  # ~4 min
 """
 from __future__ import annotations
 
@@ -34,18 +35,33 @@ from amgp_fx.schedule import RECIPES  # noqa: E402
 # name -> overrides of bench_amgp's arguments; "method" defaults to amgp
 VARIANTS: dict[str, dict[str, Any]] = {
     "dense": dict(method="dense"),
+    "small-dense": dict(method="small_dense"),  # widths matched to AMGP's average step FLOPs
+    "prune-only": dict(method="prune_only"),  # gradual pruning to AMGP's ratio, FLOPs matched
     "base": dict(),  # amgp-half, l2, restore values and optimizer state
     "fresh": dict(grow_init="fresh"),  # regrown units: random in, zero out (no jump at growth)
     "reset": dict(optimizer_state="reset"),  # regrown units' Adam moments zeroed
     "one-cycle": dict(fractions=dict(warmup=0.1, pruned=0.6, cycles=1, final=0.3)),  # two surgeries, not six
     "grow-late": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), grow_init="fresh"),
     "quarter": dict(recipe="amgp-quarter", ratio=0.25),
+    "no-rescale": dict(rescale=False),
+    "lr-x2": dict(pruned_lr_scale=2.0),  # dense lr doubled while pruned (AmgpConfig.pruned_lr_scale)
+    "lr-x3": dict(pruned_lr_scale=3.0),
+    "dense-lr2e-4": dict(method="dense", lr=2e-4),
     "dense-lr3e-4": dict(method="dense", lr=3e-4),
     "base-lr3e-4": dict(lr=3e-4),
     "dense-lr1e-3": dict(method="dense", lr=1e-3),
     "base-lr1e-3": dict(lr=1e-3),
 }
-ARG_FIELDS = ("recipe", "ratio", "criterion", "grow_init", "optimizer_state", "lr")
+# what a plain run compares: fits one 10-minute call on the H200 with 3 seeds (~35 s per variant + data)
+DEFAULT_VARIANTS = ("dense", "small-dense", "base", "fresh", "grow-late", "quarter", "lr-x2", "lr-x3")
+ARG_FIELDS = ("recipe", "ratio", "criterion", "grow_init", "optimizer_state", "lr", "rescale", "pruned_lr_scale")
+# --cpu-proxy: the DLRM benchmark shrunk to run on a 2-core CPU in ~25 s per run (same teacher,
+# optimizers and learning rates; 26 tables of 2000 rows, MLPs a quarter to an eighth as wide)
+PROXY_TABLES = (2000,) * 26
+PROXY_SPEC = dict(model="dlrm", preset="industrial", overrides=dict(
+    table_sizes=PROXY_TABLES, embedding_dim=32, bottom_mlp=(256, 128, 32), top_mlp=(512, 512, 256, 128)))
+PROXY_ARGS = ["--device", "cpu", "--samples", "524288", "--batch-size", "2048", "--test-samples", "65536",
+              "--eval-batch-size", "16384", "--workers", "1", "--threads", "2"]
 
 
 def variant_args(base: argparse.Namespace, name: str, overrides: dict[str, Any]) -> argparse.Namespace:
@@ -63,10 +79,17 @@ def variant_args(base: argparse.Namespace, name: str, overrides: dict[str, Any])
 def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="dlrm", choices=sorted(bench_amgp.MODEL_SPECS))
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
+                        help=f"default: {' '.join(DEFAULT_VARIANTS)}")
     parser.add_argument("--out", default="docs/results/amgp_sweep.json")
+    parser.add_argument("--cpu-proxy", action="store_true",
+                        help="DLRM only: the GPU benchmark shrunk for a CPU (see PROXY_SPEC), ~25 s per run")
+    parser.add_argument("--curve-dir", default=None,
+                        help="write seed 0's metrics log per variant here (with --eval-every: AUC over training)")
     own, rest = parser.parse_known_args(argv)
-    base = bench_amgp.parse_args(rest + ["--models", own.model, "--out", own.out])
+    if own.cpu_proxy and own.model != "dlrm":
+        parser.error("--cpu-proxy shrinks the DLRM benchmark; use --model dlrm")
+    base = bench_amgp.parse_args((PROXY_ARGS if own.cpu_proxy else []) + rest + ["--models", own.model, "--out", own.out])
     return own, base
 
 
@@ -81,6 +104,8 @@ def main(argv=None) -> list[dict]:
     steps = max(1, base.samples // base.batch_size)
     teacher = (dict(num_dense=4, table_sizes=(20, 50, 100, 30)) if base.tiny
                else dict(table_sizes=bench_amgp.GPU_TABLES))
+    if own.cpu_proxy:
+        spec, teacher = PROXY_SPEC, dict(table_sizes=PROXY_TABLES)
     data_config = SyntheticConfig.from_preset(base.teacher, **teacher)
     say(f"generating {steps * base.batch_size} + {base.test_samples} rows ({base.teacher} teacher)")
     train_rows = bench_amgp.make_rows(data_config, 0, steps * base.batch_size, base.workers)
@@ -104,12 +129,18 @@ def main(argv=None) -> list[dict]:
                                data, args, warm, None)
         runs = []
         for seed in range(base.seeds):
-            run = bench_amgp.run_one(spec, method, seed, plan, data, args, steps, None)
+            curve = None
+            if own.curve_dir and seed == 0:
+                Path(own.curve_dir).mkdir(parents=True, exist_ok=True)
+                curve = str(Path(own.curve_dir) / f"sweep_{own.model}_{name}.jsonl")
+            run = bench_amgp.run_one(spec, method, seed, plan, data, args, steps, curve)
             runs.append(run)
             say(f"{name:14s} seed {seed}: auc {run['auc']:.5f} logloss {run['logloss']:.5f} "
                 f"train {run['wall_clock_s']:.2f}s flops {run['train_flops'] / 1e12:.3f}T")
         record = bench_amgp.aggregate(own.model, method, runs, plan, args, steps, device_name)
-        record.update(variant=name, overrides=overrides, command=command)
+        record.update(variant=name, overrides=overrides, command=command, cpu_proxy=own.cpu_proxy,
+                      architecture={k: list(v) if isinstance(v, tuple) and len(v) < 10 else v
+                                    for k, v in spec["overrides"].items() if k != "table_sizes"})
         records.append(record)
         atomic_write_json(Path(own.out), records)
     print_summary(records)

@@ -153,7 +153,7 @@ def _release_year(text: Any) -> float:
     if _is_missing(text):
         return math.nan
     tail = str(text)[-4:]
-    return float(tail) if tail.isdigit() else math.nan
+    return float(tail) if tail.isascii() and tail.isdigit() else math.nan
 
 
 def movielens_ctr(
