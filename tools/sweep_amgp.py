@@ -47,6 +47,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "lr-x2": dict(pruned_lr_scale=2.0),  # dense lr doubled while pruned (AmgpConfig.pruned_lr_scale)
     "lr-x3": dict(pruned_lr_scale=3.0),
     "dense-lr2e-4": dict(method="dense", lr=2e-4),
+    "base-lr2e-4": dict(lr=2e-4),
+    "small-dense-lr2e-4": dict(method="small_dense", lr=2e-4),
+    "small-dense-lr3e-4": dict(method="small_dense", lr=3e-4),
+    "dense-lr5e-4": dict(method="dense", lr=5e-4),
+    "base-lr5e-4": dict(lr=5e-4),
+    "small-dense-lr5e-4": dict(method="small_dense", lr=5e-4),
     "dense-lr3e-4": dict(method="dense", lr=3e-4),
     "base-lr3e-4": dict(lr=3e-4),
     "dense-lr1e-3": dict(method="dense", lr=1e-3),
