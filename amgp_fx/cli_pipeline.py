@@ -357,10 +357,13 @@ def bench_variant(onnx_path, module, inputs, name: str, variant: str, args, runt
             return make_inputs(specs, b)
     flops = (lambda b: count_forward_flops(module, factory(b))) if module is not None else None
     records = []
+    home = next(module.parameters(), torch.empty(0)).device if module is not None else None
     for mode in ("eager", "compile"):  # before ONNX Runtime, whose spinning threads slow torch down for a while
         if module is not None and f"torch-{mode}" in runtimes:
             records += benchmark_torch(module, factory, sizes, mode=mode, device=device, warmup=args.warmup,
                                        iters=args.iters, model_name=name, variant=variant, flops=flops)
+    if module is not None:
+        module.to(home)  # benchmark_torch moved it to the timing device; analysis and saving use the CPU inputs
     if onnx_path is not None and "ort" in runtimes:
         records += benchmark_onnx(onnx_path, factory, sizes, provider=provider, warmup=args.warmup, iters=args.iters,
                                   model=name, variant=variant, flops=flops)
