@@ -327,15 +327,14 @@ def _onnx_specs(path: str):
 
 
 def _devices(device: str) -> tuple[str, str]:
-    """(ORT provider, torch device) for --device."""
+    """(ORT provider, torch device) for --device (``devices.resolve_device`` decides the torch one)."""
     from amgp_fx.bench import cuda_provider_available
+    from amgp_fx.devices import resolve_device
 
-    if device == "cpu":
+    torch_device = resolve_device(device)
+    if torch_device == "cpu":
         return "cpu", "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but torch sees no GPU", "Use --device cpu or auto")
-    cuda = torch.cuda.is_available()
-    return ("cuda" if cuda and cuda_provider_available() else "cpu"), ("cuda" if cuda else "cpu")
+    return ("cuda" if cuda_provider_available() else "cpu"), torch_device
 
 
 def bench_variant(onnx_path, module, inputs, name: str, variant: str, args, runtimes) -> list:

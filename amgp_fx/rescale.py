@@ -17,9 +17,10 @@ no producer weights). With equal units this is sqrt(present / kept); units that 
 A consumer whose outputs pass through a BatchNorm or LayerNorm (DCN-v2's deep tower) is left
 alone: the normalization already restores the scale.
 
-``AmgpHook`` computes the factors before a shrink, scales the kept units right after it and divides the same factors out after growing back with
-``grow_init="restore"``, so the regrown full-size model has its pre-pruning scale; fresh growth
-keeps the scaled weights (the new units' outgoing weights are zero, so nothing else changes).
+``AmgpHook`` computes the factors before a shrink, scales the kept units right after it and divides
+the same factors out before growing back with ``grow_init="restore"``, so the regrown full-size
+model has its pre-pruning scale; fresh growth keeps the scaled weights (the new units' outgoing
+weights are zero, so nothing else changes).
 """
 from __future__ import annotations
 
@@ -93,8 +94,8 @@ def consumer_scales(graph: DependencyGraph, keep: Mapping[str, Sequence[int]]) -
         group = graph.group(group_id)
         present = np.nonzero(group.alive)[0]
         kept = present[sorted(int(p) for p in positions)]
-        outgoing = _energy(graph, group, Role.CONSUMER)
-        if outgoing is None or len(kept) == len(present):
+        outgoing = _energy(graph, group, Role.CONSUMER) if len(kept) < len(present) else None
+        if outgoing is None:  # nothing removed, or no outgoing weights to compensate with
             factors[group_id] = 1.0
             continue
         incoming = _energy(graph, group, Role.PRODUCER)

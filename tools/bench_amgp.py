@@ -298,6 +298,35 @@ def parse_args(argv=None):
     return args
 
 
+def prepare_data(args, steps: int, say,
+                 table_sizes: tuple[int, ...] | None = None) -> tuple[tuple[Batch, Batch], torch.device]:
+    """The (train, test) rows every run of this process shares, on ``args.device`` (TF32 set there):
+    ``steps * batch_size`` training rows and ``test_samples`` held-out ones from the ``args.teacher``
+    preset, on ``table_sizes`` (default: the GPU tables, or the tiny run's four small ones)."""
+    if table_sizes is not None:
+        teacher = dict(table_sizes=table_sizes)
+    else:
+        teacher = dict(num_dense=4, table_sizes=(20, 50, 100, 30)) if args.tiny else dict(table_sizes=GPU_TABLES)
+    data_config = SyntheticConfig.from_preset(args.teacher, **teacher)
+    say(f"generating {steps * args.batch_size} + {args.test_samples} rows ({args.teacher} teacher, "
+        f"{args.workers} workers)")
+    train_rows = make_rows(data_config, 0, steps * args.batch_size, args.workers)
+    test_rows = make_rows(data_config, 1 << 40, args.test_samples, args.workers)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+    return (train_rows.to(device), test_rows.to(device)), device
+
+
+def warm_up(spec: dict[str, Any], plan: Plan, data: tuple[Batch, Batch], args, steps: int) -> None:
+    """An untimed short dense run on a GPU: CUDA context, cuBLAS handles and allocator pools exist
+    before the first timed run (no-op on the CPU)."""
+    if torch.device(args.device).type == "cuda":
+        warm = max(2, min(20, steps // 10))
+        run_one(spec, "dense", 0, dataclasses.replace(plan, dense=dense_config(warm)), data, args, warm, None)
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     start = time.perf_counter()
@@ -307,16 +336,7 @@ def main(argv=None) -> list[dict]:
     def say(message: str) -> None:
         print(f"[{time.perf_counter() - start:6.1f}s] {message}", flush=True)
 
-    teacher = dict(num_dense=4, table_sizes=(20, 50, 100, 30)) if args.tiny else dict(table_sizes=GPU_TABLES)
-    data_config = SyntheticConfig.from_preset(args.teacher, **teacher)
-    say(f"generating {args.samples} + {args.test_samples} rows ({args.teacher} teacher, {args.workers} workers)")
-    train_rows = make_rows(data_config, 0, steps * args.batch_size, args.workers)
-    test_rows = make_rows(data_config, 1 << 40, args.test_samples, args.workers)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32
-        torch.backends.cudnn.allow_tf32 = args.tf32
-    data = (train_rows.to(device), test_rows.to(device))
+    data, device = prepare_data(args, steps, say)
     device_name = _device_name(device)
     say(f"data ready on {device_name}; {steps} steps of {args.batch_size} per run")
 
@@ -330,9 +350,7 @@ def main(argv=None) -> list[dict]:
         ratios = ", ".join(f"{m} {plan.predicted[m] / plan.predicted['dense']:.3f}" for m in METHODS)
         say(f"{name}: predicted train FLOPs vs dense: {ratios}; small-dense width scale {plan.small_scale:.3f}; "
             f"prune-only warm-up {plan.prune_only.schedule.warmup_steps} steps")
-        if device.type == "cuda":  # untimed warm-up: CUDA context, cuBLAS handles, allocator pools
-            warm = max(2, min(20, steps // 10))
-            run_one(spec, "dense", 0, dataclasses.replace(plan, dense=dense_config(warm)), data, args, warm, None)
+        warm_up(spec, plan, data, args, steps)
         runs: dict[str, list[dict]] = {m: [] for m in args.methods}
         for seed in range(args.seeds):
             for method in args.methods:

@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_amgp  # noqa: E402
 
 import amgp_fx  # noqa: E402
+from amgp_fx.config import TrainConfig  # noqa: E402
 from amgp_fx.fileio import atomic_write_json  # noqa: E402
+from amgp_fx.train import build_optimizers  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -67,9 +69,9 @@ def main(argv=None) -> list[dict]:
         model = bench_amgp.build(spec)
     inputs = tuple(t.to(device) for t in model.example_inputs(4))
     graph = amgp_fx.analyze(model, inputs)
-    dense = [p for p in model.parameters() if p.dim() < 2 or not any(
-        m.weight is p for m in model.modules() if isinstance(m, torch.nn.Embedding))]
-    optimizer = torch.optim.Adam(dense, lr=1e-4)
+    # the benchmark's optimizers: Adam for the dense parameters, row-wise Adagrad for the sparse tables
+    optimizer = build_optimizers(model, TrainConfig(optimizer="adam", lr=1e-4, sparse_optimizer="rowwise_adagrad",
+                                                    sparse_lr=0.02))
     graph.module(*inputs).sum().backward()
     optimizer.step()  # Adam moments exist, so surgery slices them too
     records = [time_surgery(graph, optimizer, device, saved, args.repeats) for saved in ("cpu", None)]

@@ -14,21 +14,16 @@ Example:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_amgp  # noqa: E402
-from amgp_fx.amgp import dense_config  # noqa: E402
-from amgp_fx.config import SyntheticConfig  # noqa: E402
 from amgp_fx.fileio import atomic_write_json  # noqa: E402
 from amgp_fx.schedule import RECIPES  # noqa: E402
 
@@ -95,7 +90,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     own, rest = parser.parse_known_args(argv)
     if own.cpu_proxy and own.model != "dlrm":
         parser.error("--cpu-proxy shrinks the DLRM benchmark; use --model dlrm")
-    base = bench_amgp.parse_args((PROXY_ARGS if own.cpu_proxy else []) + rest + ["--models", own.model, "--out", own.out])
+    proxy = PROXY_ARGS if own.cpu_proxy else []
+    base = bench_amgp.parse_args(proxy + rest + ["--models", own.model, "--out", own.out])
     return own, base
 
 
@@ -108,18 +104,9 @@ def main(argv=None) -> list[dict]:
 
     spec = (bench_amgp.TINY_SPECS if base.tiny else bench_amgp.MODEL_SPECS)[own.model]
     steps = max(1, base.samples // base.batch_size)
-    teacher = (dict(num_dense=4, table_sizes=(20, 50, 100, 30)) if base.tiny
-               else dict(table_sizes=bench_amgp.GPU_TABLES))
     if own.cpu_proxy:
-        spec, teacher = PROXY_SPEC, dict(table_sizes=PROXY_TABLES)
-    data_config = SyntheticConfig.from_preset(base.teacher, **teacher)
-    say(f"generating {steps * base.batch_size} + {base.test_samples} rows ({base.teacher} teacher)")
-    train_rows = bench_amgp.make_rows(data_config, 0, steps * base.batch_size, base.workers)
-    test_rows = bench_amgp.make_rows(data_config, 1 << 40, base.test_samples, base.workers)
-    device = torch.device(base.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = base.tf32
-    data = (train_rows.to(device), test_rows.to(device))
+        spec = PROXY_SPEC
+    data, device = bench_amgp.prepare_data(base, steps, say, PROXY_TABLES if own.cpu_proxy else None)
     device_name = bench_amgp._device_name(device)
     command = "python tools/sweep_amgp.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     say(f"data ready on {device_name}; {steps} steps of {base.batch_size}; variants {own.variants}")
@@ -129,10 +116,8 @@ def main(argv=None) -> list[dict]:
         args = variant_args(base, name, overrides)
         method = overrides.get("method", "amgp")
         plan = bench_amgp.make_plan(spec, args, steps)
-        if device.type == "cuda" and not records:  # untimed warm-up: CUDA context, cuBLAS, allocator
-            warm = max(2, min(20, steps // 10))
-            bench_amgp.run_one(spec, "dense", 0, dataclasses.replace(plan, dense=dense_config(warm)),
-                               data, args, warm, None)
+        if not records:
+            bench_amgp.warm_up(spec, plan, data, args, steps)
         runs = []
         for seed in range(base.seeds):
             curve = None
@@ -163,7 +148,8 @@ def print_summary(records: list[dict]) -> None:
         if base is not None and base is not record:
             paired = [a["auc"] - b["auc"] for a, b in zip(record["per_seed"], base["per_seed"])]
             line += (f"  vs dense {record['auc_mean'] - base['auc_mean']:+.5f} (per seed "
-                     f"{', '.join(f'{d:+.4f}' for d in paired)})  flops {record['train_flops'] / base['train_flops']:.2f}"
+                     f"{', '.join(f'{d:+.4f}' for d in paired)})"
+                     f"  flops {record['train_flops'] / base['train_flops']:.2f}"
                      f"  wall {record['wall_clock_s'] / base['wall_clock_s']:.2f}")
         print(line, flush=True)
 
