@@ -103,3 +103,14 @@ def test_sweep_refuses_a_cpu_proxy_of_another_model():
     command = [sys.executable, str(ROOT / "tools" / "sweep_amgp.py"), "--cpu-proxy", "--model", "dcn_v2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2 and "--cpu-proxy shrinks the DLRM benchmark" in done.stderr
+
+
+def test_surgery_benchmark_times_both_places_for_the_saved_slices(tmp_path):
+    out = tmp_path / "surgery.json"
+    command = [sys.executable, str(ROOT / "tools" / "bench_surgery.py"), "--tiny", "--repeats", "2", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(out.read_text())
+    assert [r["saved_device"] for r in records] == ["cpu", "parameters' device"]
+    assert records[0]["saved_bytes"] == records[1]["saved_bytes"] > 0  # the same removed slices either way
+    assert all(r["shrink_s"] > 0 and r["grow_s"] > 0 and r["repeats"] == 2 for r in records)
