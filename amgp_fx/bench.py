@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from amgp_fx.devices import module_device, to_device
 from amgp_fx.latency_report import RUNTIMES, LatencyRecord
 from amgp_fx.passes.inference_mode import eval_mode, inference_graph
 
@@ -142,11 +143,13 @@ def count_forward_flops(model: torch.nn.Module, inputs: Sequence[torch.Tensor]) 
     """Forward FLOPs of one call (matmuls, convs, attention; gathers count 0), in eval mode.
 
     Runs on fake tensors (shapes only, no compute), so a 65536 batch costs nothing; falls back to a
-    real forward when the model has data-dependent ops that fake tensors cannot run.
+    real forward when the model has data-dependent ops that fake tensors cannot run. ``inputs`` go to
+    the model's device first.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     model = _inference_module(model)
+    inputs = to_device(inputs, module_device(model))  # callers may build inputs on the CPU for a GPU model
     with eval_mode(model), torch.no_grad():
         try:
             with FakeTensorMode(allow_non_fake_inputs=True) as fake_mode:
@@ -352,7 +355,7 @@ def benchmark_torch(
             torch._dynamo.reset()  # models of one class share forward's code object and its recompile limit
         function = torch.compile(model, **dict(compile_options or {})) if mode == "compile" else model
         for batch_size in batch_sizes:
-            inputs = tuple(x.to(device) for x in inputs_factory(batch_size))
+            inputs = tuple(to_device(inputs_factory(batch_size), device))
             if flops is True:
                 batch_flops = count_forward_flops(model, inputs)
             else:

@@ -447,8 +447,11 @@ def run_pipeline(args: argparse.Namespace) -> int:
         module, inputs = loaded.module, loaded.example_inputs
         summary["model"] = loaded.description
         progress.done(f"{loaded.description}, {count_parameters(module):,} parameters")
-        progress.stage(f"training {'with AMGP' if args.amgp else 'dense'} for {args.steps} steps")
         training = bool(args.steps or args.finetune_steps)
+        args.train_device = _devices(args.device)[1] if training else "cpu"  # resolved once, for both trainings
+        where = "" if args.train_device == "cpu" else f" on {args.train_device}"
+        progress.stage(f"training {'with AMGP' if args.amgp else 'dense'} for {args.steps} steps{where}")
+        summary["train_device"] = args.train_device
         shape = data_shape(loaded) if training else None
         data = load_data(args, shape) if training else None
         if args.steps:

@@ -18,7 +18,7 @@ import re
 
 from amgp_fx.errors import UsageError
 
-__all__ = ["DEVICE_CHOICES", "cuda_device_count", "parse_device", "resolve_device"]
+__all__ = ["DEVICE_CHOICES", "cuda_device_count", "module_device", "parse_device", "resolve_device", "to_device"]
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +100,23 @@ def resolve_device(text: str, nproc: int = 1, *, cuda_count: int | None = None) 
         raise UsageError(f"--device {device} but torch sees {count} GPU{'s' if count > 1 else ''} ({visible})",
                          f"Pass a GPU index below {count}, e.g. --device cuda:0, or check CUDA_VISIBLE_DEVICES")
     return device
+
+
+def module_device(module) -> "torch.device":
+    """The device of ``module``'s first parameter or buffer (the CPU for a module with neither): where
+    the tensors that feed it must live."""
+    import torch
+
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def to_device(inputs, device):
+    """``inputs`` (any pytree of tensors: tuple, dict, nested lists) with every tensor on ``device``."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    return pytree.tree_map(lambda x: x.to(device) if isinstance(x, torch.Tensor) else x, inputs)

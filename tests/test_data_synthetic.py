@@ -172,7 +172,10 @@ _OLD_FIRST_IDS = {"default": [42, 16, 401, 143, 220], "small": [0, 4, 11, 1, 13]
 @pytest.mark.parametrize("preset", sorted(_OLD_LOGITS))
 def test_old_presets_rows_unchanged(preset):
     batch, logits = SyntheticCriteo(SyntheticConfig.from_preset(preset)).rows_with_logits(4094, 4099)
-    np.testing.assert_allclose(logits[:, 0].numpy(), _OLD_LOGITS[preset], rtol=0, atol=1e-8)
+    # ids and labels are integers drawn from seeded generators: exact on every version. The logits are
+    # float32 sums whose rounding depends on the BLAS build and the reduction order (1.2e-6 apart on
+    # torch 2.11 / numpy 2.5): equal to float32 precision of their magnitude (~1e2 ulp), not bitwise.
+    np.testing.assert_allclose(logits[:, 0].numpy(), _OLD_LOGITS[preset], rtol=1e-5, atol=1e-5)
     assert batch.label.tolist() == _OLD_LABELS[preset]
     assert batch.sparse[:, 0].tolist() == _OLD_FIRST_IDS[preset]
 
