@@ -194,8 +194,13 @@ def test_export_writes_a_checked_onnx_file(results, workspace, name):
         assert report["dynamic_batch"] is False and report["max_abs_diff"] is None
 
 
-@pytest.mark.parametrize("name, runtimes", [("bench-pt2", {"ort-cpu", "torch-eager"}), ("bench-sd", {"torch-eager"})])
+@pytest.mark.parametrize("name, runtimes", [("bench-pt2", {"ort", "torch-eager"}), ("bench-sd", {"torch-eager"})])
 def test_bench_writes_latency_records(results, workspace, name, runtimes):
+    from amgp_fx.bench import cuda_provider_available
+
+    # --device auto: ONNX Runtime's CUDA provider where onnxruntime-gpu and a GPU are there
+    ort = "ort-cuda" if cuda_provider_available() else "ort-cpu"
+    runtimes = {ort if r == "ort" else r for r in runtimes}
     succeeded(results, name)
     records = json.loads((workspace / name / "latency.json").read_text())["records"]
     assert {r["runtime"] for r in records} == runtimes
