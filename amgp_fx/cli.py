@@ -176,10 +176,24 @@ def _export_options(parser: argparse.ArgumentParser) -> None:
 def _train_options(parser: argparse.ArgumentParser, steps: int) -> None:
     group = parser.add_argument_group("training")
     group.add_argument("--data", default="synthetic",
-                       help="'synthetic' (Criteo-like data shaped for the model) or a Criteo TSV file")
+                       help="'synthetic' (Criteo-like data shaped for the model), a Criteo TSV file, or your own "
+                            "CSV/TSV/Parquet file (.gz CSV too) described by --columns or "
+                            "--label/--dense/--categorical")
+    group.add_argument("--columns", metavar="SPEC", help="column spec of --data: a .json or .toml file naming the "
+                       "label, dense and categorical columns (docs/data.md); the lists below replace its entries")
+    group.add_argument("--label", metavar="COLS", help="label column(s) of --data, comma-separated (several: one task "
+                       "each); values 0 or 1")
+    group.add_argument("--dense", metavar="COLS", help="dense (numeric) columns of --data, comma-separated, in the "
+                       "model's order; a missing value is 0 unless the spec sets dense_default")
+    group.add_argument("--categorical", metavar="COLS", help="categorical columns of --data, comma-separated, one per "
+                       "embedding table in the model's order")
+    group.add_argument("--encoding", choices=("hash", "vocab"), default=None,
+                       help="categorical values -> ids: hash (keyed, stable; default) or vocab (built from the file, "
+                            "unseen values -> id 0)")
     group.add_argument("--rows", type=_positive_int, default=20_000,
                        help="rows to use: synthetic rows generated, or the first rows of the file")
-    group.add_argument("--skip-malformed", action="store_true", help="skip malformed TSV rows instead of stopping")
+    group.add_argument("--skip-malformed", action="store_true",
+                       help="skip (and count) malformed rows of a data file instead of stopping")
     group.add_argument("--steps", type=int, default=steps, help="training steps (default: %(default)s)")
     group.add_argument("--train-batch", type=_positive_int, default=256, help="training batch size")
     group.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's preset)")
@@ -213,7 +227,7 @@ EPILOGS = {
 HELP = {
     "analyze": "list the model's groups of channels (what can be pruned, and why not)",
     "prune": "one-shot structured pruning to a ratio or a FLOPs target; saves the model and the plan",
-    "train": "train the model (dense or AMGP) on synthetic or Criteo TSV data",
+    "train": "train the model (dense or AMGP) on synthetic data, Criteo TSV or your own CSV/TSV/Parquet file",
     "export": "export to ONNX, run onnx.checker and the ONNX Runtime parity check",
     "bench": "latency of ONNX Runtime and/or PyTorch over a sweep of batch sizes",
     "run": "the whole pipeline: train -> prune -> export -> bench, reports in one folder",
