@@ -255,7 +255,7 @@ class TableFileReader:
         kind = array.type
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
             text = pc.utf8_trim_whitespace(array)
-            missing = pc.fill_null(pc.is_in(text, value_set=pa.array(self.spec.missing_values, kind)), True)
+            missing = pc.or_(pc.is_in(text, value_set=pa.array(self.spec.missing_values, kind)), pc.is_null(text))
             numeric = pc.fill_null(pc.match_substring_regex(text, _NUMBER), False)
             values = pc.cast(pc.if_else(numeric, text, pa.scalar(None, kind)), pa.float64())
             missing, numeric = missing.to_numpy(zero_copy_only=False), numeric.to_numpy(zero_copy_only=False)
@@ -390,7 +390,7 @@ class TableFileReader:
         column = self.spec.categorical[index]
         size = self.table_sizes[index] if self.table_sizes is not None else column.size
         missing_set = pa.array(self.spec.missing_values, pa.string())
-        missing = pc.fill_null(pc.is_in(values, value_set=missing_set), True).to_numpy(zero_copy_only=False)
+        missing = pc.or_(pc.is_in(values, value_set=missing_set), pc.is_null(values)).to_numpy(zero_copy_only=False)
         if column.encoding == "vocab":
             vocabulary = self.given_vocabularies.get(column.name)
             if vocabulary is None:
