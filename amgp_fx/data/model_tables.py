@@ -5,9 +5,9 @@ tables; the ids of an 8-row example batch say almost nothing about their sizes. 
 the model once on its example inputs and watches every embedding lookup: `nn.Embedding` /
 `nn.EmbeddingBag` modules of an eager model (forward pre-hooks), or the `aten.embedding*` nodes
 of a GraphModule (an fx Interpreter), whose weight is a `get_attr`. Each lookup is matched to the
-sparse column whose ids it received; lookups that match no column fill the columns left, in call
-order, when their count agrees; one table indexed by `ids + per-field offsets` gives each field
-the rows between its offset and the next. When nothing fits, the answer is None (not a guess).
+sparse column whose ids it received (a model that shifts or hashes ids before the lookup matches
+none); one table indexed by `ids + per-field offsets` gives each field the rows between its offset
+and the next. When a column is left unmatched, the answer is None (not a guess).
 
 Dim letters: B batch, F sparse fields.
 """
@@ -88,12 +88,11 @@ def _graph_lookups(module: torch.fx.GraphModule, inputs: tuple) -> list[tuple[in
 
 
 def _match(calls: list[tuple[int, int, torch.Tensor]], sparse: torch.Tensor) -> list[int] | None:
-    rows_, fields = sparse.shape
+    batch, fields = sparse.shape
     sizes: list[int | None] = [None] * fields
-    unmatched: dict[int, int] = {}  # table id -> rows, first-call order
-    for table, rows, ids in calls:
+    for _, rows, ids in calls:
         flat = ids.reshape(-1)
-        columns = [f for f in range(fields) if flat.numel() == rows_ and torch.equal(flat, sparse[:, f])]
+        columns = [f for f in range(fields) if flat.numel() == batch and torch.equal(flat, sparse[:, f])]
         free = [f for f in columns if sizes[f] is None]
         if free:
             sizes[free[0]] = rows
@@ -102,11 +101,6 @@ def _match(calls: list[tuple[int, int, torch.Tensor]], sparse: torch.Tensor) -> 
             if offsets is not None and sizes == [None] * fields:
                 bounds = offsets + [rows]
                 return [bounds[f + 1] - bounds[f] for f in range(fields)]
-            unmatched.setdefault(table, rows)
-    left = [f for f in range(fields) if sizes[f] is None]
-    if left and len(unmatched) == len(left):
-        for f, rows in zip(left, unmatched.values()):
-            sizes[f] = rows
     return None if any(size is None for size in sizes) else [int(size) for size in sizes]
 
 
