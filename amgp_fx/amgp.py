@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
-import math
 import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,9 +41,10 @@ from amgp_fx.flops import TrainingFlops, count_training_flops, graph_step_flops
 from amgp_fx.groups.analyze import DependencyGraph
 from amgp_fx.groups.model import Group
 from amgp_fx.importance import score
-from amgp_fx.rescale import consumer_scales, scale_consumers_
-from amgp_fx.schedule import AmgpConfig, AmgpSchedule, FinalState, GrowInit, Method, Phase, PruneScope
-from amgp_fx.surgery import SurgeryRecord, grow_, optimizer_list, shrink_
+from amgp_fx.lr_schedule import BASE_LR_KEY, LR_SCALE_KEY
+from amgp_fx.schedule import AmgpConfig, AmgpSchedule, FinalState, Method, Phase, PruneScope
+from amgp_fx.surgery import SurgeryRecord, optimizer_list, shrink_
+from amgp_fx.switch import SwitchPolicy, plan_keep, round_width, target_sizes
 
 log = logging.getLogger(__name__)
 
@@ -105,68 +105,6 @@ def select_groups(graph: DependencyGraph, groups: Sequence[str] = (),
     return [g for g in graph.groups if g in picked]
 
 
-def round_width(raw: float, full: int, multiple: int) -> int:
-    """``raw`` channels rounded half-up to a multiple of ``multiple`` within [multiple, full];
-    whole channels within [1, full] when ``full <= multiple``.
-
-    Example:
-        >>> round_width(512 * 0.5, 512, 8), round_width(100 * 0.5, 100, 8), round_width(6 * 0.5, 6, 8)
-        (256, 48, 3)
-    """
-    if full <= multiple:
-        return min(full, max(1, math.floor(raw + 0.5)))
-    return min(full, max(multiple, multiple * math.floor(raw / multiple + 0.5)))
-
-
-def _names(group: Group) -> tuple[str, ...]:
-    return (group.id, group.name, *group.parameters)
-
-
-def _target_sizes(groups: Sequence[Group], config: AmgpConfig, amount: float,
-                  scores: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """Kept channels per group for ``amount`` of the configured pruning (never above the present size)."""
-    if config.scope is not PruneScope.GLOBAL:
-        return {g.id: min(g.size, round_width(g.full_size * (1 - amount * config.ratio_for(_names(g))),
-                                              g.full_size, config.round_to)) for g in groups}
-    # one ranking over every chosen channel; scores normalised by their group's mean so that
-    # groups with large fan-in do not win by scale alone
-    floor = {g.id: min(g.size, max(1, math.ceil(g.full_size * (1 - config.max_layer_ratio)))) for g in groups}
-    budget = round(sum(g.full_size for g in groups) * (1 - amount * config.ratio))
-    entries = []
-    for g in groups:
-        values = scores[g.id].double()
-        mean = float(values.mean()) if values.numel() else 0.0
-        normal = values / mean if mean > 0 else torch.zeros_like(values)
-        ranked = torch.sort(normal, descending=True, stable=True).values.tolist()
-        entries += [(value, g.id) for value in ranked[floor[g.id]:]]
-    kept = dict(floor)
-    spare = max(0, budget - sum(floor.values()))
-    for _, group_id in sorted(entries, key=lambda e: -e[0])[:spare]:
-        kept[group_id] += 1
-    return {g.id: min(g.size, max(floor[g.id] if g.full_size <= config.round_to else 1,
-                                  round_width(kept[g.id], g.full_size, config.round_to))) for g in groups}
-
-
-def plan_keep(graph: DependencyGraph, groups: Sequence[Group], config: AmgpConfig, amount: float,
-              scores: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
-    """Positions (among present channels, ascending) to keep in each group that loses channels.
-
-    Args:
-        groups: from ``select_groups``.
-        amount: share of the configured pruning (``Phase.amount``), in [0, 1].
-        scores: group id -> importance of its present channels, shape (size,).
-    Returns:
-        group id -> kept positions, shape (K,) with 1 <= K < size; groups that keep all are left out.
-    """
-    sizes = _target_sizes(groups, config, amount, scores)
-    keep = {}
-    for g in groups:
-        if sizes[g.id] < g.size:
-            order = torch.sort(scores[g.id], descending=True, stable=True).indices[:sizes[g.id]]
-            keep[g.id] = sorted(order.tolist())
-    return keep
-
-
 def dense_config(total_steps: int) -> AmgpConfig:
     """The dense baseline: the hook only accounts FLOPs, wall-clock and memory."""
     return AmgpConfig(AmgpSchedule(total_steps, 0, 0, 0, 0, Method.DENSE), ratio=0.0)
@@ -185,7 +123,7 @@ def predict_train_flops(graph: DependencyGraph, config: AmgpConfig, *, batch_siz
     cost: dict = {} if _cache is None else _cache
     total = 0
     for phase in config.schedule.phases():
-        sizes = _target_sizes(groups, uniform, phase.amount, {}) if phase.amount > 0 else {}
+        sizes = target_sizes(groups, uniform, phase.amount, {}) if phase.amount > 0 else {}
         key = tuple(sorted(sizes.items()))
         if key not in cost:
             cost[key] = graph_step_flops(graph, sizes, batch_size=batch_size, optimizers=optimizers).total
@@ -241,6 +179,9 @@ class AmgpHook:
             the parameters' own device, so a shrink copies nothing to the host (a DLRM-industrial
             shrink removes 281 MB of values and Adam moments); ``"cpu"`` to hold no accelerator
             memory for them.
+        probe: a small held-out ``Batch`` (a few thousand rows): its loss just before and just
+            after every shrink and growth goes into the surgery records (``loss_before``,
+            ``loss_after``: the switch's jump), and at the end of every fade and ramp.
     Raises:
         AmgpError: a requested group cannot be pruned (raised here, before training starts).
 
@@ -256,7 +197,7 @@ class AmgpHook:
 
     def __init__(self, graph: DependencyGraph, config: AmgpConfig, *, label: str | None = None,
                  log_every: int = 0, plan_sync: Callable[[dict[str, list[int]]], dict[str, list[int]]] | None = None,
-                 saved_device: torch.device | str | None = None) -> None:
+                 saved_device: torch.device | str | None = None, probe=None) -> None:
         if not isinstance(config, AmgpConfig):
             raise TypeError(f"config must be an AmgpConfig, got {type(config).__name__}")
         self.graph = graph
@@ -268,11 +209,13 @@ class AmgpHook:
         self.saved_device = saved_device
         pruning = config.schedule.method is not Method.DENSE
         self.groups: list[Group] = select_groups(graph, config.groups, config.kinds) if pruning else []
+        self.switch = SwitchPolicy(graph, self.groups, config)  # how shrinks and growths happen
+        self.probe = probe
         self._plan = -1
         self._keeps: list[dict[str, list[int]]] = []  # shrinks in effect, in order
         self._record: SurgeryRecord | None = None  # of the last shrink (AMGP grows it back)
-        self._scales: dict[str, float] = {}  # consumer factors of that shrink, divided out when it grows back
         self._pending_scores: dict[str, torch.Tensor] | None = None
+        self._last_growth_step: int | None = None
         self._phase: Phase | None = None
         self._phase_flops = 0
         self._phase_steps = 0
@@ -336,6 +279,8 @@ class AmgpHook:
                 self._switch(ctx, phase)
         elif self._phase_t0 is None:  # resumed inside this phase
             self._phase_t0 = self._now(ctx)
+        self._maybe_begin_fade(ctx, step, phase)
+        self._scale_learning_rate(ctx, phase, step)
         flops = self.step_flops(ctx)
         self._phase_flops += flops.total
         self._total_flops += flops.total
@@ -346,8 +291,14 @@ class AmgpHook:
                             "width": self.width(), "flops_step": flops.total, "flops_total": self._total_flops})
 
     def on_step_end(self, ctx) -> None:
-        """Score with this step's gradients before a ``taylor`` prune; finish after the last step."""
+        """Advance a fade or ramp in progress; score with this step's gradients before a ``taylor``
+        prune; finish after the last step."""
         step = int(ctx.step) - 1  # the trainer counts completed steps here
+        if self.switch.busy:  # after the optimizer's update: a fade's last step leaves exact zeros for the shrink
+            ending = self.switch.ramp is not None and self.switch.ramp.done + 1 >= self.switch.ramp.length
+            self.switch.step()
+            if ending:
+                self._log(ctx, {"kind": "amgp_ramp_end", "step": step + 1, "probe_loss": self._probe_loss(ctx)})
         following = self.schedule.phase_at(step + 1) if step + 1 < self.schedule.total_steps else None
         if (self.config.criterion == "taylor" and following is not None and following.start == step + 1
                 and following.plan >= 0 and following.plan != self._plan):
@@ -375,7 +326,7 @@ class AmgpHook:
             "version": STATE_VERSION, "config": self.config.to_dict(), "plan": self._plan,
             "keeps": [{k: list(v) for k, v in keep.items()} for keep in self._keeps],
             "saved": self._record.saved_state() if self._record is not None else None,
-            "scales": dict(self._scales),
+            "switch": self.switch.state_dict(), "last_growth_step": self._last_growth_step,
             "pending_scores": self._pending_scores,
             "phase_start": None if self._phase is None else self._phase.start,
             "phase_flops": self._phase_flops, "phase_steps": self._phase_steps, "phase_elapsed": elapsed,
@@ -405,7 +356,11 @@ class AmgpHook:
         if state["saved"] is not None and record is not None:
             record.load_saved_state_(state["saved"])
             self._record = record
-        self._scales = {k: float(v) for k, v in state.get("scales", {}).items()}
+        if "switch" in state:
+            self.switch.load_state_dict(state["switch"])
+        else:  # a checkpoint from before amgp_fx.switch: only the rescale of the shrink in effect
+            self.switch.scales = {k: float(v) for k, v in state.get("scales", {}).items()}
+        self._last_growth_step = state.get("last_growth_step")
         self._plan = int(state["plan"])
         self._pending_scores = state.get("pending_scores")
         start = state["phase_start"]
@@ -452,38 +407,66 @@ class AmgpHook:
         if self.schedule.method is Method.AMGP and self._record is not None:
             self._grow(ctx)
         if phase.plan >= 0:
-            scores = self._pending_scores if self._pending_scores is not None else self._scores(phase)
-            self._pending_scores = None
-            keep = self._synced(plan_keep(self.graph, self.groups, self.config, phase.amount, scores))
+            fade = self.switch.fade
+            if fade is not None:
+                self._pending_scores = None  # the fade chose the units when it began
+            keep = fade.keep if fade is not None else self._synced(self.switch.choose(self._take_scores(phase),
+                                                                                       phase.amount))
             start = self._now(ctx)
-            before = self.sizes()
-            scales = consumer_scales(self.graph, keep) if self.config.rescale else {}
-            record = shrink_(self.graph, keep, _optimizers(ctx), saved_device=self.saved_device)
-            scale_consumers_(self.graph, scales)  # the kept units only: the saved slices stay as they were
-            self._scales = scales if self.schedule.method is Method.AMGP else {}
+            before, loss_before = self.sizes(), self._probe_loss(ctx)
+            record, details = self.switch.shrink(keep, _optimizers(ctx), saved_device=self.saved_device)
+            if self.schedule.method is not Method.AMGP:
+                self.switch.scales = {}  # prune-only never grows back: nothing to divide out
             self._keeps.append(keep)
             self._record = record if self.schedule.method is Method.AMGP else None  # prune-only never grows
-            self._log_surgery(ctx, "shrink", before, start, record.nbytes)
+            self._log_surgery(ctx, "shrink", before, start, record.nbytes, loss_before, details)
         self._plan = phase.plan
-        self._scale_learning_rate(ctx, phase)
 
-    def _scale_learning_rate(self, ctx, phase: Phase) -> None:
-        """Dense optimizers at ``pruned_lr_scale`` x their own rate while pruned, 1x at full size.
+    def _take_scores(self, phase: Phase) -> dict[str, torch.Tensor]:
+        scores = self._pending_scores if self._pending_scores is not None else self._scores(phase)
+        self._pending_scores = None
+        return scores
 
-        The unscaled rate lives in each param group as ``amgp_base_lr``, so it is saved and
-        resumed with the optimizer state; sparse (embedding) optimizers are left alone."""
-        if self.config.pruned_lr_scale == 1.0:
+    def _maybe_begin_fade(self, ctx, step: int, phase: Phase) -> None:
+        """With ``fade_steps``: choose the units of the next shrink now and start fading them out,
+        so that it completes at the shrink (after any growth ramp of this phase)."""
+        fade = self.config.fade_steps
+        if not fade or self.switch.fade is not None or phase.pruned or self.schedule.method is Method.DENSE:
             return
+        following = self.schedule.phase_at(phase.end) if phase.end < self.schedule.total_steps else None
+        if following is None or not following.pruned or following.start != phase.end:
+            return
+        ramp_end = phase.start + (self.config.grow_ramp_steps if self.config.preserve_growth else 0)
+        begin = max(following.start - fade, ramp_end, phase.start)
+        if step != begin or begin >= following.start:
+            return
+        keep = self._synced(self.switch.choose(self._scores(following), following.amount))
+        self.switch.begin_fade(keep, following.start - begin)
+        self._log(ctx, {"kind": "amgp_fade_start", "step": step, "steps": following.start - begin,
+                        "probe_loss": self._probe_loss(ctx)})
+
+    def _scale_learning_rate(self, ctx, phase: Phase, step: int) -> None:
+        """Dense optimizers at ``pruned_lr_scale`` x their rate while pruned and, with
+        ``rewarm_steps``, re-warmed linearly after each growth; sparse (embedding) optimizers are
+        left alone. The factor goes to each param group's ``amgp_lr_scale`` (``amgp_fx.lr_schedule``;
+        the trainer composes it with its schedule) and into ``lr`` at once, for other loops."""
+        config = self.config
+        if config.pruned_lr_scale == 1.0 and not config.rewarm_steps:
+            return
+        factor = config.pruned_lr_scale if phase.pruned else 1.0
+        grown = self._last_growth_step
+        if config.rewarm_steps and grown is not None and step - grown < config.rewarm_steps:
+            factor *= (step - grown + 1) / config.rewarm_steps
         holder = getattr(ctx, "optimizers", None) if ctx is not None else None
         names = getattr(holder, "names", None)
-        optimizers = _optimizers(ctx)
-        factor = self.config.pruned_lr_scale if phase.pruned else 1.0
-        for index, optimizer in enumerate(optimizers):
+        for index, optimizer in enumerate(_optimizers(ctx)):
             if names is not None and names[index] != "dense":
                 continue
             for group in optimizer.param_groups:
-                group.setdefault("amgp_base_lr", group["lr"])
-                group["lr"] = group["amgp_base_lr"] * factor
+                old = group.get(LR_SCALE_KEY, 1.0)
+                group.setdefault(BASE_LR_KEY, group["lr"] / old)
+                group["lr"] = group["lr"] / old * factor
+                group[LR_SCALE_KEY] = factor
 
     def _synced(self, keep: dict[str, list[int]]) -> dict[str, list[int]]:
         """The plan every rank applies: ranks that pruned different channels would diverge."""
@@ -495,22 +478,39 @@ class AmgpHook:
 
     def _grow(self, ctx) -> None:
         start = self._now(ctx)
-        before = self.sizes()
+        before, loss_before = self.sizes(), self._probe_loss(ctx)
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + 7919 * (self._plan + 1))
-        if self.config.grow_init is GrowInit.RESTORE:  # the kept units back to the scale the restored ones had
-            scale_consumers_(self.graph, self._scales, inverse=True)
-        self._scales = {}
-        grow_(self.graph, self._record, _optimizers(ctx), init=self.config.grow_init.value,
-              optimizer_state=self.config.optimizer_state.value, generator=generator)
+        self.switch.grow(self._record, _optimizers(ctx), generator=generator)
         self._record = None
         self._keeps = []
         self._plan = -1
-        self._log_surgery(ctx, "grow", before, start, 0)
+        self._last_growth_step = int(ctx.step) if ctx is not None else 0
+        self._log_surgery(ctx, "grow", before, start, 0, loss_before, {})
 
-    def _log_surgery(self, ctx, action: str, before: dict, start: float, nbytes: int) -> None:
+    @torch.no_grad()
+    def _probe_loss(self, ctx) -> float | None:
+        """Mean BCE loss of the model as it is now on the probe batch (eval mode), or None."""
+        if self.probe is None:
+            return None
+        module = self.graph.module
+        device = _device(ctx)
+        if getattr(self, "_probe_device", None) != device:
+            self.probe, self._probe_device = self.probe.to(device), device
+        was_training = module.training
+        module.eval()
+        try:
+            logits = module(self.probe.dense, self.probe.sparse)
+        finally:
+            module.train(was_training)
+        label = self.probe.label.reshape(logits.shape).to(logits.dtype)
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(logits, label))
+
+    def _log_surgery(self, ctx, action: str, before: dict, start: float, nbytes: int, loss_before: float | None,
+                     details: Mapping[str, Any]) -> None:
+        seconds = self._now(ctx) - start
         record = {"kind": "amgp_surgery", "step": int(ctx.step), "action": action, "sizes_before": before,
-                  "sizes_after": self.sizes(), "width": self.width(), "seconds": self._now(ctx) - start,
-                  "saved_bytes": nbytes}
+                  "sizes_after": self.sizes(), "width": self.width(), "seconds": seconds,
+                  "saved_bytes": nbytes, "loss_before": loss_before, "loss_after": self._probe_loss(ctx), **details}
         self.surgeries.append(record)
         self._log(ctx, record)
 

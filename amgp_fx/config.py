@@ -133,6 +133,10 @@ class TrainConfig(_ConfigMixin):
         sparse_lr: learning rate of the sparse optimizer; None uses `lr`.
         weight_decay: dense weight decay (sparse optimizers cannot apply it; it is not used there).
         momentum: SGD momentum (ignored by the other optimizers).
+        lr_schedule: "constant", "cosine" or "linear" (`amgp_fx.lr_schedule`): after the warm-up,
+            every optimizer's rate (dense and sparse) decays to ``lr_final_ratio`` of its own rate.
+        lr_warmup_steps: steps of linear warm-up from lr / lr_warmup_steps to lr (0: none).
+        lr_final_ratio: the decayed rate at the end of the run, as a share of the base rate.
         batch_size: training rows per step.
         eval_batch_size: rows per evaluation forward; None uses `batch_size`.
         steps: number of optimizer steps; at most one of `steps` and `epochs` is given.
@@ -165,6 +169,9 @@ class TrainConfig(_ConfigMixin):
     sparse_optimizer: SparseOptimizerName | None = None
     weight_decay: float = 0.0
     momentum: float = 0.0
+    lr_schedule: str = "constant"
+    lr_warmup_steps: int = 0
+    lr_final_ratio: float = 0.0
     batch_size: int = 2048
     eval_batch_size: int | None = None
     steps: int | None = None
@@ -209,6 +216,14 @@ class TrainConfig(_ConfigMixin):
                  f"TrainConfig.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         _require(_is_number(self.momentum) and 0 <= self.momentum < 1,
                  f"TrainConfig.momentum must be in [0, 1), got {self.momentum!r}")
+        _require(self.lr_schedule in ("constant", "cosine", "linear"),
+                 f"TrainConfig.lr_schedule must be 'constant', 'cosine' or 'linear', got {self.lr_schedule!r}")
+        _require(_is_int(self.lr_warmup_steps) and self.lr_warmup_steps >= 0,
+                 f"TrainConfig.lr_warmup_steps must be an integer >= 0, got {self.lr_warmup_steps!r}")
+        _require(self.steps is None or self.lr_warmup_steps <= self.steps,
+                 f"TrainConfig.lr_warmup_steps ({self.lr_warmup_steps}) is longer than the run ({self.steps} steps)")
+        _require(_is_number(self.lr_final_ratio) and 0 <= self.lr_final_ratio <= 1,
+                 f"TrainConfig.lr_final_ratio must be in [0, 1], got {self.lr_final_ratio!r}")
         for name in ("batch_size", "keep_checkpoints"):
             value = getattr(self, name)
             _require(_is_int(value) and value > 0, f"TrainConfig.{name} must be a positive integer, got {value!r}")

@@ -33,7 +33,7 @@ import torch
 from amgp_fx.groups.analyze import DependencyGraph
 from amgp_fx.groups.model import Group, Role
 
-__all__ = ["consumer_scales", "scale_consumers_"]
+__all__ = ["consumer_scales", "member_slices", "scale_consumers_"]
 
 
 _NORM_ROLES = (Role.SCALE, Role.RUNNING_VAR)
@@ -51,15 +51,15 @@ def _normalized(graph: DependencyGraph, tensor: str, dim: int) -> bool:
     return False
 
 
-def _member_slices(graph: DependencyGraph, group: Group, role: Role):
+def member_slices(graph: DependencyGraph, group: Group, role: Role, *, normalized: bool = False):
     """(tensor, dim, current indices (n,), group channel of each (n,)) of the group's present
     positions in each ``role`` member, in the tensor's current (possibly shrunk) coordinates;
-    consumers whose outputs are normalized are left out."""
+    consumers whose outputs are normalized are left out unless ``normalized``."""
     dims = {(td.tensor, td.dim): td for td in graph.tensor_dims}
     for member in group.members:
         if member.role is not role:
             continue
-        if role is Role.CONSUMER and _normalized(graph, member.tensor, member.dim):
+        if role is Role.CONSUMER and not normalized and _normalized(graph, member.tensor, member.dim):
             continue
         td = dims.get((member.tensor, member.dim))
         if td is None:
@@ -77,7 +77,7 @@ def _member_slices(graph: DependencyGraph, group: Group, role: Role):
 def _energy(graph: DependencyGraph, group: Group, role: Role) -> torch.Tensor | None:
     """(full_size,) sum of squares of each channel's ``role`` weights, or None without such members."""
     total = None
-    for tensor, dim, index, channel in _member_slices(graph, group, role):
+    for tensor, dim, index, channel in member_slices(graph, group, role):
         values = tensor.detach().index_select(dim, index.to(tensor.device)).float()
         squares = values.pow(2).movedim(dim, 0).reshape(len(index), -1).sum(dim=1).cpu()
         total = torch.zeros(group.full_size) if total is None else total
@@ -115,6 +115,6 @@ def scale_consumers_(graph: DependencyGraph, factors: Mapping[str, float], *, in
         if factor == 1.0:
             continue
         scale = 1.0 / factor if inverse else factor
-        for tensor, dim, index, _ in _member_slices(graph, graph.group(group_id), Role.CONSUMER):
+        for tensor, dim, index, _ in member_slices(graph, graph.group(group_id), Role.CONSUMER):
             index = index.to(tensor.device)
             tensor.index_copy_(dim, index, tensor.index_select(dim, index) * scale)

@@ -38,6 +38,7 @@ __all__ = ["SCHEDULE_VERSION", "Method", "FinalState", "PruneScope", "GrowInit",
 
 SCHEDULE_VERSION = 1
 CRITERIA = ("l2", "l1", "taylor", "random")  # amgp_fx.importance.CRITERIA, without importing torch
+SELECTIONS = ("score", "sticky", "rotate", "balanced")  # amgp_fx.switch's selection policies
 
 
 class Method(str, enum.Enum):
@@ -323,6 +324,21 @@ class AmgpConfig:
             halved changes its output half as fast; like muP's 1/fan-in rule, a scale of about
             full/kept width keeps the pruned phases learning at the full model's pace. 1.0 = off.
         seed: seeds the ``random`` criterion and fresh initialisation (per cycle).
+        preserve_growth: a growth leaves the model's outputs as they were just before it: the kept
+            units keep their current weights and scale, the regrown ones (restored or fresh) enter
+            with zero outgoing weights (``amgp_fx.switch``).
+        grow_ramp_steps: with ``preserve_growth``, over this many steps after a growth the regrown
+            units' saved outgoing weights are added back in and the kept units' rescale is undone,
+            in equal increments (0: the regrown units keep zero outgoing weights and learn them).
+        fade_steps: fade the units chosen for removal out over this many steps before each shrink
+            (their outgoing weights fall linearly to exactly zero while the kept units' rescale
+            rises), so that the shrink itself changes nothing; the units are chosen when the fade starts.
+        selection: which units sit out a pruned phase: "score" (the lowest importance now),
+            "sticky" (the first shrink's choice every cycle), "rotate" (disjoint shares of a fixed
+            random order in turn) or "balanced" (those that sat out least so far, by importance
+            among equals), so every unit trains a fair share.
+        rewarm_steps: after each growth, the dense optimizer's rate rises linearly from
+            1/rewarm_steps of its rate back to it over this many steps (staged training's re-warm-up).
 
     Raises:
         ValueError: naming the field, for out-of-range values or contradictions.
@@ -349,6 +365,11 @@ class AmgpConfig:
     rescale: bool = True
     pruned_lr_scale: float = 1.0
     seed: int = 0
+    preserve_growth: bool = False
+    grow_ramp_steps: int = 0
+    fade_steps: int = 0
+    selection: str = "score"
+    rewarm_steps: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.schedule, Mapping):
@@ -385,6 +406,16 @@ class AmgpConfig:
                  and 0 < self.pruned_lr_scale <= 100,
                  f"AmgpConfig.pruned_lr_scale must be a number in (0, 100], got {self.pruned_lr_scale!r}")
         _require(_is_int(self.seed) and self.seed >= 0, f"AmgpConfig.seed must be an integer >= 0, got {self.seed!r}")
+        _require(isinstance(self.preserve_growth, bool),
+                 f"AmgpConfig.preserve_growth must be true or false, got {self.preserve_growth!r}")
+        for name in ("grow_ramp_steps", "fade_steps", "rewarm_steps"):
+            value = getattr(self, name)
+            _require(_is_int(value) and 0 <= value <= self.schedule.total_steps,
+                     f"AmgpConfig.{name} must be an integer in [0, total_steps], got {value!r}")
+        _require(self.grow_ramp_steps == 0 or self.preserve_growth,
+                 "AmgpConfig.grow_ramp_steps ramps a function-preserving growth: set preserve_growth=True")
+        _require(self.selection in SELECTIONS, f"AmgpConfig.selection must be one of {SELECTIONS}, "
+                                               f"got {self.selection!r}")
         _require(self.criterion != "taylor" or self.schedule.warmup_steps >= 1 or self.schedule.method is Method.DENSE,
                  "AmgpConfig.criterion='taylor' needs gradients before the first prune: set warmup_steps >= 1")
         _require(self.criterion != "taylor" or self.schedule.method is not Method.AMGP or self.schedule.cycles < 2

@@ -52,6 +52,7 @@ from .distributed import (
     sparse_parameters,
 )
 from .metrics import MetricsLogger, ctr_metrics
+from .lr_schedule import lr_factor, set_learning_rates
 from .optim import RowWiseAdagrad
 
 __all__ = ["Optimizers", "TrainContext", "TrainResult", "build_optimizers", "default_forward", "evaluate", "train"]
@@ -365,6 +366,9 @@ def train(
                 continue
             ctx.step, ctx.epoch, ctx.batch = step, epoch, batch
             _call_hooks(hooks, "on_step_start", ctx)
+            set_learning_rates(optimizers, lr_factor(step, total_steps, config.lr_schedule,
+                                                     warmup_steps=min(config.lr_warmup_steps, total_steps),
+                                                     final_ratio=config.lr_final_ratio))
             optimizers.zero_grad(set_to_none=True)
             loss = _loss(step_forward(model, batch), batch.label)
             weight = _shard_weight(batch, env)

@@ -103,7 +103,7 @@ def test_a_full_ending_run_gives_back_the_original_weights_after_rescaling(rows)
 def test_a_compact_run_keeps_the_outgoing_weights_scaled_by_the_factor(rows):
     model, graph, hook, original = _frozen_run(True, "compact", rows)
     unscaled, graph_plain, _, _ = _frozen_run(False, "compact", rows)
-    factors = hook._scales
+    factors = hook.switch.scales
     assert any(f > 1.0 for f in factors.values()), "the tower's last group feeds the unnormalized output layer"
     scale_consumers_(graph, factors, inverse=True)
     plain = dict(unscaled.named_parameters())
