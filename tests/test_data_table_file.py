@@ -335,3 +335,12 @@ def test_command_line_lists_replace_the_file_entries(tmp_path):
     assert [(c.name, c.encoding) for c in spec.categorical] == [("user", "vocab"), ("city", "vocab")]
     inline = column_spec_from_options(label="click,like", categorical="user")
     assert inline.labels == ("click", "like") and inline.dense == () and inline.categorical[0].encoding == "hash"
+
+
+def test_module_examples_run():
+    import doctest
+    import importlib
+
+    for name in ("amgp_fx.data.columns", "amgp_fx.data.table_file", "amgp_fx.data.model_tables"):
+        result = doctest.testmod(importlib.import_module(name))
+        assert result.attempted > 0 and result.failed == 0, name
