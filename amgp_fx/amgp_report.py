@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["phase_records", "phase_table", "comparison_table", "plot_run"]
+__all__ = ["phase_records", "phase_table", "comparison_table", "best_per_method", "plot_run",
+           "plot_auc_vs_flops"]
 
 
 def phase_records(records: Iterable[Mapping[str, Any]] | str | os.PathLike) -> list[dict[str, Any]]:
@@ -48,6 +49,47 @@ def phase_table(records: Iterable[Mapping[str, Any]] | str | os.PathLike, tablef
     return tabulate(rows, headers=headers, tablefmt=tablefmt, floatfmt=".3g")
 
 
+def best_per_method(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each (model, method) at its own best learning rate, with paired differences to dense.
+
+    ``records`` hold one entry per (model, method, lr) with ``auc_mean`` and ``per_seed`` runs.
+    The best rate is the one with the highest mean AUC over seeds; the chosen record gains
+    ``lr_grid`` (every rate tried with its mean and spread) and, for other methods than dense,
+    ``paired_vs_dense``: per seed, its AUC minus dense's (at dense's own best rate) on the same
+    seed, their mean and sample standard deviation, and on how many seeds it won.
+
+    Example:
+        >>> runs = lambda *aucs: [{"seed": i, "auc": a} for i, a in enumerate(aucs)]
+        >>> rows = [dict(model="m", method="dense", lr=1e-3, auc_mean=0.80, per_seed=runs(0.80, 0.80)),
+        ...         dict(model="m", method="dense", lr=3e-4, auc_mean=0.79, per_seed=runs(0.79, 0.79)),
+        ...         dict(model="m", method="amgp", lr=1e-3, auc_mean=0.805, per_seed=runs(0.81, 0.80))]
+        >>> best = best_per_method(rows)
+        >>> [(r["method"], r["lr"]) for r in best], best[1]["paired_vs_dense"]["per_seed"]
+        ([('dense', 0.001), ('amgp', 0.001)], [0.01, 0.0])
+    """
+    import statistics
+
+    chosen: dict[tuple, dict[str, Any]] = {}
+    grids: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        key = (r["model"], r["method"])
+        grids.setdefault(key, []).append({"lr": r["lr"], "auc_mean": r["auc_mean"], "auc_std": r.get("auc_std", 0.0)})
+        if key not in chosen or r["auc_mean"] > chosen[key]["auc_mean"]:
+            chosen[key] = dict(r)
+    for key, record in chosen.items():
+        record["lr_grid"] = sorted(grids[key], key=lambda g: g["lr"])
+        dense = chosen.get((key[0], "dense"))
+        if dense is None or record is dense:
+            continue
+        base = {run["seed"]: run["auc"] for run in dense["per_seed"]}
+        diffs = [round(run["auc"] - base[run["seed"]], 10) for run in record["per_seed"] if run["seed"] in base]
+        record["paired_vs_dense"] = {
+            "per_seed": diffs, "mean": statistics.fmean(diffs) if diffs else None,
+            "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0, "wins": sum(d > 0 for d in diffs),
+            "seeds": len(diffs), "dense_lr": dense["lr"]}
+    return list(chosen.values())
+
+
 def comparison_table(records: Sequence[Mapping[str, Any]], tablefmt: str = "github") -> str:
     """One row per (model, method) benchmark record: AUC and logloss as mean +- std over seeds, the
     AUC difference to the same model's dense run, training FLOPs and wall-clock relative to dense.
@@ -72,9 +114,10 @@ def comparison_table(records: Sequence[Mapping[str, Any]], tablefmt: str = "gith
         wall_ratio = f"{r['wall_clock_s'] / base['wall_clock_s']:.2f}" if base and base["wall_clock_s"] else ""
         rows.append([r["model"], r["method"], f"{r['auc_mean']:.4f} +- {r.get('auc_std', 0.0):.4f}", gap,
                      f"{r['logloss_mean']:.4f}", f"{r['train_flops'] / 1e12:.4g}", flops_ratio,
-                     f"{r['wall_clock_s']:.1f}", wall_ratio, r.get("samples", ""), len(r.get("seeds", ()))])
+                     f"{r['wall_clock_s']:.1f}", wall_ratio, r.get("samples", ""), len(r.get("seeds", ())),
+                     f"{r['lr']:g}" if r.get("lr") is not None else ""])
     headers = ["model", "method", "test AUC", "AUC vs dense", "logloss", "train TFLOPs", "FLOPs vs dense",
-               "wall-clock (s)", "wall-clock vs dense", "samples", "seeds"]
+               "wall-clock (s)", "wall-clock vs dense", "samples", "seeds", "lr"]
     return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
 
 
@@ -130,3 +173,31 @@ def plot_run(records: Iterable[Mapping[str, Any]] | str | os.PathLike, path: str
 def _read_lines(path: str | os.PathLike) -> list[dict[str, Any]]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+def plot_auc_vs_flops(records: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
+    """Test AUC (mean, with the seeds' spread) against training FLOPs relative to dense, one marker
+    series per method (several FLOPs levels per method where the records have them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = {r["model"]: r for r in records if r["method"] == "dense"}
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in records):
+        rows = sorted((r for r in records if r["method"] == method and r["model"] in dense),
+                      key=lambda r: r["train_flops"])
+        x = [r["train_flops"] / dense[r["model"]]["train_flops"] for r in rows]
+        axes.errorbar(x, [r["auc_mean"] for r in rows], yerr=[r.get("auc_std", 0.0) for r in rows], marker="o",
+                      capsize=3, label=method, linestyle="-" if len(rows) > 1 else "none")
+    axes.set_xlabel("training FLOPs / dense")
+    axes.set_ylabel("test AUC")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    axes.set_title(title)
+    figure.tight_layout()
+    target = Path(path)
+    figure.savefig(target, dpi=120)
+    plt.close(figure)
+    return target

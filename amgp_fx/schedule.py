@@ -464,6 +464,10 @@ class AmgpConfig:
         recipe = dict(RECIPES[name])
         fractions = recipe.pop("fractions")
         schedule = AmgpSchedule.from_fractions(total_steps, **fractions)
+        for key, field_name in (("grow_ramp_share", "grow_ramp_steps"), ("fade_share", "fade_steps")):
+            share = recipe.pop(key, None)  # a share of one pruned phase, resolved for this run's length
+            if share is not None and field_name not in overrides:
+                recipe[field_name] = int(round(share * schedule.pruned_steps))
         schedule_overrides = {k: overrides.pop(k) for k in list(overrides) if k in cls._SCHEDULE_FIELDS}
         if schedule_overrides:
             schedule = dataclasses.replace(schedule, **schedule_overrides)
@@ -487,6 +491,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # AMGP that ends on the compact model, for serving it
     "amgp-half-compact": dict(fractions=dict(warmup=0.1, pruned=0.6, cycles=3, final=0.1, final_state="compact"),
                               ratio=0.5),
+    # grow late: the first 60% of the steps at half width, one function-preserving growth, whose regrown units
+    # are ramped in over a quarter of the pruned phase's length, then full size (the CPU proxy's best; see
+    # docs/benchmarks.md "What makes AMGP pay off")
+    "amgp-grow-late": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), ratio=0.5,
+                           preserve_growth=True, grow_ramp_share=0.25),
     # baseline: gradual cubic pruning to half width over 40% of the steps, then compact training
     "prune-only-half": dict(fractions=dict(warmup=0.1, pruned=0.4, cycles=4, method="prune_only"), ratio=0.5),
     # baseline: the full-size model all the way

@@ -79,7 +79,9 @@ def test_tiny_benchmark_produces_records_with_all_fields(tmp_path):
     for method in ("prune_only", "small_dense"):  # matched to AMGP's training FLOPs within 5%
         assert by_method[method]["train_flops"] == pytest.approx(by_method["amgp"]["train_flops"], rel=0.05)
     assert by_method["amgp"]["train_flops"] == by_method["amgp"]["predicted_train_flops"]
-    assert (tmp_path / "amgp_train_dcn_v2.png").exists()
+    assert (tmp_path / "amgp_train_dcn_v2.png").exists() and (tmp_path / "amgp_auc_vs_flops_dcn_v2.png").exists()
+    assert all(r["lr"] == 1e-2 and [g["lr"] for g in r["lr_grid"]] == [1e-2] for r in records)
+    assert by_method["amgp"]["paired_vs_dense"]["seeds"] == 2
 
 
 def test_sweep_runs_each_variant_on_one_data_set_and_pairs_it_with_dense(tmp_path):
@@ -114,3 +116,31 @@ def test_surgery_benchmark_times_both_places_for_the_saved_slices(tmp_path):
     assert [r["saved_device"] for r in records] == ["cpu", "parameters' device"]
     assert records[0]["saved_bytes"] == records[1]["saved_bytes"] > 0  # the same removed slices either way
     assert all(r["shrink_s"] > 0 and r["grow_s"] > 0 and r["repeats"] == 2 for r in records)
+
+
+def _grid_record(method, lr, aucs, flops=1e12):
+    return dict(model="m", method=method, lr=lr, auc_mean=sum(aucs) / len(aucs), auc_std=0.0, train_flops=flops,
+                per_seed=[{"seed": i, "auc": a} for i, a in enumerate(aucs)])
+
+
+def test_best_per_method_picks_each_methods_own_rate_and_pairs_seeds_with_dense_at_its_best():
+    from amgp_fx.amgp_report import best_per_method
+
+    records = [_grid_record("dense", 1e-4, [0.70, 0.71, 0.72]), _grid_record("dense", 3e-4, [0.75, 0.74, 0.76]),
+               _grid_record("small", 1e-4, [0.74, 0.73, 0.77]), _grid_record("small", 3e-4, [0.60, 0.61, 0.62])]
+    best = {r["method"]: r for r in best_per_method(records)}
+    assert best["dense"]["lr"] == 3e-4 and best["small"]["lr"] == 1e-4
+    assert [g["lr"] for g in best["small"]["lr_grid"]] == [1e-4, 3e-4]
+    paired = best["small"]["paired_vs_dense"]
+    assert paired["per_seed"] == pytest.approx([-0.01, -0.01, 0.01]) and paired["wins"] == 1
+    assert paired["mean"] == pytest.approx(-0.01 / 3) and paired["dense_lr"] == 3e-4
+    assert "paired_vs_dense" not in best["dense"]
+
+
+def test_auc_vs_flops_plot_is_written(tmp_path):
+    from amgp_fx.amgp_report import plot_auc_vs_flops
+
+    records = [_grid_record("dense", 1e-4, [0.7, 0.71]), _grid_record("amgp", 1e-4, [0.69, 0.7], flops=6e11),
+               _grid_record("amgp", 1e-4, [0.68, 0.69], flops=4e11)]
+    path = plot_auc_vs_flops(records, tmp_path / "p.png")
+    assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"

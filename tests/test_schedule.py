@@ -142,3 +142,11 @@ def test_schedule_module_does_not_import_torch():
     code = "import sys; import amgp_fx.schedule; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_grow_late_recipe_resolves_its_ramp_as_a_share_of_the_pruned_phase():
+    config = AmgpConfig.from_recipe_name("amgp-grow-late", total_steps=1000)
+    assert (config.schedule.warmup_steps, config.schedule.pruned_steps, config.schedule.cycles) == (0, 600, 1)
+    assert config.preserve_growth and config.grow_ramp_steps == 150
+    assert AmgpConfig.from_recipe_name("amgp-grow-late", 1000, grow_ramp_steps=10).grow_ramp_steps == 10
+    assert config.width_at(599) == 0.5 and config.width_at(600) == 1.0

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import amgp_fx  # noqa: E402
 import models  # noqa: E402
 from amgp_fx.amgp import AmgpHook, dense_config, match_prune_only, predict_train_flops  # noqa: E402
-from amgp_fx.amgp_report import comparison_table, plot_run  # noqa: E402
+from amgp_fx.amgp_report import best_per_method, comparison_table, plot_auc_vs_flops, plot_run  # noqa: E402
 from amgp_fx.config import SyntheticConfig, TrainConfig  # noqa: E402
 from amgp_fx.data import Batch, SyntheticCriteo  # noqa: E402
 from amgp_fx.fileio import atomic_write_json  # noqa: E402
@@ -143,7 +143,8 @@ def make_plan(spec: dict[str, Any], args, steps: int) -> Plan:
     graph = amgp_fx.analyze(model, model.example_inputs(4))
     amgp_config = AmgpConfig.from_recipe_name(args.recipe, steps, ratio=args.ratio, criterion=args.criterion,
                                               grow_init=args.grow_init, optimizer_state=args.optimizer_state,
-                                              rescale=args.rescale, pruned_lr_scale=args.pruned_lr_scale)
+                                              rescale=args.rescale, pruned_lr_scale=args.pruned_lr_scale,
+                                              **switch_options(args, steps))
     dense = dense_config(steps)
     batch = args.batch_size
     predicted = {"dense": predict_train_flops(graph, dense, batch_size=batch),
@@ -162,6 +163,30 @@ def make_plan(spec: dict[str, Any], args, steps: int) -> Plan:
     return Plan(amgp_config, prune_only, dense, scale, scaled_overrides(spec, scale), predicted)
 
 
+def switch_options(args, steps: int) -> dict[str, Any]:
+    """AmgpConfig's switch options from the command line; fades and ramps are given as shares of a
+    pruned phase of the recipe (so that they scale with the horizon)."""
+    from amgp_fx.schedule import RECIPES
+
+    fractions = RECIPES[args.recipe]["fractions"]
+    pruned_phase = max(1, int(round(fractions["pruned"] * steps / fractions["cycles"])))
+    options = dict(fade_steps=int(round(args.fade * pruned_phase)), preserve_growth=bool(args.preserve_growth),
+                   grow_ramp_steps=int(round(args.grow_ramp * pruned_phase)) if args.preserve_growth else 0,
+                   selection=args.selection, rewarm_steps=int(round(args.rewarm * pruned_phase)))
+    unset = dict(fade_steps=0, preserve_growth=False, grow_ramp_steps=0, selection="score", rewarm_steps=0)
+    return {k: v for k, v in options.items() if v != unset[k]}  # what is not asked for stays as the recipe says
+
+
+def train_config(args, steps: int, device: torch.device, seed: int, metrics_path: str | None) -> TrainConfig:
+    """The run's TrainConfig: the same for every method but its learning rate."""
+    return TrainConfig(optimizer=args.optimizer, lr=args.lr, sparse_optimizer=args.sparse_optimizer,
+                       sparse_lr=args.sparse_lr, batch_size=args.batch_size, steps=steps,
+                       eval_batch_size=args.eval_batch_size, log_every=0, eval_every=args.eval_every,
+                       device=str(device), seed=seed, data_on_device=True, metrics_path=metrics_path,
+                       lr_schedule=args.lr_schedule, lr_warmup_steps=int(round(args.lr_warmup * steps)),
+                       lr_final_ratio=args.lr_final_ratio)
+
+
 def run_one(spec: dict[str, Any], method: str, seed: int, plan: Plan, data: tuple[Batch, Batch], args,
             steps: int, metrics_path: str | None) -> dict[str, Any]:
     device = torch.device(args.device)
@@ -170,23 +195,23 @@ def run_one(spec: dict[str, Any], method: str, seed: int, plan: Plan, data: tupl
         model = build(spec, plan.small_overrides if method == "small_dense" else None)
     graph = amgp_fx.analyze(model, model.example_inputs(4))
     config = {"dense": plan.dense, "small_dense": plan.dense, "amgp": plan.amgp, "prune_only": plan.prune_only}[method]
-    hook = AmgpHook(graph, config, label=method)
+    probe = data[1][: args.probe_rows] if args.probe_rows else None  # held-out rows: switch jumps
+    hook = AmgpHook(graph, config, label=method, probe=probe)
     forward = hook.forward
     if args.compile:
         forward = _compiled_forward(graph.module)
 
-    train_config = TrainConfig(optimizer=args.optimizer, lr=args.lr, sparse_optimizer=args.sparse_optimizer,
-                               sparse_lr=args.sparse_lr, batch_size=args.batch_size, steps=steps,
-                               eval_batch_size=args.eval_batch_size, log_every=0, eval_every=args.eval_every,
-                               device=str(device), seed=seed, data_on_device=True, metrics_path=metrics_path)
-    result = train(model, data[0], data[1], train_config, hooks=[hook], forward=forward, progress=False)
+    result = train(model, data[0], data[1], train_config(args, steps, device, seed, metrics_path), hooks=[hook],
+                   forward=forward, progress=False)
     summary = hook.summary()
     record = {"seed": seed, "auc": result.metrics["auc"], "logloss": result.metrics["logloss"],
               "train_flops": hook.total_flops, "wall_clock_s": summary["wall_clock_s"],
               "train_call_s": result.wall_clock_s, "width_final": summary["width_final"],
               "parameters": sum(p.numel() for p in model.parameters()),
               "phases": [{k: p[k] for k in ("phase", "cycle", "start", "end", "width", "flops_per_step",
-                                            "wall_clock_s", "peak_memory_bytes")} for p in summary["phases"]]}
+                                            "wall_clock_s", "peak_memory_bytes")} for p in summary["phases"]],
+              "switches": [{k: s.get(k) for k in ("step", "action", "loss_before", "loss_after", "overlap", "faded")}
+                           for s in summary["surgeries"]]}
     del model, graph, hook, result
     gc.collect()
     if device.type == "cuda":
@@ -217,11 +242,12 @@ def aggregate(name: str, method: str, runs: list[dict], plan: Plan, args, steps:
         "train_flops": int(statistics.fmean(r["train_flops"] for r in runs)),
         "predicted_train_flops": plan.predicted[method],
         "wall_clock_s": statistics.fmean(walls), "wall_clock_std": statistics.stdev(walls) if len(walls) > 1 else 0.0,
-        "samples": steps * args.batch_size, "steps": steps, "batch_size": args.batch_size,
+        "samples": steps * args.batch_size, "steps": steps, "batch_size": args.batch_size, "passes": args.passes,
         "seeds": [r["seed"] for r in runs], "device": device_name, "command": _command(),
         "optimizer": args.optimizer, "lr": args.lr, "sparse_optimizer": args.sparse_optimizer,
         "sparse_lr": args.sparse_lr, "compile": bool(args.compile), "tf32": bool(args.tf32),
         "eval_every": args.eval_every, "teacher": args.teacher, "test_samples": args.test_samples,
+        "lr_schedule": args.lr_schedule, "lr_warmup": args.lr_warmup, "lr_final_ratio": args.lr_final_ratio,
         "amgp_config": config.to_dict(), "width_scale": plan.small_scale if method == "small_dense" else None,
         "model_overrides": {k: list(v) if isinstance(v, tuple) and len(v) < 10 else v
                             for k, v in (plan.small_overrides if method == "small_dense" else {}).items()
@@ -247,10 +273,15 @@ def parse_args(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
     parser.add_argument("--samples", type=int, default=None, help="training rows per run (default 8M, tiny 12k)")
+    parser.add_argument("--passes", type=int, default=1,
+                        help="passes over the training rows: a horizon N times longer on the same rows (default 1)")
     parser.add_argument("--test-samples", type=int, default=None, help="held-out rows (default 500k, tiny 4k)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 16384, tiny 256")
     parser.add_argument("--eval-batch-size", type=int, default=None)
     parser.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw", "adagrad"])
+    parser.add_argument("--lr-grid", type=float, nargs="+", default=None,
+                        help="run every method at each of these dense learning rates and report each at its best "
+                             "(paired per-seed differences to dense at dense's best)")
     parser.add_argument("--lr", type=float, default=None,
                         help="dense Adam lr, default 1e-4 (tiny 1e-2): at 1e-3 the 0.74-width model ties dense "
                              "(tools/probe_capacity.py)")
@@ -267,6 +298,20 @@ def parse_args(argv=None):
                         help="do not compensate the kept units' output scale at a shrink (amgp_fx.rescale)")
     parser.add_argument("--pruned-lr-scale", type=float, default=1.0,
                         help="dense learning-rate multiplier while pruned (AmgpConfig.pruned_lr_scale)")
+    parser.add_argument("--fade", type=float, default=0.0,
+                        help="fade the units out before each shrink over this share of a pruned phase's length")
+    parser.add_argument("--preserve-growth", action="store_true",
+                        help="function-preserving growth (regrown units enter with zero outgoing weights)")
+    parser.add_argument("--grow-ramp", type=float, default=0.0,
+                        help="with --preserve-growth: ramp the regrown units back in over this share of a pruned phase")
+    parser.add_argument("--selection", default="score", choices=["score", "sticky", "rotate", "balanced"])
+    parser.add_argument("--rewarm", type=float, default=0.0,
+                        help="re-warm the dense rate after each growth over this share of a pruned phase")
+    parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "linear"])
+    parser.add_argument("--lr-warmup", type=float, default=0.0, help="share of the run for lr warm-up")
+    parser.add_argument("--lr-final-ratio", type=float, default=0.0, help="decayed rate at the end / base rate")
+    parser.add_argument("--probe-rows", type=int, default=8192,
+                        help="held-out rows on which every switch's loss jump is measured (0: none)")
     parser.add_argument("--eval-every", type=int, default=0,
                         help="evaluate every N steps for the AUC curve (wall-clock then includes evaluation)")
     parser.add_argument("--teacher", default="wide_teacher",
@@ -308,9 +353,10 @@ def prepare_data(args, steps: int, say,
     else:
         teacher = dict(num_dense=4, table_sizes=(20, 50, 100, 30)) if args.tiny else dict(table_sizes=GPU_TABLES)
     data_config = SyntheticConfig.from_preset(args.teacher, **teacher)
-    say(f"generating {steps * args.batch_size} + {args.test_samples} rows ({args.teacher} teacher, "
+    rows = steps * args.batch_size // max(1, getattr(args, "passes", 1))  # several passes: fewer distinct rows
+    say(f"generating {rows} + {args.test_samples} rows ({args.teacher} teacher, "
         f"{args.workers} workers)")
-    train_rows = make_rows(data_config, 0, steps * args.batch_size, args.workers)
+    train_rows = make_rows(data_config, 0, rows, args.workers)
     test_rows = make_rows(data_config, 1 << 40, args.test_samples, args.workers)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -331,7 +377,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     start = time.perf_counter()
     specs = TINY_SPECS if args.tiny else MODEL_SPECS
-    steps = max(1, args.samples // args.batch_size)
+    steps = max(1, args.samples // args.batch_size) * args.passes
 
     def say(message: str) -> None:
         print(f"[{time.perf_counter() - start:6.1f}s] {message}", flush=True)
@@ -340,7 +386,8 @@ def main(argv=None) -> list[dict]:
     device_name = _device_name(device)
     say(f"data ready on {device_name}; {steps} steps of {args.batch_size} per run")
 
-    records: list[dict] = []
+    records: list[dict] = []  # each (model, method) at its best learning rate
+    grid_records: list[dict] = []  # every (model, method, lr)
     out = Path(args.out)
     incomplete = False
     longest = 0.0  # the longest run so far, to decide whether another fits the budget
@@ -351,30 +398,37 @@ def main(argv=None) -> list[dict]:
         say(f"{name}: predicted train FLOPs vs dense: {ratios}; small-dense width scale {plan.small_scale:.3f}; "
             f"prune-only warm-up {plan.prune_only.schedule.warmup_steps} steps")
         warm_up(spec, plan, data, args, steps)
-        runs: dict[str, list[dict]] = {m: [] for m in args.methods}
+        grid = args.lr_grid or [args.lr]
+        runs: dict[tuple[str, float], list[dict]] = {(m, lr): [] for m in args.methods for lr in grid}
         for seed in range(args.seeds):
             for method in args.methods:
-                elapsed = time.perf_counter() - start
-                if args.budget_s is not None and elapsed + 1.2 * longest > args.budget_s:
-                    incomplete = True
-                    say(f"budget: skipping {name}/{method}/seed {seed} and the rest")
+                for lr in grid:
+                    elapsed = time.perf_counter() - start
+                    if args.budget_s is not None and elapsed + 1.2 * longest > args.budget_s:
+                        incomplete = True
+                        say(f"budget: skipping {name}/{method}/lr {lr:g}/seed {seed} and the rest")
+                        break
+                    began = time.perf_counter()
+                    metrics = None
+                    if args.plot_dir and seed == 0 and method in ("dense", "amgp") and lr == grid[0]:
+                        metrics = str(Path(args.plot_dir) / f"amgp_train_{name}_{method}.jsonl")
+                    run_args = argparse.Namespace(**{**vars(args), "lr": lr})
+                    run = run_one(spec, method, seed, plan, data, run_args, steps, metrics)
+                    longest = max(longest, time.perf_counter() - began)
+                    runs[(method, lr)].append(run)
+                    say(f"{name} {method:11s} lr {lr:g} seed {seed}: auc {run['auc']:.5f} logloss "
+                        f"{run['logloss']:.5f} train {run['wall_clock_s']:.2f}s flops {run['train_flops'] / 1e12:.3f}T "
+                        f"(run {time.perf_counter() - began:.1f}s)")
+                    grid_records = [r for r in grid_records if r["model"] != name] + [
+                        aggregate(name, m, rs, plan, argparse.Namespace(**{**vars(args), "lr": lr_}), steps,
+                                  device_name) for (m, lr_), rs in runs.items() if rs]
+                    records = best_per_method(grid_records)
+                    atomic_write_json(out, records)
+                if incomplete:
                     break
-                began = time.perf_counter()
-                metrics = None
-                if args.plot_dir and seed == 0 and method in ("dense", "amgp"):
-                    metrics = str(Path(args.plot_dir) / f"amgp_train_{name}_{method}.jsonl")
-                run = run_one(spec, method, seed, plan, data, args, steps, metrics)
-                longest = max(longest, time.perf_counter() - began)
-                runs[method].append(run)
-                say(f"{name} {method:11s} seed {seed}: auc {run['auc']:.5f} logloss {run['logloss']:.5f} "
-                    f"train {run['wall_clock_s']:.2f}s flops {run['train_flops'] / 1e12:.3f}T "
-                    f"(run {time.perf_counter() - began:.1f}s)")
-                records = [r for r in records if r["model"] != name] + [
-                    aggregate(name, m, rs, plan, args, steps, device_name) for m, rs in runs.items() if rs]
-                atomic_write_json(out, records)
             if incomplete:
                 break
-        if args.plot_dir and runs.get("amgp"):
+        if args.plot_dir and any(rs for (m, _), rs in runs.items() if m == "amgp"):
             try:
                 _plot(args.plot_dir, name)
             except ImportError as error:  # matplotlib missing
@@ -384,6 +438,19 @@ def main(argv=None) -> list[dict]:
     for record in records:
         record["incomplete"] = incomplete
     atomic_write_json(out, records)
+    if args.plot_dir and records:
+        for name in args.models:
+            try:
+                plot_auc_vs_flops([r for r in records if r["model"] == name],
+                                  Path(args.plot_dir) / f"amgp_auc_vs_flops_{name}.png", title=f"{name}: AUC vs FLOPs")
+            except ImportError as error:
+                say(f"no plot: {error}")
+    for record in records:
+        paired = record.get("paired_vs_dense")
+        if paired and paired["mean"] is not None:
+            say(f"{record['model']} {record['method']:11s} best lr {record['lr']:g}: paired AUC vs dense (lr "
+                f"{paired['dense_lr']:g}) {paired['mean']:+.5f} +- {paired['std']:.5f}, wins {paired['wins']}/"
+                f"{paired['seeds']}; per seed {', '.join(f'{d:+.4f}' for d in paired['per_seed'])}")
     try:
         print(comparison_table(records), flush=True)
     except ImportError as error:  # tabulate missing: the JSON file has everything

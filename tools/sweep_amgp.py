@@ -52,10 +52,34 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "base-lr3e-4": dict(lr=3e-4),
     "dense-lr1e-3": dict(method="dense", lr=1e-3),
     "base-lr1e-3": dict(lr=1e-3),
+    # switch policies (amgp_fx.switch), shares of a pruned phase
+    "fade": dict(fade=0.25),  # units faded out before each shrink: the shrink changes nothing
+    "preserve": dict(preserve_growth=True, grow_ramp=0.25),  # growth changes nothing, then ramps back
+    "lossless": dict(fade=0.25, preserve_growth=True, grow_ramp=0.25),  # both switches smooth
+    "rotate": dict(selection="rotate"),  # disjoint shares of units sit out in turn
+    "balanced": dict(selection="balanced"),  # those that sat out least, by importance among equals
+    "lossless-balanced": dict(fade=0.25, preserve_growth=True, grow_ramp=0.25, selection="balanced"),
+    "lossless-rotate": dict(fade=0.25, preserve_growth=True, grow_ramp=0.25, selection="rotate"),
+    "balanced-rewarm": dict(selection="balanced", rewarm=0.1),
+    "grow-late-lossless": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
+                               grow_ramp=0.25),  # small first, then full: one function-preserving growth
+    "grow-late-fresh-ramp": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
+                                 grow_ramp=0.25, grow_init="fresh"),  # regrown: new random in, zero out
+    "grow-late-restore": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4)),  # abrupt, x1/s undone
+    "grow-late-noramp": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True),
+    "grow-late-2step": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
+                            grow_ramp=0.25, rewarm=0.1),
+    "grow-late-80": dict(fractions=dict(warmup=0.0, pruned=0.8, cycles=1, final=0.2), preserve_growth=True,
+                         grow_ramp=0.25),  # a lower FLOPs level (about 0.48x)
+    "small-dense-80": dict(method="small_dense", fractions=dict(warmup=0.0, pruned=0.8, cycles=1, final=0.2)),
+    "prune-only-80": dict(method="prune_only", fractions=dict(warmup=0.0, pruned=0.8, cycles=1, final=0.2)),
+    "grow-late-warm": dict(fractions=dict(warmup=0.1, pruned=0.6, cycles=1, final=0.3), preserve_growth=True,
+                           grow_ramp=0.25, fade=0.25),  # full warm-up, one faded shrink, one preserving growth
 }
 # what a plain run compares: fits one 10-minute call on the H200 with 3 seeds (~35 s per variant + data)
 DEFAULT_VARIANTS = ("dense", "small-dense", "base", "fresh", "grow-late", "quarter", "lr-x2", "lr-x3")
-ARG_FIELDS = ("recipe", "ratio", "criterion", "grow_init", "optimizer_state", "lr", "rescale", "pruned_lr_scale")
+ARG_FIELDS = ("recipe", "ratio", "criterion", "grow_init", "optimizer_state", "lr", "rescale", "pruned_lr_scale",
+              "fade", "preserve_growth", "grow_ramp", "selection", "rewarm")
 # --cpu-proxy: the DLRM benchmark shrunk to run on a 2-core CPU in ~25 s per run (same teacher,
 # optimizers and learning rates; 26 tables of 2000 rows, MLPs a quarter to an eighth as wide)
 PROXY_TABLES = (2000,) * 26
@@ -103,7 +127,7 @@ def main(argv=None) -> list[dict]:
         print(f"[{time.perf_counter() - start:6.1f}s] {message}", flush=True)
 
     spec = (bench_amgp.TINY_SPECS if base.tiny else bench_amgp.MODEL_SPECS)[own.model]
-    steps = max(1, base.samples // base.batch_size)
+    steps = max(1, base.samples // base.batch_size) * base.passes
     if own.cpu_proxy:
         spec = PROXY_SPEC
     data, device = bench_amgp.prepare_data(base, steps, say, PROXY_TABLES if own.cpu_proxy else None)
