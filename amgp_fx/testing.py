@@ -35,7 +35,7 @@ def masked_copy(model: nn.Module, group: Group, dropped: np.ndarray) -> nn.Modul
             positions = [p for p, c in zip(member.positions.tolist(), member.channels.tolist()) if c in dropped_set]
             if positions:
                 tensor = _tensor(clone, member.tensor)
-                tensor.index_fill_(member.dim, torch.tensor(sorted(set(positions))), 0)
+                tensor.index_fill_(member.dim, torch.tensor(sorted(set(positions)), device=tensor.device), 0)
     return clone
 
 
