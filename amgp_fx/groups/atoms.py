@@ -36,7 +36,9 @@ class AtomTable:
     """Union-find over atoms with product substitutions, freeze reasons and notes.
 
     ``subst[root] = (a1, ..., ak)`` says the class ``root`` is the product of the classes of
-    ``a1..ak`` (row-major), so it is removed when any factor is removed.
+    ``a1..ak`` (row-major), so it is removed when any factor is removed. ``shape[root]`` holds the
+    factors' dim sizes: two products are the same channels factor by factor only when their
+    factors have the same sizes ((4, 8) and (8, 4) index the same 32 positions differently).
     """
 
     def __init__(self) -> None:
@@ -46,6 +48,7 @@ class AtomTable:
         self._starts: list[int] = []
         self.blocks: list[Block] = []
         self._subst: dict[int, tuple[int, ...]] = {}
+        self._shape: dict[int, tuple[int, ...]] = {}
         self._frozen: list[tuple[np.ndarray, str]] = []
         self._notes: list[tuple[np.ndarray, str]] = []
         self._root: np.ndarray | None = None
@@ -75,11 +78,15 @@ class AtomTable:
 
     def new_products(self, factor_labels: list[np.ndarray], origin: str) -> np.ndarray:
         """Fresh atoms for the row-major product of several dims (what ``flatten`` makes)."""
+        if any(label is None for label in factor_labels):
+            raise ValueError("a product of dims needs atoms for every factor (a symbolic dim has none)")
+        shape = tuple(len(label) for label in factor_labels)
         grids = np.meshgrid(*factor_labels, indexing="ij")
         flat = [g.reshape(-1).tolist() for g in grids]
         atoms = self.new_block(len(flat[0]), origin, kind="product")
         for i, atom in enumerate(atoms.tolist()):
             self._subst[atom] = tuple(f[i] for f in flat)
+            self._shape[atom] = shape
         return atoms
 
     # -- union-find (while walking the graph) -----------------------------------------------
@@ -104,11 +111,12 @@ class AtomTable:
         self._size[ra] = sa_size + sb_size
         self._size.pop(rb, None)
         sa, sb = self._subst.get(ra), self._subst.pop(rb, None)
+        shape_b = self._shape.pop(rb, None)
         if sb is None:
             return
         if sa is None:
-            self._subst[ra] = sb
-        elif len(sa) == len(sb):
+            self._subst[ra], self._shape[ra] = sb, shape_b
+        elif self._shape[ra] == shape_b:
             for x, y in zip(sa, sb):
                 self.union(x, y)
         else:

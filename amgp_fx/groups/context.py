@@ -7,13 +7,33 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import torch
 import torch.fx as fx
 
 from amgp_fx.groups.atoms import AtomTable
 from amgp_fx.groups.model import Role
 
+
+def as_size(size):
+    """``size`` as an int when it is known, else the SymInt.
+
+    A batch that tracing specialised half-way (a guard such as ``B == 4`` met after the first ops)
+    leaves SymInts in the earlier nodes' values that are constants by now; they are concrete too,
+    or one dim would be labelled as symbolic in one node and as concrete in the next.
+    """
+    if isinstance(size, torch.SymInt):
+        value = size.node.maybe_as_int()
+        return int(value) if value is not None else size
+    return size
+
+
 def is_concrete(size) -> bool:
-    return isinstance(size, int)
+    return isinstance(as_size(size), int)
+
+
+def sizes_of(fake) -> tuple:
+    """The shape of a fake tensor with every known size as an int (see :func:`as_size`)."""
+    return tuple(as_size(s) for s in fake.shape)
 
 
 class RuleContext:
@@ -50,25 +70,40 @@ class RuleContext:
         return value
 
     def shape(self, value) -> tuple:
-        return tuple(self.val(value).shape)
+        return sizes_of(self.val(value))
 
     @property
     def out(self):
         return self.node.meta.get("val")
 
+    @property
+    def out_shape(self) -> tuple:
+        """The shape of the node's (single tensor) output, known sizes as ints."""
+        return sizes_of(self.out)
+
     # -- minting ----------------------------------------------------------------------------
     def fresh(self, size, *, frozen: str | None = None, grouping: bool = False, kind: str = "other", what: str = ""):
         """New atoms for a dimension of ``size`` (``None`` if the size is symbolic)."""
-        if not is_concrete(size):
+        size = as_size(size)
+        if not isinstance(size, int):
             return None
         atoms = self.atoms.new_block(size, f"{self.node.name}{what}", grouping=grouping, kind=kind)
         if frozen:
             self.atoms.freeze(atoms, frozen)
         return atoms
 
+    def unit_dim(self, what: str):
+        """The label of a size-1 dim an op inserts: frozen, because nothing can shrink it.
+
+        Concatenated along that dim ((B, 1) columns, (B, 1, D) fields, (B, H, 1) experts), its atom
+        would otherwise become a channel of the next layer that no rewrite can take out of the ``cat``
+        (a whole input would have to go); ``stack`` freezes its new dim for the same reason.
+        """
+        return self.fresh(1, frozen=f"{self.node.name}: a size-1 dim inserted by {what} holds no channel")
+
     def fresh_tensor(self, fake, reason: str) -> tuple:
         """Frozen atoms for every dimension of ``fake`` (an output nobody can prune)."""
-        return tuple(self.fresh(s, frozen=reason, what=f"[{d}]") for d, s in enumerate(fake.shape))
+        return tuple(self.fresh(s, frozen=reason, what=f"[{d}]") for d, s in enumerate(sizes_of(fake)))
 
     # -- coupling ---------------------------------------------------------------------------
     def couple(self, left, right) -> None:
@@ -154,4 +189,4 @@ def seq(value) -> Sequence:
     return value if isinstance(value, (list, tuple)) else [value]
 
 
-__all__ = ["RuleContext", "is_concrete", "normalize_dim", "dims_arg", "seq"]
+__all__ = ["RuleContext", "as_size", "sizes_of", "is_concrete", "normalize_dim", "dims_arg", "seq"]

@@ -13,7 +13,7 @@ import torch
 import torch.fx as fx
 
 from amgp_fx.groups.atoms import AtomTable
-from amgp_fx.groups.context import RuleContext
+from amgp_fx.groups.context import RuleContext, sizes_of
 from amgp_fx.groups.model import Role, UnknownOp
 from amgp_fx.groups.registry import RuleRegistry
 
@@ -120,7 +120,7 @@ def _check_labels(labels, value) -> str | None:
     if _is_tensor(value):
         if not isinstance(labels, tuple) or len(labels) != value.dim():
             return f"labels for {value.dim()} dims expected"
-        for size, label in zip(value.shape, labels):
+        for size, label in zip(sizes_of(value), labels):
             if isinstance(size, int) and label is not None and len(label) != size:
                 return f"a label of length {len(label)} for a dim of size {size}"
         return None

@@ -37,7 +37,7 @@ def aten_convolution(ctx: RuleContext):
         stride, padding, dilation = ctx.arg(3, "stride", 1), ctx.arg(4, "padding", 0), ctx.arg(5, "dilation", 1)
         transposed, groups = False, ctx.arg(6, "groups", 1)
     xl, wl, bl = ctx.label(x), ctx.label(weight), ctx.label(bias)
-    out_shape = ctx.out.shape
+    out_shape = ctx.out_shape
     if transposed or groups != 1:
         ctx.freeze(xl, f"{node.name}: grouped or transposed convolution channels are not pruned")
         ctx.freeze(wl, f"{node.name}: grouped or transposed convolution channels are not pruned")

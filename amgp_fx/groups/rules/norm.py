@@ -45,7 +45,7 @@ def aten_layer_norm(ctx: RuleContext):
 def aten_native_layer_norm(ctx: RuleContext):
     """``native_layer_norm(input, normalized_shape, weight, bias, eps) -> (out, mean, rstd)``."""
     xl = _layer_norm(ctx, ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3))
-    stats = tuple(xl[: len(xl) - len(ctx.arg(1))]) + tuple(ctx.fresh(1) for _ in ctx.arg(1))
+    stats = tuple(xl[: len(xl) - len(ctx.arg(1))]) + tuple(ctx.unit_dim("layer-norm statistics") for _ in ctx.arg(1))
     return [xl, stats, stats]
 
 

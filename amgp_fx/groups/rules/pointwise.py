@@ -75,7 +75,7 @@ def aten_broadcast(ctx: RuleContext):
     """``add.Tensor(Tensor self, Tensor other)`` and friends: right-aligned dims of equal size couple."""
     labels = [ctx.label(a) for a in ctx.node.args]
     labels = [lab for lab in labels if lab is not None]
-    out = ctx.broadcast(*labels, out_rank=len(ctx.out.shape))
+    out = ctx.broadcast(*labels, out_rank=len(ctx.out_shape))
     if ctx.node.target in _ADDITIVE:
         _note_added_constant(ctx, out, labels)
     return out

@@ -22,7 +22,7 @@ def _reduce(ctx: RuleContext, dims, keepdim: bool, note: str | None, freeze: str
             if freeze:
                 ctx.freeze(lab, f"{ctx.node.name}: {freeze}")
             if keepdim:
-                out.append(ctx.fresh(1))
+                out.append(ctx.unit_dim("a reduction with keepdim"))
         else:
             out.append(lab)
     return tuple(out)

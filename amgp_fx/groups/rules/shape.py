@@ -58,8 +58,76 @@ def _segments(in_sizes, out_sizes):
     return segments
 
 
+def _refinement(in_sizes: list[int], out_sizes: list[int]) -> list[int] | None:
+    """The coarsest factor sizes that both runs are products of, or ``None``.
+
+    (4, 8) -> (8, 4) refines to (4, 2, 4): 8 splits into (2, 4), then (4, 2) merges. Exists when the
+    partial products of both runs, taken together, form a chain in which each divides the next.
+    """
+    bounds, product = set(), 1
+    for size in in_sizes:
+        product *= size
+        bounds.add(product)
+    product = 1
+    for size in out_sizes:
+        product *= size
+        bounds.add(product)
+    chain, factors, previous = sorted(bounds), [], 1
+    for bound in chain:
+        if bound % previous:
+            return None
+        factors.append(bound // previous)
+        previous = bound
+    return factors
+
+
+def _take(factors: list[int], sizes: list[int]) -> list[list[int]]:
+    """Indices into ``factors`` whose products make each of ``sizes``, in order."""
+    out, k = [], 0
+    for size in sizes:
+        run, product = [], 1
+        while product < size or not run:
+            run.append(k)
+            product *= factors[k]
+            k += 1
+        out.append(run)
+    return out
+
+
+def _factor_kinds(count: int) -> tuple[str, ...]:
+    return ("heads", "head_dim") if count == 2 else ("reshape",) * count
+
+
+def _merge_split(ctx: RuleContext, in_labels: list, in_sizes: list[int], out_sizes: list[int], outs: list[int]):
+    """Labels of a concrete run of dims regrouped into other dims: split each input dim into the
+    refined factors (fresh factor blocks, so they can form groups such as heads), then merge the
+    factors of each output dim into products. ``None`` when the sizes have no common refinement."""
+    factors = _refinement(in_sizes, out_sizes)
+    if factors is None:
+        return None
+    labels: list = []
+    for lab, run in zip(in_labels, _take(factors, in_sizes)):
+        if len(run) == 1:
+            labels.append(lab)
+            continue
+        parts = [ctx.fresh(factors[k], grouping=True, kind=kind, what=f"[{outs[0]}]:factor{k}")
+                 for k, kind in zip(run, _factor_kinds(len(run)))]
+        ctx.couple(lab, ctx.atoms.new_products(parts, f"{ctx.node.name}:split"))
+        labels.extend(parts)
+    result = []
+    for run in _take(factors, out_sizes):
+        parts = [labels[k] for k in run]
+        result.append(parts[0] if len(parts) == 1 else ctx.atoms.new_products(parts, f"{ctx.node.name}:merge"))
+    return result
+
+
 def reshape_labels(ctx: RuleContext, xl, in_sizes, out_sizes):
-    """Labels of a reshape: identity runs pass through, merges make products, splits make factors."""
+    """Labels of a reshape: identity runs pass through, merges make products, splits make factors.
+
+    A run that merges and splits at once ((B, E) -> (B * H, E / H)) is first split into the common
+    refinement of both sides, so that every product has factors of the right sizes. A run that holds
+    a symbolic dim (the batch) is frozen.
+    """
     segments = _segments(list(in_sizes), list(out_sizes))
     if segments is None:
         reason = f"{ctx.node.name}: reshape that could not be aligned"
@@ -70,28 +138,25 @@ def reshape_labels(ctx: RuleContext, xl, in_sizes, out_sizes):
         if not outs:
             continue
         if not ins:
-            out[outs[0]] = ctx.fresh(1)
+            out[outs[0]] = ctx.unit_dim("a reshape")
             continue
-        concrete = all(is_concrete(in_sizes[d]) for d in ins) and all(is_concrete(out_sizes[d]) for d in outs)
         if len(ins) == 1 and len(outs) == 1:
             out[outs[0]] = xl[ins[0]]
             continue
-        if not concrete:
-            reason = f"{ctx.node.name}: reshaped together with a symbolic (batch) dimension"
+        concrete = all(is_concrete(in_sizes[d]) and xl[d] is not None for d in ins) \
+            and all(is_concrete(out_sizes[d]) for d in outs)
+        labels = _merge_split(ctx, [xl[d] for d in ins], [in_sizes[d] for d in ins],
+                              [out_sizes[d] for d in outs], outs) if concrete else None
+        if labels is None:
+            reason = (f"{ctx.node.name}: reshaped together with a symbolic (batch) dimension" if not concrete
+                      else f"{ctx.node.name}: reshape whose sizes have no common factorisation")
             for d in ins:
                 ctx.freeze(xl[d], reason)
             for d in outs:
                 out[d] = ctx.fresh(out_sizes[d], frozen=reason)
             continue
-        merged = xl[ins[0]] if len(ins) == 1 else ctx.atoms.new_products([xl[d] for d in ins], f"{ctx.node.name}:merge")
-        if len(outs) == 1:
-            out[outs[0]] = merged
-            continue
-        kinds = ("heads", "head_dim") if len(outs) == 2 else ("reshape",) * len(outs)
-        factors = [ctx.fresh(out_sizes[d], grouping=True, kind=kind, what=f"[{d}]") for d, kind in zip(outs, kinds)]
-        ctx.couple(merged, ctx.atoms.new_products(factors, f"{ctx.node.name}:split"))
-        for d, factor in zip(outs, factors):
-            out[d] = factor
+        for d, lab in zip(outs, labels):
+            out[d] = lab
     return tuple(out)
 
 
@@ -116,14 +181,14 @@ def _rewrite_size_list(arg_index: int, first_out_dim=lambda rw: 0):
 def aten_view(ctx: RuleContext):
     """``view(Tensor self, SymInt[] size)``: dims regroup; merged dims are products of their sources."""
     x = ctx.arg(0)
-    return reshape_labels(ctx, ctx.label(x), ctx.shape(x), ctx.out.shape)
+    return reshape_labels(ctx, ctx.label(x), ctx.shape(x), ctx.out_shape)
 
 
 @builtin(aten.flatten.using_ints, family="shape")
 def aten_flatten(ctx: RuleContext):
     """``flatten.using_ints(Tensor self, int start_dim=0, int end_dim=-1)``: a merge."""
     x = ctx.arg(0)
-    return reshape_labels(ctx, ctx.label(x), ctx.shape(x), ctx.out.shape)
+    return reshape_labels(ctx, ctx.label(x), ctx.shape(x), ctx.out_shape)
 
 
 def _unflatten_first_dim(rw):
@@ -134,7 +199,7 @@ def _unflatten_first_dim(rw):
 def aten_unflatten(ctx: RuleContext):
     """``unflatten.int(Tensor self, int dim, SymInt[] sizes)``: a split into factors."""
     x = ctx.arg(0)
-    return reshape_labels(ctx, ctx.label(x), ctx.shape(x), ctx.out.shape)
+    return reshape_labels(ctx, ctx.label(x), ctx.shape(x), ctx.out_shape)
 
 
 @builtin(aten.transpose.int, family="shape")
@@ -168,11 +233,11 @@ def aten_squeeze(ctx: RuleContext):
     return tuple(lab for d, (lab, s) in enumerate(zip(xl, shape)) if not (d in dims and is_concrete(s) and s == 1))
 
 
-@builtin(aten.unsqueeze.default, family="shape")
+@builtin(aten.unsqueeze.default, aten.unsqueeze_.default, family="shape")
 def aten_unsqueeze(ctx: RuleContext):
     """``unsqueeze(Tensor self, int dim)``: a new size-1 dim."""
     xl = list(ctx.label(ctx.arg(0)))
-    xl.insert(normalize_dim(ctx.arg(1), len(xl) + 1), ctx.fresh(1))
+    xl.insert(normalize_dim(ctx.arg(1), len(xl) + 1), ctx.unit_dim("unsqueeze"))
     return tuple(xl)
 
 
@@ -180,7 +245,7 @@ def aten_unsqueeze(ctx: RuleContext):
 def aten_expand(ctx: RuleContext):
     """``expand(Tensor self, SymInt[] size)``: size-1 dims repeat (new carrier atoms), others pass."""
     x = ctx.arg(0)
-    xl, shape, out_shape = ctx.label(x), ctx.shape(x), ctx.out.shape
+    xl, shape, out_shape = ctx.label(x), ctx.shape(x), ctx.out_shape
     lead = len(out_shape) - len(xl)
     out = [ctx.fresh(s) for s in out_shape[:lead]]
     for lab, s, o in zip(xl, shape, out_shape[lead:]):
@@ -207,9 +272,9 @@ def aten_expand_as(ctx: RuleContext):
 @builtin(aten.cat.default, family="shape")
 def aten_cat(ctx: RuleContext):
     """``cat(Tensor[] tensors, int dim=0)``: the cat dim is the inputs' dims one after another (offsets)."""
-    tensors = [t for t in ctx.arg(0) if len(ctx.shape(t)) == len(ctx.out.shape)]
+    tensors = [t for t in ctx.arg(0) if len(ctx.shape(t)) == len(ctx.out_shape)]
     labels = [ctx.label(t) for t in tensors]
-    dim = normalize_dim(ctx.arg(1, "dim", 0), len(ctx.out.shape))
+    dim = normalize_dim(ctx.arg(1, "dim", 0), len(ctx.out_shape))
     out = list(labels[0])
     for lab in labels[1:]:
         for d in range(len(out)):
@@ -230,7 +295,7 @@ def aten_cat(ctx: RuleContext):
 def aten_stack(ctx: RuleContext):
     """``stack(Tensor[] tensors, int dim=0)``: inputs' dims couple; the new dim indexes list elements (frozen)."""
     labels = [ctx.label(t) for t in ctx.arg(0)]
-    dim = normalize_dim(ctx.arg(1, "dim", 0), len(ctx.out.shape))
+    dim = normalize_dim(ctx.arg(1, "dim", 0), len(ctx.out_shape))
     out = list(labels[0])
     for lab in labels[1:]:
         for d in range(len(out)):
@@ -341,7 +406,7 @@ def aten_slice(ctx: RuleContext):
     if xl[dim] is None or not all(v is None or isinstance(v, int) for v in (start, end, step)):
         if xl[dim] is not None:
             ctx.freeze(xl[dim], f"{ctx.node.name}: slice with symbolic bounds")
-            xl[dim] = ctx.fresh(ctx.out.shape[dim], frozen=f"{ctx.node.name}: slice with symbolic bounds")
+            xl[dim] = ctx.fresh(ctx.out_shape[dim], frozen=f"{ctx.node.name}: slice with symbolic bounds")
         return tuple(xl)
     length = len(xl[dim])
     if step != 1:
@@ -403,7 +468,7 @@ def aten_narrow(ctx: RuleContext):
     if xl[dim] is not None and isinstance(start, int) and isinstance(length, int):
         xl[dim] = xl[dim][start:start + length]
     else:
-        xl[dim] = ctx.fresh(ctx.out.shape[dim], frozen=f"{ctx.node.name}: narrow by position")
+        xl[dim] = ctx.fresh(ctx.out_shape[dim], frozen=f"{ctx.node.name}: narrow by position")
     return tuple(xl)
 
 
@@ -417,11 +482,11 @@ def aten_index(ctx: RuleContext):
     for i in used:
         ctx.freeze(xl[i], reason)
         ctx.freeze(ctx.label(indices[i]), reason)
-    out_rank = len(ctx.out.shape)
+    out_rank = len(ctx.out_shape)
     index_rank = out_rank - (len(xl) - len(used))
     contiguous = used == list(range(used[0], used[-1] + 1)) if used else True
     first = used[0] if (used and contiguous) else 0
-    index_dims = tuple(ctx.fresh(s, frozen=reason) for s in ctx.out.shape[first:first + index_rank])
+    index_dims = tuple(ctx.fresh(s, frozen=reason) for s in ctx.out_shape[first:first + index_rank])
     rest_before = tuple(xl[d] for d in range(first) if d not in used)
     rest_after = tuple(xl[d] for d in range(first, len(xl)) if d not in used)
     return rest_before + index_dims + rest_after
@@ -434,7 +499,7 @@ def aten_index_select(ctx: RuleContext):
     dim = normalize_dim(ctx.arg(1), len(xl))
     reason = f"{ctx.node.name}: selected by a tensor of positions"
     ctx.freeze(xl[dim], reason)
-    xl[dim] = ctx.fresh(ctx.out.shape[dim], frozen=reason)
+    xl[dim] = ctx.fresh(ctx.out_shape[dim], frozen=reason)
     return tuple(xl)
 
 
@@ -466,14 +531,14 @@ def aten_positional(ctx: RuleContext):
          family="shape", rewrite=_rewrite_size_list(1))
 def aten_new_zeros(ctx: RuleContext):
     """``new_zeros(Tensor self, SymInt[] size)``: a constant tensor; its dims take any coupling."""
-    return tuple(ctx.fresh(s) for s in ctx.out.shape)
+    return tuple(ctx.fresh(s) for s in ctx.out_shape)
 
 
 @builtin(aten.zeros.default, aten.ones.default, aten.empty.memory_format, aten.full.default, aten.rand.default,
          aten.randn.default, family="shape", rewrite=_rewrite_size_list(0))
 def aten_zeros(ctx: RuleContext):
     """``zeros(SymInt[] size)``: a constant tensor; its dims take any coupling."""
-    return tuple(ctx.fresh(s) for s in ctx.out.shape)
+    return tuple(ctx.fresh(s) for s in ctx.out_shape)
 
 
 @builtin(aten.arange.default, aten.arange.start, aten.arange.start_step, aten.tril_indices.default,
