@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import traceback
 import types
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ _TRAINING_LITERALS = {
     aten.alpha_dropout.default: (2, "train", False),
     aten.batch_norm.default: (5, "training", False),
     aten.scaled_dot_product_attention.default: (4, "dropout_p", 0.0),
+    aten.gru.input: (6, "train", False),  # dropout between stacked layers
+    aten.lstm.input: (6, "train", False),
 }
 _META_KEY = "amgp_fx_train_literal"
 
@@ -75,15 +78,82 @@ def _batch_dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict):
     return shapes.dynamic_shapes(model, args, kwargs)
 
 
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_GRAPH_FRAME = re.compile(r"# File: (?P<file>.+?):(?P<line>\d+) in \S+, code: (?P<code>.*)")
+_DATA_DEPENDENT = ("GuardOnDataDependentSymNode", "data-dependent", "data dependent")
+
+
+def _is_user_file(filename: str) -> bool:
+    """Code the user can change: not torch itself (``torchrec/`` or ``torchfm/`` beside ``torch/``
+    are user code), not amgp-fx's tracing, not generated code (``<string>``, ``<eval_with_key>``)."""
+    if filename.startswith("<"):
+        return False
+    if filename.startswith(_TORCH_DIR + os.sep):
+        return False
+    return not filename.endswith(os.path.join("amgp_fx", "tracing.py"))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and what caused it, outermost first (torch re-raises the original as a cause)."""
+    out, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        out.append(exc)
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
 def _user_frame(exc: BaseException) -> str | None:
-    """The innermost traceback frame outside torch: the line of user code that failed."""
-    torch_dir = os.path.dirname(torch.__file__)
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(torch_dir)]
-    frames = [f for f in frames if not f.filename.endswith(os.path.join("amgp_fx", "tracing.py"))]
-    if not frames:
-        return None
-    f = frames[-1]
-    return f"{f.filename}:{f.lineno}: {f.line}"
+    """``file:line: code`` of the user's line that failed.
+
+    The innermost user frame of the deepest exception in the chain; else the last user line of the
+    partial graph that data-dependent errors print (``# File: ...:10 in forward, code: ...``).
+    """
+    found = None
+    for item in _chain(exc):
+        frames = [f for f in traceback.extract_tb(item.__traceback__) if _is_user_file(f.filename)]
+        if frames:
+            f = frames[-1]
+            found = f"{f.filename}:{f.lineno}: {(f.line or '').strip()}"
+    if found:
+        return found
+    for item in reversed(_chain(exc)):
+        lines = [m for m in _GRAPH_FRAME.finditer(str(item)) if _is_user_file(m.group("file"))]
+        if lines:
+            m = lines[-1]
+            return f"{m.group('file')}:{m.group('line')}: {m.group('code').strip()}"
+    return None
+
+
+def _holds_packed_sequence(exc: BaseException) -> bool:
+    """A ``PackedSequence`` was live in a failing frame (its sizes depend on the lengths' values)."""
+    from torch.nn.utils.rnn import PackedSequence
+
+    for item in _chain(exc):
+        tb = item.__traceback__
+        while tb is not None:
+            if any(isinstance(v, PackedSequence) for v in tb.tb_frame.f_locals.values()):
+                return True
+            tb = tb.tb_next
+    return False
+
+
+def _what_to_change(exc: BaseException, where: str | None) -> str:
+    """Advice for the failure at hand, most specific first."""
+    if _holds_packed_sequence(exc) or (where and "pack_padded_sequence" in where):
+        return ("pack_padded_sequence makes a PackedSequence whose sizes are the lengths' values, which"
+                " torch.export cannot trace. Run the recurrent layer on the padded batch instead (padding"
+                " after the last valid step does not change the earlier outputs) and take each row's last"
+                " valid output with gather at lengths - 1, or mask the padded steps.")
+    text = " ".join(f"{type(item).__name__}: {item}" for item in _chain(exc))
+    if any(key in text for key in _DATA_DEPENDENT):
+        return ("the line branches on a tensor's values (`if mask.any():`, `if x.sum() > 0:`), and the"
+                " traced graph must be the same for every input. Compute both outcomes and select with"
+                " torch.where or masked_fill (masking with an all-False mask changes nothing, so such an"
+                " `if` can usually go), or move the check out of forward.")
+    return ("make the failing line shape-independent (no Python branching on tensor values, no"
+            " .item()/.tolist() in forward), move data-dependent code out of forward, or wrap it in a"
+            " custom op (torch.library.custom_op) and register a rule for it.")
 
 
 def check_example_inputs(model: nn.Module, args: tuple, kwargs: dict) -> Any:
@@ -132,9 +202,7 @@ def trace(model: nn.Module, example_inputs: Any, *, kwargs: dict | None = None, 
         raise TraceError(
             f"torch.export could not trace {type(model).__name__}: {type(e).__name__}: {first}"
             + (f"\n  at {where}" if where else "")
-            + "\n  What to try: make the failing line shape-independent (no Python branching on tensor"
-            " values, no .item()/.tolist() in forward), move data-dependent code out of forward, or"
-            " wrap it in a custom op (torch.library.custom_op) and register a rule for it."
+            + "\n  What to try: " + _what_to_change(e, where)
         ) from e
     finally:
         model.train(was_training)

@@ -208,3 +208,81 @@ FAMILIES = {
     "dict_inputs": _seeded(DictInputs, lambda: ({"user": _ids(4), "item": _ids(4, high=15),
                                                   "age": torch.randn(4, 3, generator=torch.Generator().manual_seed(2))},)),
 }
+
+
+class MaskAnd(nn.Module):
+    """``a & b`` of two masks (aten.__and__) gating a hidden layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 10), nn.Linear(10, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        keep = (h > -1.0) & (x.sum(1, keepdim=True) > -100.0)
+        return self.b(torch.where(keep, h, torch.zeros_like(h))).squeeze(-1)
+
+
+class InPlace(nn.Module):
+    """In-place ``tanh_`` and ``unsqueeze_``: the hidden layer stays one group."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 10), nn.Linear(10, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        h.tanh_()
+        h.unsqueeze_(1)  # (B, 1, H)
+        return self.b(h).sum((1, 2))
+
+
+class SoftmaxTranspose(nn.Module):
+    """``torch.softmax(x, dim, dtype)`` (softmax.int) over hidden units and ``weight.T`` (numpy_T)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 10)
+        self.proj = nn.Parameter(torch.randn(4, 10) * 0.3)
+        self.b = nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = torch.softmax(self.a(x), dim=-1, dtype=torch.float32)
+        return self.b(h @ self.proj.T).squeeze(-1)
+
+
+class GLUGate(nn.Module):
+    """``F.glu``: rows i and H + i of the producing Linear are one channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 16), nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.b(F.glu(self.a(x), dim=-1)).squeeze(-1)
+
+
+class Recurrent(nn.Module):
+    """``nn.GRU`` then ``nn.LSTM``: each one's hidden units are a group (gate blocks move together)."""
+
+    def __init__(self, bidirectional=False, layers=1):
+        super().__init__()
+        self.table = nn.Embedding(20, 6)
+        self.gru = nn.GRU(6, 8, batch_first=True)
+        self.lstm = nn.LSTM(8, 5, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+        self.head = nn.Linear(5 * (2 if bidirectional else 1), 1)
+
+    def forward(self, ids):
+        states, h_n = self.gru(self.table(ids))
+        states, (h, c) = self.lstm(F.relu(states))
+        return self.head(states[:, -1]).squeeze(-1) + h_n.sum((0, 2))
+
+
+FAMILIES.update({
+    "mask_and": _seeded(MaskAnd, lambda: (torch.randn(4, 6, generator=torch.Generator().manual_seed(1)),)),
+    "in_place": _seeded(InPlace, lambda: (torch.randn(4, 6, generator=torch.Generator().manual_seed(1)),)),
+    "softmax_transpose": _seeded(SoftmaxTranspose, lambda: (torch.randn(4, 6, generator=torch.Generator().manual_seed(1)),)),
+    "glu": _seeded(GLUGate, lambda: (torch.randn(4, 6, generator=torch.Generator().manual_seed(1)),)),
+    "gru_lstm": _seeded(Recurrent, lambda: (_ids(4, 5, high=20),)),
+    "lstm_bidirectional": _seeded(lambda: Recurrent(bidirectional=True, layers=2), lambda: (_ids(4, 5, high=20),)),
+})

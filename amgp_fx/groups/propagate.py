@@ -1,8 +1,10 @@
 """Walk a traced graph in order and label every tensor dimension with atoms, applying the rules.
 
 Placeholders (model inputs) and graph outputs are frozen: their sizes are the model's contract.
-Parameters and buffers (``get_attr`` nodes) get fresh atoms per dimension. Ops without a rule freeze
-every dimension they touch and are reported with their source line.
+Parameters and buffers (``get_attr`` nodes) get fresh atoms per dimension, once per tensor: a
+parameter shared under several module paths (one ``Linear`` in several blocks, tied weights) is
+named by its first path wherever the graph reads it. Ops without a rule freeze every dimension
+they touch and are reported with their source line.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
+import torch.nn as nn
 
 from amgp_fx.groups.atoms import AtomTable
 from amgp_fx.groups.context import RuleContext, sizes_of
@@ -54,9 +57,11 @@ def propagate(module: fx.GraphModule, registry: RuleRegistry) -> Propagation:
     atoms = AtomTable()
     labels: dict = {}
     roles: dict = {}
+    canonical = _canonical_names(module)
     parameter_names = {name for name, _ in module.named_parameters()}
     tensors: dict = {}
     param_names: dict = {}
+    label_of_tensor: dict = {}  # id(tensor) -> its label, shared by every alias
     result = Propagation(atoms, labels, tensors, roles)
 
     for node in module.graph.nodes:
@@ -71,11 +76,16 @@ def propagate(module: fx.GraphModule, registry: RuleRegistry) -> Propagation:
             if not _is_tensor(tensor):
                 labels[node] = None
                 continue
-            tensors[node] = (node.target, node.target in parameter_names)
-            param_names[node] = node.target
-            labels[node] = tuple(ctx.fresh(s, what=f"{node.target}[{d}]") for d, s in enumerate(tensor.shape))
+            name = canonical.get(id(tensor), node.target)
+            param_names[node] = name
+            if id(tensor) in label_of_tensor:
+                labels[node] = label_of_tensor[id(tensor)]
+                continue
+            tensors[node] = (name, name in parameter_names)
+            labels[node] = tuple(ctx.fresh(s, what=f"{name}[{d}]") for d, s in enumerate(tensor.shape))
+            label_of_tensor[id(tensor)] = labels[node]
             if not tensor.dtype.is_floating_point:
-                ctx.freeze(labels[node], f"integer tensor '{node.target}' holds ids or positions")
+                ctx.freeze(labels[node], f"integer tensor '{name}' holds ids or positions")
         elif node.op == "call_function":
             labels[node] = _apply(ctx, node, registry, result)
         elif node.op == "output":
@@ -85,6 +95,14 @@ def propagate(module: fx.GraphModule, registry: RuleRegistry) -> Propagation:
         else:  # call_module (_guards_fn), call_method: no tensors produced that we track
             labels[node] = None
     return result
+
+
+def _canonical_names(module: nn.Module) -> dict:
+    """id(tensor) -> the one name a parameter or buffer goes by (its first module path)."""
+    names: dict = {}
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        names.setdefault(id(tensor), name)
+    return names
 
 
 def _fetch_attr(module: fx.GraphModule, target: str):

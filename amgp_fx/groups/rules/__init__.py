@@ -6,6 +6,7 @@ from amgp_fx.groups.rules import (  # noqa: F401
     linear,
     norm,
     pointwise,
+    recurrent,
     reduction,
     shape,
 )

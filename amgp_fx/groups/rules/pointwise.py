@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from amgp_fx.groups.context import RuleContext
+from amgp_fx.groups.context import RuleContext, normalize_dim
 from amgp_fx.groups.registry import builtin
 
 aten = torch.ops.aten
@@ -26,11 +26,17 @@ _UNARY = [
     aten.add.Scalar, aten.sub.Scalar, aten.mul.Scalar, aten.div.Scalar, aten.rsub.Scalar, aten.eq.Scalar,
     aten.ne.Scalar, aten.gt.Scalar, aten.lt.Scalar, aten.ge.Scalar, aten.le.Scalar, aten.fill_.Scalar,
     aten.detach_.default, aten.masked_fill_.Tensor, aten.where.ScalarSelf, aten.where.ScalarOther,
+    # in-place forms (the graph keeps them when a model writes ``h.tanh_()``) and scalar masks
+    aten.tanh_.default, aten.exp_.default, aten.neg_.default, aten.sqrt_.default, aten.abs_.default,
+    aten.elu_.default, aten.gelu_.default, aten.hardswish_.default, aten.hardsigmoid_.default, aten.log_.default,
+    aten.reciprocal_.default, aten.pow_.Scalar, aten.clamp_min_.default, aten.clamp_max_.default,
+    aten.mul_.Scalar, aten.div_.Scalar, aten.add_.Scalar, aten.sub_.Scalar, aten.relu6.default,
+    aten.__and__.Scalar, aten.__or__.Scalar, aten.bitwise_and.Scalar, aten.bitwise_or.Scalar,
 ]
 
 # adding a constant along a dim makes removed channels differ from zeroed ones
 _ADDITIVE = {aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.sub_.Tensor, aten.rsub.Tensor,
-             aten.add.Scalar, aten.sub.Scalar, aten.rsub.Scalar}
+             aten.add.Scalar, aten.sub.Scalar, aten.rsub.Scalar, aten.add_.Scalar, aten.sub_.Scalar}
 
 _BROADCAST = [
     aten.add.Tensor, aten.add_.Tensor, aten.sub.Tensor, aten.sub_.Tensor, aten.mul.Tensor, aten.mul_.Tensor,
@@ -40,6 +46,8 @@ _BROADCAST = [
     aten.bitwise_or.Tensor, aten.where.self, aten.masked_fill.Scalar, aten.masked_fill.Tensor,
     aten.masked_fill_.Scalar, aten.rsub.Tensor, aten.copy_.default, aten.copy.default, aten.addcmul.default,
     aten.lerp.Scalar, aten.atan2.default, aten.remainder.Tensor, aten.fmod.Tensor, aten.where.Scalar,
+    aten.__and__.Tensor, aten.__or__.Tensor, aten.__xor__.Tensor, aten.bitwise_xor.Tensor,
+    aten.logical_xor.default,
 ]
 
 
@@ -79,3 +87,18 @@ def aten_broadcast(ctx: RuleContext):
     if ctx.node.target in _ADDITIVE:
         _note_added_constant(ctx, out, labels)
     return out
+
+
+@builtin(aten.glu.default, family="pointwise")
+def aten_glu(ctx: RuleContext):
+    """``glu(Tensor self, int dim=-1)``: ``a * sigmoid(b)`` of the two halves of ``dim``, so index i of
+    the output is index i of the first half and index i of the second (one channel, two positions)."""
+    xl = list(ctx.label(ctx.arg(0)))
+    dim = normalize_dim(ctx.arg(1, "dim", -1), len(xl))
+    lab = xl[dim]
+    if lab is None:
+        return tuple(xl)
+    half = len(lab) // 2
+    ctx.couple(lab[:half], lab[half:])
+    xl[dim] = lab[:half]
+    return tuple(xl)

@@ -202,7 +202,7 @@ def aten_unflatten(ctx: RuleContext):
     return reshape_labels(ctx, ctx.label(x), ctx.shape(x), ctx.out_shape)
 
 
-@builtin(aten.transpose.int, family="shape")
+@builtin(aten.transpose.int, aten.transpose_.default, family="shape")
 def aten_transpose(ctx: RuleContext):
     """``transpose.int(Tensor self, int dim0, int dim1)``: two dims swap."""
     xl = list(ctx.label(ctx.arg(0)))
@@ -211,10 +211,17 @@ def aten_transpose(ctx: RuleContext):
     return tuple(xl)
 
 
-@builtin(aten.t.default, family="shape")
+@builtin(aten.t.default, aten.t_.default, aten.numpy_T.default, family="shape")
 def aten_t(ctx: RuleContext):
-    """``t(Tensor self)``: reversed dims."""
+    """``t(Tensor self)`` and ``numpy_T`` (``weight.T``): reversed dims."""
     return tuple(reversed(ctx.label(ctx.arg(0))))
+
+
+@builtin(aten.mT.default, aten.mH.default, family="shape")
+def aten_mt(ctx: RuleContext):
+    """``mT(Tensor self)``: the last two dims swap."""
+    xl = ctx.label(ctx.arg(0))
+    return xl[:-2] + (xl[-1], xl[-2])
 
 
 @builtin(aten.permute.default, family="shape")
@@ -224,7 +231,7 @@ def aten_permute(ctx: RuleContext):
     return tuple(xl[normalize_dim(d, len(xl))] for d in ctx.arg(1))
 
 
-@builtin(aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, family="shape")
+@builtin(aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.squeeze_.dim, family="shape")
 def aten_squeeze(ctx: RuleContext):
     """``squeeze.dim(Tensor self, int dim)``: size-1 dims vanish."""
     x = ctx.arg(0)
