@@ -233,8 +233,9 @@ class InPlace(nn.Module):
     def forward(self, x):
         h = self.a(x)
         h.tanh_()
-        h.unsqueeze_(1)  # (B, 1, H)
-        return self.b(h).sum((1, 2))
+        g = h * 2.0  # tanh_'s backward needs its output unchanged
+        g.unsqueeze_(1)  # (B, 1, H)
+        return self.b(g).sum((1, 2))
 
 
 class SoftmaxTranspose(nn.Module):

@@ -128,3 +128,40 @@ def test_group_table_has_one_row_per_group():
     rows = graph.table()
     assert [r["id"] for r in rows] == [g.id for g in graph.groups]
     assert all(r["reason"] for r in rows if not r["prunable"])
+
+
+def test_new_op_families_have_rules():
+    """__and__, in-place tanh_/unsqueeze_, softmax.int, numpy_T, glu, gru and lstm: no unknown op."""
+    for family in ("mask_and", "in_place", "softmax_transpose", "glu", "gru_lstm", "lstm_bidirectional"):
+        graph = amgp_fx.analyze(*FAMILIES[family]())
+        assert not graph.unknown_ops, (family, [u.target for u in graph.unknown_ops])
+
+
+def test_mask_and_in_place_keep_the_hidden_layer_one_group():
+    for family in ("mask_and", "in_place"):
+        model, args = FAMILIES[family]()
+        graph = amgp_fx.analyze(model, args)
+        group = graph.group("a.weight[0]")
+        assert group.prunable and {("a.bias", 0), ("b.weight", 1)} <= {(m.tensor, m.dim) for m in group.members}
+        amgp_fx.shrink_(graph, {group.id: [0, 3, 5]})
+        assert model.b.weight.shape == (1, 3) and graph.module(*args).shape == (4,)
+
+
+def test_numpy_t_couples_the_parameter_columns_with_the_softmax_units():
+    """h @ proj.T: proj's columns are the softmax's channels and its rows the next layer's inputs."""
+    graph = amgp_fx.analyze(*FAMILIES["softmax_transpose"]())
+    hidden = graph.group("a.weight[0]")
+    assert ("proj", 1) in {(m.tensor, m.dim) for m in hidden.members}
+    assert not hidden.mask_equivalent and any("softmax" in n for n in hidden.notes)
+    assert ("b.weight", 1) in {(m.tensor, m.dim) for m in graph.group("proj[0]").members}
+
+
+def test_glu_halves_are_one_channel():
+    model, args = FAMILIES["glu"]()
+    graph = amgp_fx.analyze(model, args)
+    group = graph.group("a.weight[0]")
+    (rows,) = _members(group, "a.weight", 0)
+    assert group.full_size == 8 and rows.channels.tolist() == [p % 8 for p in rows.positions.tolist()]
+    amgp_fx.shrink_(graph, {group.id: [1, 6]})
+    assert model.a.weight.shape == (4, 6) and model.b.weight.shape == (1, 2)
+    torch.testing.assert_close(model.a.bias, FAMILIES["glu"]()[0].a.bias[[1, 6, 9, 14]])
