@@ -276,6 +276,22 @@ class SyntheticConfig(_ConfigMixin):
         dense_deep_hidden, dense_deep_layers: that MLP's hidden width and number of hidden layers.
         dense_deep_frequency: std of every sine's argument (its bias aside); higher means a more
             wiggly function that needs more hidden units to fit.
+        drift: in [0, 1]; a shifted teacher for the recurring-training stage (see `drifted`). Every
+            teacher weight W (per-id vectors, dense projection, MLP weights and biases, sine MLP,
+            the random part of the field weights) becomes sqrt(1 - drift**2) * W + drift * W', W'
+            an independent draw of the same shape and scale, so each term keeps its scale in
+            expectation and the undrifted teacher's term normalisation is kept (only the bias is
+            re-picked for `target_ctr`). The features' law is unchanged; W is the teacher of `seed`.
+            Linear terms correlate with the old ones by about sqrt(1 - drift**2), products of two
+            drifted factors by about 1 - drift**2 and the MLPs less: the whole clean logit's
+            correlation is about 1 - drift**2 without `dense_deep_scale`, far lower with it (sine
+            MLPs decorrelate fast; docs/data.md lists measured values).
+        new_id_share: in [0, 1]; share of id lookups (each independently) that go to new ids, which
+            follow a Zipf law of their own over the last half of each table counted from its end:
+            ids the offline Zipf law almost never draws in large tables (not in tiny ones), so new
+            popular ids appear while ids stay within `table_sizes`.
+        drift_seed: seeds W' and which lookups get new ids. drift=0 and new_id_share=0 ignore it
+            and give exactly the rows of a config without these three fields.
     """
 
     name: str = "synthetic_criteo"
@@ -297,6 +313,9 @@ class SyntheticConfig(_ConfigMixin):
     dense_deep_hidden: int = 256
     dense_deep_layers: int = 2
     dense_deep_frequency: float = 1.0
+    drift: float = 0.0
+    new_id_share: float = 0.0
+    drift_seed: int = 0
 
     _TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ("table_sizes",)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -328,6 +347,19 @@ class SyntheticConfig(_ConfigMixin):
             raise ValueError(f"unknown synthetic preset {preset!r}; choose from {sorted(cls.PRESETS)}")
         return cls(**{**cls.PRESETS[preset], **overrides})
 
+    def drifted(self, drift: float, new_id_share: float = 0.0, seed: int = 1) -> SyntheticConfig:
+        """This config with a shifted teacher and new ids (the recurring-training stage's data).
+
+        The spec (name, tables, dense features, tasks) stays, so a model trained on `self` keeps
+        training on the result; drift is always relative to this config's undrifted teacher.
+
+        Example:
+            >>> shifted = SyntheticConfig.from_preset("small").drifted(0.3, new_id_share=0.1)
+            >>> shifted.drift, shifted.new_id_share, shifted.drift_seed, shifted.table_sizes
+            (0.3, 0.1, 1, (20, 50, 100, 30))
+        """
+        return dataclasses.replace(self, drift=drift, new_id_share=new_id_share, drift_seed=seed)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "table_sizes", tuple(self.table_sizes))
         _require(isinstance(self.name, str) and bool(self.name), "SyntheticConfig.name must be a non-empty string")
@@ -351,6 +383,11 @@ class SyntheticConfig(_ConfigMixin):
         _require(_is_number(self.target_ctr) and 0 < self.target_ctr < 1,
                  f"SyntheticConfig.target_ctr must be in (0, 1), got {self.target_ctr!r}")
         _require(_is_int(self.seed) and 0 <= self.seed < 2**63, f"SyntheticConfig.seed must be an integer >= 0, got {self.seed!r}")
+        for name in ("drift", "new_id_share"):
+            value = getattr(self, name)
+            _require(_is_number(value) and 0 <= value <= 1, f"SyntheticConfig.{name} must be in [0, 1], got {value!r}")
+        _require(_is_int(self.drift_seed) and 0 <= self.drift_seed < 2**63,
+                 f"SyntheticConfig.drift_seed must be an integer >= 0, got {self.drift_seed!r}")
 
 
 _ALLOWED_CONFIGS: dict[str, type[_ConfigMixin]] = {"TrainConfig": TrainConfig, "SyntheticConfig": SyntheticConfig}

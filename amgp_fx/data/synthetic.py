@@ -12,10 +12,19 @@ pass the id terms are capped by how far the embeddings got, and this term is whe
 Determinism: rows are produced in fixed blocks of `BLOCK_ROWS`; block b is drawn from its own
 generator seeded by (seed, b), and the teacher's per-id vectors are hashes of (seed, feature, id).
 So row i depends only on (config, i), whatever chunk size the caller reads with.
+
+Drift (`SyntheticConfig.drift`, `new_id_share`, `drift_seed`; `SyntheticConfig.drifted`): the
+recurring-training stage's data. Every teacher weight W becomes sqrt(1-d^2) W + d W' with W' from
+generators of their own, and per-id vectors mix the same way through a second set of hash keys; a
+share of id lookups goes to new ids from the tables' tails. Block generators are untouched, so a
+drifted row keeps the dense features, Zipf draw, noise and click uniform of the undrifted row with
+the same index (paired rows); read a row range disjoint from the offline run's for fresh features.
+A drifted teacher keeps the undrifted one's term normalisation and re-picks only its bias.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -85,6 +94,7 @@ class SyntheticCriteo:
         self.config = config
         self.spec = DatasetSpec(config.name, config.num_dense, config.table_sizes, config.num_tasks)
         self._table_sizes = np.asarray(config.table_sizes, dtype=np.int64)
+        self._new_id_pool = np.maximum(self._table_sizes // 2, 1)  # where new ids come from (see _with_new_ids)
         self._build_teacher(np.random.default_rng(np.random.SeedSequence([config.seed, 0])))
         self._calibrate(np.random.default_rng(np.random.SeedSequence([config.seed, 2])))
 
@@ -114,6 +124,18 @@ class SyntheticCriteo:
         batch = Batch(torch.from_numpy(dense), torch.from_numpy(sparse), torch.from_numpy(label))
         return batch, torch.from_numpy(logits)
 
+    def clean_logits(self, batch: Batch) -> torch.Tensor:
+        """This teacher's noise-free logits (N, T) float64 for any rows of its spec, e.g. the old
+        teacher's score on a drifted config's rows (how much the shift costs a model that stopped
+        learning). Equal to `rows_with_logits`' logits on its own rows up to float32 rounding.
+
+        Raises:
+            ValueError: when the batch does not fit this generator's spec.
+        """
+        batch.validate(self.spec)
+        dense, ids = batch.dense.numpy(), batch.sparse.numpy().astype(np.int64)
+        return torch.from_numpy(self._signal(self._raw_terms(dense, ids)) + self._bias)
+
     def chunks(self, num_rows: int, chunk_rows: int, start: int = 0) -> Iterator[Batch]:
         """Rows [start, start + num_rows) in chunks of `chunk_rows`, never all in memory at once."""
         if chunk_rows < 1:
@@ -124,14 +146,59 @@ class SyntheticCriteo:
     # ----------------------------------------------------------------- teacher
     def _build_teacher(self, rng: np.random.Generator) -> None:
         config = self.config
-        num_fields, dim, tasks = len(config.table_sizes) + 1, config.teacher_dim, config.num_tasks
+        tasks = config.num_tasks
         self._dense_mu = rng.uniform(0.0, 4.0, config.num_dense)
         self._dense_sigma = rng.uniform(0.5, 1.5, config.num_dense)
+        weights = self._draw_weights(rng, np.random.default_rng(np.random.SeedSequence([config.seed, 3])))
+        self._drift_keep = float(np.sqrt(1.0 - config.drift**2))
+        if config.drift > 0:
+            # W' from generators of their own: W, the features and the rows are the undrifted ones
+            other_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 6, config.drift_seed]))
+            for low, high in ((0.0, 4.0), (0.5, 1.5)):  # skip the features' draws: W' has W's draw layout
+                other_rng.uniform(low, high, config.num_dense)
+            other = self._draw_weights(
+                other_rng, np.random.default_rng(np.random.SeedSequence([config.seed, 7, config.drift_seed]))
+            )
+            keep, drift = self._drift_keep, config.drift
+            for name, value in weights.items():
+                if name == "keys":
+                    continue
+                if name == "dense_deep_layers":
+                    weights[name] = [
+                        (keep * weight + drift * other_weight, keep * bias + drift * other_bias)
+                        for (weight, bias), (other_weight, other_bias) in zip(value, other[name])
+                    ]
+                elif name in ("field_weights", "first_order_weights"):  # mean 1 stays, the random part drifts
+                    weights[name] = 1.0 + keep * (value - 1.0) + drift * (other[name] - 1.0)
+                else:
+                    weights[name] = keep * value + drift * other[name]
+            self._drift_keys = other["keys"]
         # hash keys: (feature, component); components 0..K-1 embed, K is the first-order weight
-        self._keys = rng.integers(0, 2**63, size=(len(config.table_sizes), dim + 1), dtype=np.uint64)
+        self._keys = weights["keys"]
         head_ids = np.arange(_HEAD_IDS, dtype=np.int64)
-        self._head_values = _teacher_values(self._keys[:, None, :], head_ids[None, :, None])  # (F, HEAD, K + 1)
-        self._dense_projection = rng.standard_normal((config.num_dense, dim)) / np.sqrt(config.num_dense)
+        self._head_values = self._hashed_values(np.arange(len(config.table_sizes))[:, None], head_ids[None, :])
+        self._dense_projection = weights["dense_projection"]
+        self._field_weights = weights["field_weights"]  # (T, F + 1)
+        self._first_order_weights = weights["first_order_weights"]  # (T, F)
+        self._hidden_weight = weights["hidden_weight"].astype(np.float32)
+        self._hidden_bias = weights["hidden_bias"].astype(np.float32)
+        self._output_weight = weights["output_weight"]  # (H, T)
+        self._num_terms = 4 if config.dense_deep_scale > 0 else 3
+        self._dense_deep_layers = [(w.astype(np.float32), b.astype(np.float32)) for w, b in weights["dense_deep_layers"]]
+        self._dense_deep_output = weights.get("dense_deep_output")  # (H2, T)
+        self._term_mean = np.zeros((self._num_terms, tasks))
+        self._term_std = np.ones((self._num_terms, tasks))
+        self._dense_mean = np.zeros(config.num_dense)
+        self._dense_std = np.ones(config.num_dense)
+        self._bias = np.zeros(tasks)
+
+    def _draw_weights(self, rng: np.random.Generator, deep_rng: np.random.Generator) -> dict:
+        """One teacher's weights in float64, in the fixed draw order that today's rows depend on."""
+        config = self.config
+        num_fields, dim, tasks = len(config.table_sizes) + 1, config.teacher_dim, config.num_tasks
+        weights: dict = {}
+        weights["keys"] = rng.integers(0, 2**63, size=(len(config.table_sizes), dim + 1), dtype=np.uint64)
+        weights["dense_projection"] = rng.standard_normal((config.num_dense, dim)) / np.sqrt(config.num_dense)
 
         def task_mix(shape: tuple[int, ...]) -> np.ndarray:
             shared = rng.standard_normal(shape)
@@ -139,45 +206,60 @@ class SyntheticCriteo:
             weight = np.sqrt(config.task_correlation)
             return weight * shared + np.sqrt(1.0 - config.task_correlation) * own
 
-        self._field_weights = 1.0 + 0.5 * task_mix((num_fields,))  # (T, F + 1)
-        self._first_order_weights = 1.0 + 0.5 * task_mix((num_fields - 1,))  # (T, F)
-        hidden_weight = rng.standard_normal((num_fields * dim, config.teacher_hidden)) / np.sqrt(num_fields * dim)
-        self._hidden_weight = hidden_weight.astype(np.float32)
-        self._hidden_bias = (0.5 * rng.standard_normal(config.teacher_hidden)).astype(np.float32)
-        self._output_weight = task_mix((config.teacher_hidden,)).T  # (H, T)
-        self._build_dense_deep(np.random.default_rng(np.random.SeedSequence([config.seed, 3])))
-        self._term_mean = np.zeros((self._num_terms, tasks))
-        self._term_std = np.ones((self._num_terms, tasks))
-        self._dense_mean = np.zeros(config.num_dense)
-        self._dense_std = np.ones(config.num_dense)
-        self._bias = np.zeros(tasks)
+        weights["field_weights"] = 1.0 + 0.5 * task_mix((num_fields,))
+        weights["first_order_weights"] = 1.0 + 0.5 * task_mix((num_fields - 1,))
+        weights["hidden_weight"] = rng.standard_normal((num_fields * dim, config.teacher_hidden)) / np.sqrt(num_fields * dim)
+        weights["hidden_bias"] = 0.5 * rng.standard_normal(config.teacher_hidden)
+        weights["output_weight"] = task_mix((config.teacher_hidden,)).T
+        weights.update(self._draw_dense_deep(deep_rng))
+        return weights
 
-    def _build_dense_deep(self, rng: np.random.Generator) -> None:
+    def _draw_dense_deep(self, rng: np.random.Generator) -> dict:
         """The optional fourth term's sine MLP, from its own generator (the first three terms' draws
         and so every existing config's rows are unchanged by it)."""
         config = self.config
-        self._num_terms = 4 if config.dense_deep_scale > 0 else 3
-        self._dense_deep_layers: list[tuple[np.ndarray, np.ndarray]] = []
-        if self._num_terms == 3:
-            return
+        if config.dense_deep_scale <= 0:
+            return {"dense_deep_layers": []}
+        layers = []
         fan_in, second_moment = config.num_dense, 1.0  # standardised inputs, then sines (E sin^2 = 1/2)
         for _ in range(config.dense_deep_layers):
             weight = rng.standard_normal((fan_in, config.dense_deep_hidden))
             weight *= config.dense_deep_frequency / np.sqrt(fan_in * second_moment)
             bias = rng.uniform(-np.pi, np.pi, config.dense_deep_hidden)
-            self._dense_deep_layers.append((weight.astype(np.float32), bias.astype(np.float32)))
+            layers.append((weight, bias))
             fan_in, second_moment = config.dense_deep_hidden, 0.5
         shared = rng.standard_normal(fan_in)
         own = rng.standard_normal((config.num_tasks, fan_in))
         weight = np.sqrt(config.task_correlation)
-        self._dense_deep_output = (weight * shared + np.sqrt(1.0 - config.task_correlation) * own).T  # (H2, T)
+        output = (weight * shared + np.sqrt(1.0 - config.task_correlation) * own).T
+        return {"dense_deep_layers": layers, "dense_deep_output": output}
+
+    def _hashed_values(self, features: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Teacher values of (feature, id) pairs (broadcast), (..., K + 1): sqrt(1-d^2) v + d v' under drift."""
+        values = _teacher_values(self._keys[features], ids[..., None])
+        if self.config.drift > 0:
+            values = self._drift_keep * values + self.config.drift * _teacher_values(self._drift_keys[features], ids[..., None])
+        return values
 
     def _calibrate(self, rng: np.random.Generator) -> None:
-        """Normalise each logit term to unit std and pick the bias that gives `target_ctr`."""
+        """Normalise each logit term to unit std and pick the bias that gives `target_ctr`.
+
+        A drifted config keeps the undrifted teacher's normalisation (W' has W's scale, so the
+        terms keep theirs in expectation; new ids alone then leave the teacher's function as it
+        was) and re-picks only the bias, so the click rate stays `target_ctr`.
+        """
+        config = self.config
         dense, ids = self._sample_features(rng, _CALIBRATION_ROWS)
-        self._dense_mean, self._dense_std = dense.mean(0), dense.std(0) + 1e-6
-        terms = self._raw_terms(dense, ids)  # (C, N, T), C = 3 or 4 terms
-        self._term_mean, self._term_std = terms.mean(1), terms.std(1) + 1e-12
+        ids = self._with_new_ids(ids, np.random.SeedSequence([config.seed, 5, config.drift_seed]))
+        if config.drift > 0 or config.new_id_share > 0:
+            undrifted = SyntheticCriteo(dataclasses.replace(config, drift=0.0, new_id_share=0.0, drift_seed=0))
+            self._dense_mean, self._dense_std = undrifted._dense_mean, undrifted._dense_std
+            self._term_mean, self._term_std = undrifted._term_mean, undrifted._term_std
+            terms = self._raw_terms(dense, ids)
+        else:
+            self._dense_mean, self._dense_std = dense.mean(0), dense.std(0) + 1e-6
+            terms = self._raw_terms(dense, ids)  # (C, N, T), C = 3 or 4 terms
+            self._term_mean, self._term_std = terms.mean(1), terms.std(1) + 1e-12
         signal = self._signal(terms)
         noise = self.config.noise_std * rng.standard_normal(signal.shape)
         low, high = np.full(self.config.num_tasks, -30.0), np.full(self.config.num_tasks, 30.0)
@@ -196,6 +278,23 @@ class SyntheticCriteo:
         log_counts = self._dense_mu + self._dense_sigma * rng.standard_normal((rows, config.num_dense))
         counts = np.where(is_zero, 0.0, np.floor(np.exp(np.minimum(log_counts, 40.0))))
         return np.log1p(counts).astype(np.float32), ids
+
+    def _with_new_ids(self, ids: np.ndarray, seed: np.random.SeedSequence) -> np.ndarray:
+        """Send a share `new_id_share` of lookups (each one independently) to new ids.
+
+        New ids have a Zipf law of their own over the last half of each table counted from its end
+        (new rank 0 is id size - 1), ids the offline Zipf law almost never draws in large tables; so
+        a few new ids become popular, as new items do in production. Draws come from a generator of
+        their own, so the rest of the row (dense, Zipf draw, noise, click uniform) stays paired with
+        the undrifted row of the same index.
+        """
+        share = self.config.new_id_share
+        if share <= 0:
+            return ids
+        rng = np.random.default_rng(seed)
+        is_new = rng.random(ids.shape) < share
+        new_rank = _zipf_ids(rng.random(ids.shape), self._new_id_pool, self.config.zipf_exponent)
+        return np.where(is_new, self._table_sizes - 1 - new_rank, ids)
 
     def _raw_terms(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """First-order, interaction, deep (and dense-deep) terms before normalisation, (C, N, T) float64."""
@@ -229,7 +328,7 @@ class SyntheticCriteo:
         tail_rows, tail_features = np.nonzero(ids >= _HEAD_IDS)
         if len(tail_rows):
             tail_ids = ids[tail_rows, tail_features]
-            values[tail_rows, tail_features] = _teacher_values(self._keys[tail_features], tail_ids[:, None])
+            values[tail_rows, tail_features] = self._hashed_values(tail_features, tail_ids)
         return values
 
     def _signal(self, terms: np.ndarray) -> np.ndarray:
@@ -243,6 +342,7 @@ class SyntheticCriteo:
         """Block `block`: dense, sparse, label (N, T) float32 and clean logits (N, T) float64."""
         rng = np.random.default_rng(np.random.SeedSequence([self.config.seed, 1, block]))
         dense, ids = self._sample_features(rng, BLOCK_ROWS)
+        ids = self._with_new_ids(ids, np.random.SeedSequence([self.config.seed, 4, self.config.drift_seed, block]))
         logits = self._signal(self._raw_terms(dense, ids)) + self._bias
         noise = self.config.noise_std * rng.standard_normal(logits.shape)
         clicks = rng.random(logits.shape) < _sigmoid(logits + noise)
