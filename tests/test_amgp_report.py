@@ -144,3 +144,19 @@ def test_auc_vs_flops_plot_is_written(tmp_path):
                _grid_record("amgp", 1e-4, [0.68, 0.69], flops=4e11)]
     path = plot_auc_vs_flops(records, tmp_path / "p.png")
     assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_recurring_stage_scores_every_final_model_on_the_drifted_teacher(tmp_path):
+    out = tmp_path / "recurring.json"
+    command = [sys.executable, str(ROOT / "tools" / "sweep_amgp.py"), "--tiny", "--model", "dlrm", "--seeds", "1",
+               "--samples", "3072", "--variants", "dense", "small-dense", "grow-late-lossless", "--recurring-steps", "6",
+               "--drift", "0.5", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads(out.read_text())
+    for record in records:
+        run = record["per_seed"][0]
+        assert run["recurring_steps"] == 6 and 0.3 < run["recurring_auc"] < 1 and run["recurring_flops"] > 0
+        assert record["recurring_auc_mean"] == run["recurring_auc"] and record["drift"] == 0.5
+    flops = {r["variant"]: r["per_seed"][0]["recurring_flops"] for r in records}
+    assert flops["small-dense"] < flops["dense"] == flops["grow-late-lossless"]  # AMGP ends full-size

@@ -188,7 +188,7 @@ def train_config(args, steps: int, device: torch.device, seed: int, metrics_path
 
 
 def run_one(spec: dict[str, Any], method: str, seed: int, plan: Plan, data: tuple[Batch, Batch], args,
-            steps: int, metrics_path: str | None) -> dict[str, Any]:
+            steps: int, metrics_path: str | None, recurring: tuple[Batch, Batch] | None = None) -> dict[str, Any]:
     device = torch.device(args.device)
     torch.manual_seed(seed)
     with device:
@@ -212,11 +212,39 @@ def run_one(spec: dict[str, Any], method: str, seed: int, plan: Plan, data: tupl
                                             "wall_clock_s", "peak_memory_bytes")} for p in summary["phases"]],
               "switches": [{k: s.get(k) for k in ("step", "action", "loss_before", "loss_after", "overlap", "faded")}
                            for s in summary["surgeries"]]}
+    if recurring is not None:
+        record.update(recurring_stage(model, graph, recurring, args, device, seed))
     del model, graph, hook, result
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return record
+
+
+def recurring_stage(model: torch.nn.Module, graph, data: tuple[Batch, Batch], args, device: torch.device,
+                    seed: int) -> dict[str, Any]:
+    """The recurring-training stage: the model as offline training left it (full-size for AMGP and
+    dense, compact for prune-only, small for small dense) keeps training for ``--recurring-steps`` on
+    rows of the drifted teacher, at the same rate and schedule, and is scored on that distribution."""
+    steps = args.recurring_steps
+    hook = AmgpHook(graph, dense_config(steps), label="recurring")  # runs the graph as it is; counts FLOPs
+    result = train(model, data[0], data[1], train_config(args, steps, device, seed + 1000, None), hooks=[hook],
+                   forward=hook.forward, progress=False)
+    return {"recurring_auc": result.metrics["auc"], "recurring_logloss": result.metrics["logloss"],
+            "recurring_flops": hook.total_flops, "recurring_steps": steps}
+
+
+def prepare_recurring(args, say, table_sizes: tuple[int, ...] | None = None) -> tuple[Batch, Batch] | None:
+    """Rows of the drifted teacher (``--drift``, ``--new-id-share``) for the recurring stage, or None."""
+    if not args.recurring_steps:
+        return None
+    shifted = teacher_config(args, table_sizes).drifted(args.drift, args.new_id_share, seed=1)
+    say(f"generating {args.recurring_steps * args.batch_size} drifted rows (drift {args.drift}, new ids "
+        f"{args.new_id_share}) for the recurring stage")
+    device = torch.device(args.device)
+    rows = make_rows(shifted, 1 << 41, args.recurring_steps * args.batch_size, args.workers)
+    test = make_rows(shifted, 1 << 42, args.test_samples, args.workers)
+    return rows.to(device), test.to(device)
 
 
 def _compiled_forward(module: torch.nn.Module):
@@ -253,6 +281,10 @@ def aggregate(name: str, method: str, runs: list[dict], plan: Plan, args, steps:
                             for k, v in (plan.small_overrides if method == "small_dense" else {}).items()
                             if k != "table_sizes"},
         "parameters": runs[0]["parameters"], "per_seed": runs,
+        **({"recurring_auc_mean": statistics.fmean(r["recurring_auc"] for r in runs),
+            "recurring_auc_std": statistics.stdev([r["recurring_auc"] for r in runs]) if len(runs) > 1 else 0.0,
+            "recurring_steps": runs[0]["recurring_steps"], "drift": args.drift, "new_id_share": args.new_id_share}
+           if "recurring_auc" in runs[0] else {}),
     }
 
 
@@ -310,6 +342,11 @@ def parse_args(argv=None):
     parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "linear"])
     parser.add_argument("--lr-warmup", type=float, default=0.0, help="share of the run for lr warm-up")
     parser.add_argument("--lr-final-ratio", type=float, default=0.0, help="decayed rate at the end / base rate")
+    parser.add_argument("--recurring-steps", type=int, default=0,
+                        help="after offline training, train every final model this many steps on a drifted teacher "
+                             "and score it there (the recurring-training stage; 0: off)")
+    parser.add_argument("--drift", type=float, default=0.3, help="teacher drift of the recurring stage, in [0, 1]")
+    parser.add_argument("--new-id-share", type=float, default=0.1, help="share of lookups of new ids there")
     parser.add_argument("--probe-rows", type=int, default=8192,
                         help="held-out rows on which every switch's loss jump is measured (0: none)")
     parser.add_argument("--eval-every", type=int, default=0,
@@ -343,16 +380,21 @@ def parse_args(argv=None):
     return args
 
 
+def teacher_config(args, table_sizes: tuple[int, ...] | None = None) -> SyntheticConfig:
+    """The ``args.teacher`` preset on ``table_sizes`` (default: the GPU tables, or the tiny run's four)."""
+    if table_sizes is not None:
+        teacher = dict(table_sizes=table_sizes)
+    else:
+        teacher = dict(num_dense=4, table_sizes=(20, 50, 100, 30)) if args.tiny else dict(table_sizes=GPU_TABLES)
+    return SyntheticConfig.from_preset(args.teacher, **teacher)
+
+
 def prepare_data(args, steps: int, say,
                  table_sizes: tuple[int, ...] | None = None) -> tuple[tuple[Batch, Batch], torch.device]:
     """The (train, test) rows every run of this process shares, on ``args.device`` (TF32 set there):
     ``steps * batch_size`` training rows and ``test_samples`` held-out ones from the ``args.teacher``
     preset, on ``table_sizes`` (default: the GPU tables, or the tiny run's four small ones)."""
-    if table_sizes is not None:
-        teacher = dict(table_sizes=table_sizes)
-    else:
-        teacher = dict(num_dense=4, table_sizes=(20, 50, 100, 30)) if args.tiny else dict(table_sizes=GPU_TABLES)
-    data_config = SyntheticConfig.from_preset(args.teacher, **teacher)
+    data_config = teacher_config(args, table_sizes)
     rows = steps * args.batch_size // max(1, getattr(args, "passes", 1))  # several passes: fewer distinct rows
     say(f"generating {rows} + {args.test_samples} rows ({args.teacher} teacher, "
         f"{args.workers} workers)")
@@ -383,6 +425,7 @@ def main(argv=None) -> list[dict]:
         print(f"[{time.perf_counter() - start:6.1f}s] {message}", flush=True)
 
     data, device = prepare_data(args, steps, say)
+    recurring = prepare_recurring(args, say)
     device_name = _device_name(device)
     say(f"data ready on {device_name}; {steps} steps of {args.batch_size} per run")
 
@@ -413,7 +456,7 @@ def main(argv=None) -> list[dict]:
                     if args.plot_dir and seed == 0 and method in ("dense", "amgp") and lr == grid[0]:
                         metrics = str(Path(args.plot_dir) / f"amgp_train_{name}_{method}.jsonl")
                     run_args = argparse.Namespace(**{**vars(args), "lr": lr})
-                    run = run_one(spec, method, seed, plan, data, run_args, steps, metrics)
+                    run = run_one(spec, method, seed, plan, data, run_args, steps, metrics, recurring)
                     longest = max(longest, time.perf_counter() - began)
                     runs[(method, lr)].append(run)
                     say(f"{name} {method:11s} lr {lr:g} seed {seed}: auc {run['auc']:.5f} logloss "

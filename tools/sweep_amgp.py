@@ -131,6 +131,7 @@ def main(argv=None) -> list[dict]:
     if own.cpu_proxy:
         spec = PROXY_SPEC
     data, device = bench_amgp.prepare_data(base, steps, say, PROXY_TABLES if own.cpu_proxy else None)
+    recurring = bench_amgp.prepare_recurring(base, say, PROXY_TABLES if own.cpu_proxy else None)
     device_name = bench_amgp._device_name(device)
     command = "python tools/sweep_amgp.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     say(f"data ready on {device_name}; {steps} steps of {base.batch_size}; variants {own.variants}")
@@ -148,7 +149,7 @@ def main(argv=None) -> list[dict]:
             if own.curve_dir and seed == 0:
                 Path(own.curve_dir).mkdir(parents=True, exist_ok=True)
                 curve = str(Path(own.curve_dir) / f"sweep_{own.model}_{name}.jsonl")
-            run = bench_amgp.run_one(spec, method, seed, plan, data, args, steps, curve)
+            run = bench_amgp.run_one(spec, method, seed, plan, data, args, steps, curve, recurring)
             runs.append(run)
             say(f"{name:14s} seed {seed}: auc {run['auc']:.5f} logloss {run['logloss']:.5f} "
                 f"train {run['wall_clock_s']:.2f}s flops {run['train_flops'] / 1e12:.3f}T")
@@ -169,6 +170,10 @@ def print_summary(records: list[dict]) -> None:
     for record in records:
         base = dense.get(record["lr"])
         line = f"{record['variant']:14s} lr {record['lr']:g}: auc {record['auc_mean']:.5f} +- {record['auc_std']:.5f}"
+        if "recurring_auc_mean" in record:
+            line += f" recurring auc {record['recurring_auc_mean']:.5f}"
+            if base is not None and base is not record:
+                line += f" ({record['recurring_auc_mean'] - base['recurring_auc_mean']:+.5f} vs dense)"
         if base is not None and base is not record:
             paired = [a["auc"] - b["auc"] for a, b in zip(record["per_seed"], base["per_seed"])]
             line += (f"  vs dense {record['auc_mean'] - base['auc_mean']:+.5f} (per seed "
