@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from amgp_fx import cli_pipeline
+from amgp_fx.cli import train as cli_pipeline
 from amgp_fx.cli import build_parser, main
 from amgp_fx.devices import parse_device, resolve_device
 from amgp_fx.errors import UsageError

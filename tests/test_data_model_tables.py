@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from amgp_fx.cli_pipeline import data_shape
+from amgp_fx.cli.data import data_shape
 from amgp_fx.data.model_tables import model_table_sizes
 from amgp_fx.model_io import LoadedModel, load_model, save_pt2
 

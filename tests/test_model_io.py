@@ -14,7 +14,7 @@ import torch
 
 import amgp_fx
 import models
-from amgp_fx.cli_commands import OutputDir
+from amgp_fx.cli.output import OutputDir
 from amgp_fx.errors import FactoryError, InputSpecError, ModelFileError, OutputPathError, TraceFailure, UsageError
 from amgp_fx.model_inputs import load_example_batch, parse_input_spec
 from amgp_fx.model_io import build_from_factory, check_pt2_archive, load_model, save_pt2, save_state_dict

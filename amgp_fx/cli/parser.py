@@ -1,91 +1,15 @@
-"""``amgp-compress``: analyse, prune, train, export and benchmark a recommendation model from the shell.
-
-This module parses arguments and hands them to :mod:`amgp_fx.cli_commands`; torch is imported only
-once a command runs, so bad arguments fail in a fraction of a second. Expected failures print one
-line, ``amgp-compress: error: <problem>. <fix>``, and exit with the code of their
-:mod:`amgp_fx.errors` class; ``--verbose`` adds the traceback and info logs.
-
-Example:
-    >>> parse_ratio("0.25"), parse_batch_sizes("1, 64,512"), parse_group_ratio("g1=0.5")
-    (0.25, (1, 64, 512), ('g1', 0.5))
-"""
+"""The argument parser of ``amgp-compress`` (no torch: bad arguments fail in a fraction of a second)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import json
-import logging
-import math
-import sys
-import traceback
-import warnings
-from typing import Any, Sequence
 
-from amgp_fx.errors import PruneRequestError, UsageError, as_cli_error
+from amgp_fx.cli.values import DEFAULT_OUTPUT, MODEL_NAMES, PROG, _positive_int
+from amgp_fx.errors import UsageError
 from amgp_fx.schedule import RECIPES  # no torch: the parser stays light
 
-__all__ = ["build_parser", "main", "parse_batch_sizes", "parse_factory_kwargs", "parse_group_ratio", "parse_ratio"]
-
-PROG = "amgp-compress"
-MODEL_NAMES = ("dlrm", "dcn_v2", "deepfm", "wide_deep", "autoint", "mmoe")  # models.MODEL_NAMES, without torch
-DEFAULT_OUTPUT = "amgp-out"
+__all__ = ["EPILOGS", "HELP", "build_parser"]
 
 
-# -- value parsers (pure: no torch) --------------------------------------------------------------------
-def parse_ratio(text: str, what: str = "ratio") -> float:
-    """A fraction strictly between 0 and 1; raises PruneRequestError otherwise."""
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        raise PruneRequestError(f"{what} {text!r} is not a number", "Pass a fraction such as 0.5") from None
-    if not math.isfinite(value) or not 0.0 < value < 1.0:
-        raise PruneRequestError(f"{what} {text!r} is outside (0, 1)", "Pass a fraction such as 0.5")
-    return value
-
-
-def parse_group_ratio(text: str) -> tuple[str, float]:
-    """``GROUP=RATIO`` (group id or name as listed by ``analyze``) -> ``(group, ratio)``."""
-    group, sep, value = str(text).rpartition("=")
-    if not sep or not group.strip():
-        raise UsageError(f"--group-ratio {text!r} is not GROUP=RATIO", "Write e.g. --group-ratio g1=0.75")
-    return group.strip(), parse_ratio(value, f"ratio of group {group.strip()}")
-
-
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """Comma-separated positive batch sizes, e.g. ``"1,64,512"`` (duplicates dropped, order kept)."""
-    sizes = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not (part.isascii() and part.isdigit()) or int(part) < 1:  # "²".isdigit() is True, int("²") fails
-            raise UsageError(f"batch size {part!r} in {text!r} is not a positive integer",
-                             "Pass comma-separated sizes such as --batch-sizes 1,64,512")
-        sizes.append(int(part))
-    return tuple(dict.fromkeys(sizes))
-
-
-def parse_factory_kwargs(text: str | None) -> dict[str, Any]:
-    """``--factory-kwargs`` JSON object -> dict."""
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UsageError(f"--factory-kwargs is not valid JSON ({error.msg} at column {error.colno})",
-                         "Pass a JSON object such as '{\"preset\": \"small\"}'") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"--factory-kwargs must be a JSON object, got {type(value).__name__}",
-                         "Pass a JSON object such as '{\"preset\": \"small\"}'")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    if not (str(text).strip().isascii() and str(text).strip().isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-# -- parser ---------------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (one line, exit code 2) instead of printing usage and exiting."""
 
@@ -224,6 +148,8 @@ EPILOGS = {
            "  amgp-compress run --model dcn_v2 --ratio 0.6 --amgp -o out/\n  amgp-compress run model.pt2 "
            "--flops-target 0.5 --device cuda --batch-sizes 256,1024,4096",
 }
+
+
 HELP = {
     "analyze": "list the model's groups of channels (what can be pruned, and why not)",
     "prune": "one-shot structured pruning to a ratio or a FLOPs target; saves the model and the plan",
@@ -286,72 +212,3 @@ def build_parser() -> argparse.ArgumentParser:
         _common(sub[name])
         sub[name].set_defaults(command=name)
     return parser
-
-
-def _configure_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
-    if not verbose:  # torch's deprecation chatter is not the user's business
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|onnxscript)(\.|$)")
-        import torch  # noqa: F401 - torch installs its own log handlers on import; quieten them after
-
-        for name in ("torch", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _fail(line: str) -> None:
-    print(f"{PROG}: error: {line}", file=sys.stderr, flush=True)
-
-
-def _close_progress_line() -> None:
-    progress = sys.modules.get("amgp_fx.cli_commands")
-    if progress is not None:
-        progress.Progress.interrupted()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``amgp-compress`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = "-v" in argv or "--verbose" in argv
-    captured = io.StringIO()
-    try:
-        args = build_parser().parse_args(argv)
-        args.argv = list(argv)  # `train --nproc N` re-runs the same command line under torchrun
-        if args.command is None:
-            raise UsageError("no command given", f"Run '{PROG} --help'; '{PROG} run' runs the whole pipeline")
-        from amgp_fx import cli_commands
-
-        cli_commands.precheck(args)  # before torch is imported: bad options fail in a fraction of a second
-        _configure_logging(args.verbose)
-        # torch prints some diagnostics (e.g. the graph of an untraceable model) on stderr: keep them
-        # out of the one-line error unless --verbose
-        with contextlib.redirect_stderr(captured) if not args.verbose else contextlib.nullcontext():
-            return int(cli_commands.COMMANDS[args.command](args) or 0)
-    except SystemExit as exit_request:  # --help and --version
-        return int(exit_request.code or 0)
-    except KeyboardInterrupt:
-        _close_progress_line()
-        _fail("interrupted; the command's output files were discarded (training checkpoints stay, for --resume)")
-        return 130
-    except Exception as error:  # noqa: BLE001 - the one place errors become exit codes
-        _close_progress_line()
-        expected = as_cli_error(error)
-        if expected is None:
-            sys.stderr.write(captured.getvalue())
-        if verbose or expected is None:
-            traceback.print_exc()
-        if expected is None:
-            _fail(f"internal error: {type(error).__name__}: {' '.join(str(error).split())[:300]}. This is a bug; "
-                  "rerun with --verbose and report the traceback")
-            return 1
-        _fail(expected.line())
-        return expected.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

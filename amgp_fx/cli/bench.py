@@ -1,0 +1,123 @@
+"""``amgp-compress bench``: latency of ONNX Runtime and/or PyTorch over a sweep of batch sizes.
+
+Also the timing step ``run`` shares (:func:`bench_variant`).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from amgp_fx.cli.common import args_for_export, export_model, load, model_label, runtime_devices
+from amgp_fx.cli.output import OutputDir, written_count
+from amgp_fx.cli.values import parse_batch_sizes
+from amgp_fx.errors import UsageError
+from amgp_fx.model_inputs import make_inputs, resize_batch
+
+__all__ = ["bench_variant", "command", "save_latency"]
+
+
+_ONNX_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+                "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
+
+
+def _onnx_specs(path: str):
+    from amgp_fx.bench import make_ort_session
+    from amgp_fx.model_inputs import TensorSpec
+
+    specs = []
+    for node in make_ort_session(path, "cpu").get_inputs():
+        dtype = _ONNX_DTYPES.get(node.type)
+        dims = [d if isinstance(d, int) else None for d in node.shape[1:]]
+        if dtype is None or None in dims:
+            raise UsageError(f"{path}: cannot make inputs for {node.name} ({node.type}, {node.shape})",
+                             "Pass --input-shape or --example-inputs")
+        specs.append(TensorSpec(dtype, ("B", *dims)))
+    return specs
+
+
+def bench_variant(onnx_path, module, inputs, name: str, variant: str, args, runtimes) -> list:
+    """Latency records of one model: ORT on ``onnx_path`` and/or PyTorch on ``module``."""
+    from amgp_fx.bench import benchmark_onnx, benchmark_torch, count_forward_flops
+
+    sizes = parse_batch_sizes(args.batch_sizes)
+    provider, device = runtime_devices(args.device)
+    if inputs is not None:
+        def factory(b):
+            return resize_batch(inputs, b)
+    else:
+        specs = _onnx_specs(onnx_path) if not args.input_shape else None
+        from amgp_fx.model_inputs import parse_input_spec
+
+        specs = specs or parse_input_spec(args.input_shape)
+
+        def factory(b):
+            return make_inputs(specs, b)
+    flops = (lambda b: count_forward_flops(module, factory(b))) if module is not None else None
+    records = []
+    home = next(module.parameters(), torch.empty(0)).device if module is not None else None
+    for mode in ("eager", "compile"):  # before ONNX Runtime, whose spinning threads slow torch down for a while
+        if module is not None and f"torch-{mode}" in runtimes:
+            records += benchmark_torch(module, factory, sizes, mode=mode, device=device, warmup=args.warmup,
+                                       iters=args.iters, model_name=name, variant=variant, flops=flops)
+    if module is not None:
+        module.to(home)  # benchmark_torch moved it to the timing device; analysis and saving use the CPU inputs
+    if onnx_path is not None and "ort" in runtimes:
+        records += benchmark_onnx(onnx_path, factory, sizes, provider=provider, warmup=args.warmup, iters=args.iters,
+                                  model=name, variant=variant, flops=flops)
+    return records
+
+
+def _runtimes(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    if text is None:
+        return default
+    chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [r for r in chosen if r not in ("ort", "torch-eager", "torch-compile")]
+    if unknown or not chosen:
+        raise UsageError(f"unknown runtime {', '.join(unknown) or text!r}",
+                         "Choose from ort, torch-eager, torch-compile")
+    return chosen
+
+
+def save_latency(out: OutputDir, records, baseline: str) -> str:
+    from amgp_fx.latency_report import format_table, save_records
+
+    save_records(records, out.file("latency.json"))
+    table = format_table(records, baseline_variant=baseline)
+    out.file("latency.md").write_text(table + "\n", encoding="utf-8")
+    return table
+
+
+def command(args: argparse.Namespace) -> int:
+    parse_batch_sizes(args.batch_sizes)
+    model_file = args.model_file
+    onnx_files = list(args.onnx) + ([model_file] if model_file and model_file.endswith(".onnx") else [])
+    has_model = bool((model_file and not model_file.endswith(".onnx")) or args.model_name or args.factory)
+    if not onnx_files and not has_model:
+        raise UsageError("nothing to benchmark", "Pass a model (e.g. model.pt2 or --model dlrm) or --onnx FILE")
+    runtimes = _runtimes(args.runtimes, ("ort", "torch-eager") if has_model else ("ort",))
+    for path in onnx_files:
+        if not Path(path).is_file():
+            raise UsageError(f"ONNX file {path} does not exist", "Check the path")
+    records = []
+    with OutputDir(args.output_dir) as out, tempfile.TemporaryDirectory() as scratch:
+        loaded = None
+        if has_model:
+            args.model_file = None if model_file in onnx_files else model_file
+            loaded = load(args)
+            if "ort" in runtimes and not onnx_files:
+                # a scratch file to time (checked, not parity-tested: `export` is for files you keep)
+                onnx_files = [str(export_model(loaded.module, loaded.example_inputs, Path(scratch) / "model.onnx",
+                                          args_for_export(no_parity=True)).path)]
+        name = model_label(loaded) if loaded else Path(onnx_files[0]).stem
+        for index, path in enumerate(onnx_files or [None]):
+            variant = args.variant or (Path(path).stem if path and len(onnx_files) > 1 else "model")
+            module = loaded.module if loaded is not None and index == 0 else None
+            inputs = loaded.example_inputs if loaded is not None else None
+            records += bench_variant(path, module, inputs, name, variant, args, runtimes)
+        table = save_latency(out, records, records[0].variant)
+    print(table)
+    written_count(out, args.quiet)
+    return 0

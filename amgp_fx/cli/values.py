@@ -1,0 +1,78 @@
+"""Value parsers of ``amgp-compress`` options (pure: no torch), and the CLI's constants.
+
+Example:
+    >>> parse_ratio("0.25"), parse_batch_sizes("1, 64,512"), parse_group_ratio("g1=0.5")
+    (0.25, (1, 64, 512), ('g1', 0.5))
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+from amgp_fx.errors import PruneRequestError, UsageError
+
+__all__ = ["DEFAULT_OUTPUT", "MODEL_NAMES", "PROG", "parse_batch_sizes", "parse_factory_kwargs", "parse_group_ratio",
+           "parse_ratio"]
+
+
+PROG = "amgp-compress"
+
+
+MODEL_NAMES = ("dlrm", "dcn_v2", "deepfm", "wide_deep", "autoint", "mmoe")  # models.MODEL_NAMES, without torch
+
+
+DEFAULT_OUTPUT = "amgp-out"
+
+
+def parse_ratio(text: str, what: str = "ratio") -> float:
+    """A fraction strictly between 0 and 1; raises PruneRequestError otherwise."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise PruneRequestError(f"{what} {text!r} is not a number", "Pass a fraction such as 0.5") from None
+    if not math.isfinite(value) or not 0.0 < value < 1.0:
+        raise PruneRequestError(f"{what} {text!r} is outside (0, 1)", "Pass a fraction such as 0.5")
+    return value
+
+
+def parse_group_ratio(text: str) -> tuple[str, float]:
+    """``GROUP=RATIO`` (group id or name as listed by ``analyze``) -> ``(group, ratio)``."""
+    group, sep, value = str(text).rpartition("=")
+    if not sep or not group.strip():
+        raise UsageError(f"--group-ratio {text!r} is not GROUP=RATIO", "Write e.g. --group-ratio g1=0.75")
+    return group.strip(), parse_ratio(value, f"ratio of group {group.strip()}")
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """Comma-separated positive batch sizes, e.g. ``"1,64,512"`` (duplicates dropped, order kept)."""
+    sizes = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not (part.isascii() and part.isdigit()) or int(part) < 1:  # "²".isdigit() is True, int("²") fails
+            raise UsageError(f"batch size {part!r} in {text!r} is not a positive integer",
+                             "Pass comma-separated sizes such as --batch-sizes 1,64,512")
+        sizes.append(int(part))
+    return tuple(dict.fromkeys(sizes))
+
+
+def parse_factory_kwargs(text: str | None) -> dict[str, Any]:
+    """``--factory-kwargs`` JSON object -> dict."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--factory-kwargs is not valid JSON ({error.msg} at column {error.colno})",
+                         "Pass a JSON object such as '{\"preset\": \"small\"}'") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--factory-kwargs must be a JSON object, got {type(value).__name__}",
+                         "Pass a JSON object such as '{\"preset\": \"small\"}'")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not (str(text).strip().isascii() and str(text).strip().isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
