@@ -1,7 +1,8 @@
 """Coverage benchmark: on how many models does a 25% structured prune give a runnable, actually
 smaller model? amgp-fx (dependency groups + physical surgery, checked with the mask oracle) against
-torch-pruning's MetaPruner with magnitude importance, on the reference models and the
-third-party-style fixtures under tests/fixtures.
+torch-pruning's MetaPruner with magnitude importance, on the reference models, the
+third-party-style fixtures under tests/fixtures and the patterns that used to break a shrink
+(tests/fixtures/shrink_patterns.py: unsqueeze + cat, shared parameters, sequence-first attention, GRU/LSTM).
 
     python tools/bench_prune_coverage.py --out docs/results/prune_coverage.json
 
@@ -24,11 +25,13 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 def _cases() -> dict:
     import models
+    from fixtures import shrink_patterns
     from fixtures.thirdparty import FIXTURES
 
     cases = {f"ref:{n}": (lambda n=n: (lambda m: (m, m.example_inputs(4)))(models.build_model(n, "small")))
              for n in models.MODEL_NAMES}
     cases.update({f"3p:{n}": f for n, f in FIXTURES.items()})
+    cases.update({f"pattern:{n}": (lambda n=n: shrink_patterns.make_fixture(n)) for n in shrink_patterns.MODELS})
     return cases
 
 
@@ -114,9 +117,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None)
     parser.add_argument("--tp-limit", type=float, default=60.0)
+    parser.add_argument("--only", nargs="*", default=None, help="model names (e.g. pattern:dense_columns) to run")
     args = parser.parse_args(argv)
     records = []
     for name in _cases():
+        if args.only and name not in args.only:
+            continue
         record = {"model": name, "amgp": run_amgp(name), "torch_pruning": run_torch_pruning(name, args.tp_limit),
                   "ratio": 0.25, "torch": torch.__version__, "command": "python " + " ".join(sys.argv)}
         records.append(record)
