@@ -231,12 +231,17 @@ class AmgpHook:
 
     # -- public views ----------------------------------------------------------------------------
     def forward(self, model: torch.nn.Module, batch) -> torch.Tensor:
-        """``train``'s forward: the graph module (whose size literals follow surgery) on
-        ``(batch.dense, batch.sparse)``, in ``model``'s train/eval mode. Logits (B,) or (B, T)."""
+        """``train``'s forward: the graph module (whose size literals follow surgery) on the inputs
+        ``batch`` maps to, in ``model``'s train/eval mode. Logits (B,) or (B, T). The mapping
+        (:mod:`amgp_fx.batch_inputs`) is ``hook.input_map`` if set (``"PATH=SOURCE; ..."``), else the
+        default for the graph's example inputs: ``(batch.dense, batch.sparse)`` for a (dense, sparse)
+        model, dense and sparse columns in order for a dict or nested inputs."""
+        from amgp_fx.batch_inputs import batch_inputs_for
+
         module = self.graph.module
         if module.training != model.training:
             module.train(model.training)
-        return module(batch.dense, batch.sparse)
+        return module(*batch_inputs_for(self, self.graph.traced.args)(batch))
 
     def sizes(self) -> dict[str, int]:
         """Present channels of each chosen group now."""
