@@ -9,6 +9,10 @@ channels) are kept. It is computed from the analysis and the importance scores:
   vector-friendly sizes), never below one multiple and never above the group's size; groups no
   larger than ``multiple`` are rounded to whole channels, never 0;
 - a request that would keep less than one channel of a group ("empties the layer") is refused;
+- a group spanning several segments (tables and towers concatenated, see :mod:`amgp_fx.segments`)
+  keeps the same share of every segment (policy ``balanced``, the default for embedding and
+  concatenated groups) and never leaves a member tensor with a zero-size dim unless
+  ``allow_empty=True``; every member tensor's size before and after is recorded per group;
 - with a FLOPs target, a bisection finds the smallest global ratio whose pruned model has at most
   ``flops_target`` x the dense model's forward FLOPs, measured by shrinking, counting and regrowing.
 
@@ -29,6 +33,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -36,11 +41,13 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from amgp_fx.groups.analyze import DependencyGraph
 from amgp_fx.groups.model import Group
 from amgp_fx.importance import CRITERIA, score
+from amgp_fx.segments import POLICIES, group_segments, keep_channels, member_sizes, resolve_policy
 from amgp_fx.surgery import SurgeryRecord, grow_, shrink_
 
 log = logging.getLogger(__name__)
@@ -65,8 +72,11 @@ class GroupKeep:
     kind: str
     full_size: int
     keep: tuple[int, ...]
+    policy: str = ""  # balanced or global ("" in plans written before policies)
+    members: tuple[dict, ...] = ()  # {"tensor", "dim", "role", "channels", "before", "after"} per member
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "members", tuple(dict(m) for m in self.members))
         keep = tuple(int(k) for k in self.keep)
         if not keep or list(keep) != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= self.full_size:
             raise PlanError(f"group {self.id} ({self.name}): kept channels must be distinct, ascending and in "
@@ -85,6 +95,8 @@ class PruningPlan:
     multiple: int = 8
     max_layer_ratio: float = 0.9
     stats: dict[str, Any] = field(default_factory=dict)  # parameters/FLOPs before and after
+    policy: str = "auto"
+    allow_empty: bool = False
     version: int = PLAN_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,8 +114,10 @@ class PruningPlan:
                             f"version {PLAN_VERSION})")
         try:
             groups = tuple(GroupKeep(str(g["id"]), str(g["name"]), str(g.get("kind", "")), int(g["full_size"]),
-                                     tuple(g["keep"])) for g in data["groups"])
-            known = {"criterion", "ratio", "flops_target", "multiple", "max_layer_ratio", "stats"}
+                                     tuple(g["keep"]), str(g.get("policy", "")), tuple(g.get("members", ())))
+                           for g in data["groups"])
+            known = {"criterion", "ratio", "flops_target", "multiple", "max_layer_ratio", "stats", "policy",
+                     "allow_empty"}
             return cls(groups=groups, **{k: data[k] for k in known if k in data})
         except (KeyError, TypeError, ValueError) as error:
             if isinstance(error, PlanError):
@@ -173,13 +187,43 @@ def _widths(chosen: Sequence[Group], ratio: float, overrides: Mapping[str, float
     return widths
 
 
-def _top(scores: Mapping[str, torch.Tensor], widths: Mapping[str, int]) -> dict[str, list[int]]:
-    """Highest-scoring positions per group, ascending; ties broken by position (stable)."""
-    keep = {}
-    for group_id, width in widths.items():
-        order = torch.sort(scores[group_id], descending=True, stable=True).indices[:width]
-        keep[group_id] = sorted(order.tolist())
-    return keep
+class _Choice:
+    """Per selected group: its segments and policy, and which channels a width keeps (both planners)."""
+
+    def __init__(self, chosen: Sequence[Group], scores: Mapping[str, torch.Tensor], policy: str,
+                 allow_empty: bool) -> None:
+        self.scores, self.allow_empty = scores, allow_empty
+        self.segments = {g.id: group_segments(g) for g in chosen}
+        self.policy = {g.id: resolve_policy(policy, g, self.segments[g.id]) for g in chosen}
+
+    def keep(self, widths: Mapping[str, int]) -> dict[str, list[int]]:
+        """Positions kept per group, ascending (one per segment at least unless allow_empty)."""
+        return {gid: keep_channels(self.scores[gid], width, self.segments[gid], self.policy[gid], self.allow_empty)
+                for gid, width in widths.items()}
+
+
+def _member_table(graph: DependencyGraph, chosen: Sequence[Group], keep: Mapping[str, Sequence[int]]) -> dict:
+    """Per group: every member tensor dim with its size before and after all of the plan's groups shrink."""
+    shapes = {name: tuple(t.shape) for name, t in [*graph.module.named_parameters(), *graph.module.named_buffers()]}
+    removed: dict[tuple[str, int], int] = {}
+    for group in chosen:
+        dropped = np.ones(group.full_size, dtype=bool)
+        dropped[list(keep[group.id])] = False
+        for member in group.members:
+            gone = int(dropped[member.channels[member.channels >= 0]].sum())
+            removed[(member.tensor, member.dim)] = removed.get((member.tensor, member.dim), 0) + gone
+    return {g.id: tuple(vars(m) for m in member_sizes(g, shapes, removed)) for g in chosen}
+
+
+def _check_no_empty(entries: Sequence[tuple[str, str, Sequence[dict]]]) -> None:
+    """Refuse a plan that leaves a member tensor dim with size 0; entries are (id, name, member sizes)."""
+    for entry_id, entry_name, members in entries:
+        for member in members:
+            if member["before"] > 0 and member["after"] <= 0:
+                raise PlanError(f"the plan empties {member['tensor']} (dim {member['dim']}, {member['before']} -> 0) "
+                                f"in group {entry_id} ({entry_name}), which drops a whole feature or layer. Keep at "
+                                "least one of its channels, or allow it explicitly (allow_empty=True, "
+                                "--allow-empty-members)")
 
 
 def _check_ratio(name: str, value: float, upper_inclusive: bool = False) -> None:
@@ -192,7 +236,8 @@ def _check_ratio(name: str, value: float, upper_inclusive: bool = False) -> None
 def plan_pruning(graph: DependencyGraph, ratio: float | None = None, *, flops_target: float | None = None,
                  group_ratios: Mapping[str, float] | None = None, groups: Sequence[str] | None = None,
                  kinds: Sequence[str] | None = None, criterion: str = "l2", multiple: int = 8,
-                 max_layer_ratio: float = 0.9, example_inputs: tuple | None = None) -> PruningPlan:
+                 max_layer_ratio: float = 0.9, example_inputs: tuple | None = None, policy: str = "auto",
+                 allow_empty: bool = False) -> PruningPlan:
     """Choose the channels to keep in each selected group (the graph is left as it was).
 
     Args:
@@ -207,8 +252,13 @@ def plan_pruning(graph: DependencyGraph, ratio: float | None = None, *, flops_ta
         multiple: kept widths are rounded to a multiple of this (>= 1).
         max_layer_ratio: no group loses more than this fraction, in (0, 1].
         example_inputs: inputs for FLOPs counting; default the inputs the graph was traced with.
+        policy: ``balanced`` (the same share of every segment of a group), ``global`` (the group's
+            top-k) or ``auto`` (balanced for embedding and concatenated groups); see :mod:`amgp_fx.segments`.
+        allow_empty: let a segment lose every channel (a member tensor with a zero-size dim); off by
+            default, so each segment keeps at least one channel (a group keeps at least one per segment).
     Returns:
-        ``PruningPlan``; only groups that lose channels are listed.
+        ``PruningPlan``; only groups that lose channels are listed, each with its member tensors'
+        sizes before and after.
     Raises:
         PlanError: ratio or target outside (0, 1), a request that would empty a layer, a
             non-prunable or unknown group, or an unreachable FLOPs target.
@@ -223,6 +273,8 @@ def plan_pruning(graph: DependencyGraph, ratio: float | None = None, *, flops_ta
         raise PlanError(f"multiple {multiple!r} must be a positive integer (1 turns rounding off)")
     if criterion not in CRITERIA:
         raise PlanError(f"unknown importance criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if policy not in POLICIES:
+        raise PlanError(f"unknown pruning policy {policy!r}; choose one of {', '.join(POLICIES)}")
     overrides = dict(group_ratios or {})
     only_overrides = ratio is None and flops_target is None
     chosen = _select(graph, groups or (list(overrides) if only_overrides else None), kinds)
@@ -231,21 +283,26 @@ def plan_pruning(graph: DependencyGraph, ratio: float | None = None, *, flops_ta
             raise PlanError(f"group {key!r} has a ratio but is not among the groups being pruned")
     if any(g.size != g.full_size for g in chosen):
         raise PlanError("plan_pruning needs an unpruned graph; analyse the pruned model again to prune it further")
-    scores = score(graph, criterion, groups=chosen)
+    choice = _Choice(chosen, score(graph, criterion, groups=chosen), policy, allow_empty)
     stats: dict[str, Any] = {}
     if flops_target is not None:
-        ratio, stats = _solve_flops(graph, chosen, scores, flops_target, overrides, multiple, max_layer_ratio,
+        ratio, stats = _solve_flops(graph, chosen, choice, flops_target, overrides, multiple, max_layer_ratio,
                                     example_inputs if example_inputs is not None else graph.traced.args)
     widths = _widths(chosen, ratio or 0.0, overrides, multiple, max_layer_ratio, flops_target is not None)
-    keep = _top(scores, widths)
-    plan_groups = tuple(GroupKeep(g.id, g.name, g.kind, g.full_size, tuple(keep[g.id]))
-                        for g in chosen if len(keep[g.id]) < g.full_size)
+    keep = choice.keep(widths)
+    pruned = [g for g in chosen if len(keep[g.id]) < g.full_size]
+    members = _member_table(graph, pruned, keep)
+    plan_groups = tuple(GroupKeep(g.id, g.name, g.kind, g.full_size, tuple(keep[g.id]), choice.policy[g.id],
+                                  members[g.id]) for g in pruned)
     if not plan_groups:
         log.warning("the request removes no channel (widths round back up to a multiple of %d)", multiple)
-    return PruningPlan(plan_groups, criterion, ratio, flops_target, multiple, max_layer_ratio, stats)
+    if not allow_empty:
+        _check_no_empty([(g.id, g.name, g.members) for g in plan_groups])  # a dim spanning several groups
+    return PruningPlan(plan_groups, criterion, ratio, flops_target, multiple, max_layer_ratio, stats, policy,
+                       allow_empty)
 
 
-def _solve_flops(graph, chosen, scores, target, overrides, multiple, cap, inputs) -> tuple[float, dict]:
+def _solve_flops(graph, chosen, choice: _Choice, target, overrides, multiple, cap, inputs) -> tuple[float, dict]:
     """Smallest ratio (on a 1/1000 grid of the cap) whose pruned forward FLOPs are <= target x dense.
 
     Widths are step functions of the ratio, so the grid collapses to a few distinct width vectors;
@@ -265,7 +322,7 @@ def _solve_flops(graph, chosen, scores, target, overrides, multiple, cap, inputs
 
     def flops_of(index: int) -> int:
         if index not in measured:
-            keep = _top(scores, candidates[index][1])
+            keep = choice.keep(candidates[index][1])
             record = shrink_(graph, {k: v for k, v in keep.items() if len(v) < graph.group(k).size})
             try:
                 measured[index] = count_forward_flops(graph.module, inputs)
@@ -296,7 +353,7 @@ def apply_plan(graph: DependencyGraph, plan: PruningPlan | Mapping[str, Any], op
         PlanError: the plan names a group this model does not have, of another size, or not prunable.
     """
     plan = plan if isinstance(plan, PruningPlan) else PruningPlan.from_dict(plan)
-    keep = {}
+    keep, targets = {}, []
     for entry in plan.groups:
         group = next((g for g in graph.groups if g.id == entry.id and g.name == entry.name
                       and g.full_size == entry.full_size), None)
@@ -313,6 +370,10 @@ def apply_plan(graph: DependencyGraph, plan: PruningPlan | Mapping[str, Any], op
         if group.size != group.full_size:
             raise PlanError(f"group {group.id} ({group.name}) is already pruned; apply plans to a fresh model")
         keep[group.id] = list(entry.keep)
+        targets.append(group)
+    if not plan.allow_empty:  # checked on this model, so hand-written plans are covered too
+        members = _member_table(graph, targets, keep)
+        _check_no_empty([(g.id, g.name, members[g.id]) for g in targets])
     return shrink_(graph, keep, optimizers)
 
 
@@ -332,6 +393,4 @@ def prune_(graph: DependencyGraph, ratio: float | None = None, *, optimizers=Non
     if measure_flops and "flops_after" not in stats:
         stats["flops_after"] = count_forward_flops(graph.module, inputs)
     stats.update(params_before=params_before, params_after=count_parameters(graph.module))
-    plan = PruningPlan(plan.groups, plan.criterion, plan.ratio, plan.flops_target, plan.multiple,
-                       plan.max_layer_ratio, stats)
-    return plan, record
+    return dataclasses.replace(plan, stats=stats), record
