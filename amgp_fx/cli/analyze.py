@@ -10,6 +10,24 @@ from amgp_fx.cli.output import render_table, write_json
 __all__ = ["command"]
 
 
+def _member_rows(graph, groups) -> list[list]:
+    """Per group, every member tensor dim: the segment it holds, role, the group's channels in it, its
+    size; the last column is the group's segment count (the analyze table shows groups with several)."""
+    from amgp_fx.segments import group_segments, member_sizes
+
+    shapes = {name: tuple(t.shape) for name, t in [*graph.module.named_parameters(), *graph.module.named_buffers()]}
+    rows = []
+    for group in groups:
+        segments = group_segments(group)
+        for member, size in zip(group.members, member_sizes(group, shapes, {})):
+            held = set(member.channels[member.channels >= 0].tolist())
+            owners = [s.owner for s in segments if held.intersection(s.channels.tolist())]
+            segment = owners[0] if len(owners) == 1 else f"{len(owners)} segments"
+            rows.append([group.id, segment, size.tensor, size.dim, size.role, size.channels, size.before,
+                         len(segments)])
+    return rows
+
+
 def command(args: argparse.Namespace) -> int:
     from amgp_fx.groups.analyze import analyze as analyze_model
 
@@ -21,8 +39,21 @@ def command(args: argparse.Namespace) -> int:
     prunable = graph.prunable_groups()
     print(f"{len(graph.groups)} groups, {len(prunable)} prunable ({sum(g.full_size for g in prunable)} channels); "
           f"ops without a rule: {len(graph.unknown_ops)}")
+    members = _member_rows(graph, [g for g in graph.groups if not args.prunable_only or g.prunable])
+    spanning = [row for row in members if row[-1] > 1]
+    if spanning:
+        print("groups spanning several tensors (pruned per segment by the balanced policy):")
+        print(render_table([row[:-1] for row in spanning],
+                           ["group", "segment of", "tensor", "dim", "role", "channels", "size"]))
     if args.json:
-        write_json(Path(args.json), {"version": 1, "model": loaded.description, "groups": graph.table(),
+        groups = graph.table()
+        by_group: dict[str, list] = {}
+        for row in members:
+            by_group.setdefault(row[0], []).append(dict(zip(("segment", "tensor", "dim", "role", "channels", "size"),
+                                                            row[1:-1])))
+        for entry in groups:
+            entry["member_tensors"] = by_group.get(entry["id"], [])
+        write_json(Path(args.json), {"version": 1, "model": loaded.description, "groups": groups,
                                       "unknown_ops": sorted({u.target for u in graph.unknown_ops})})
         if not args.quiet:
             print(f"wrote {Path(args.json).resolve()}")

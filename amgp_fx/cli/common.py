@@ -61,7 +61,8 @@ def prune_request(args: argparse.Namespace) -> dict[str, Any]:
                    flops_target=flops_target,
                    group_ratios=dict(parse_group_ratio(t) for t in args.group_ratio) or None,
                    groups=_split(args.groups), kinds=_split(args.kinds), criterion=args.criterion,
-                   multiple=args.multiple, max_layer_ratio=cap)
+                   multiple=args.multiple, max_layer_ratio=cap, policy=getattr(args, "policy", "auto"),
+                   allow_empty=getattr(args, "allow_empty_members", False))
     if request["ratio"] is None and request["flops_target"] is None and not request["group_ratios"] \
             and not getattr(args, "apply_plan", None):
         raise UsageError("nothing to prune", "Pass --ratio, --flops-target, --group-ratio or --apply-plan")
@@ -107,6 +108,11 @@ def prune_graph(graph, request: dict, plan_file: str | None):
 
 def plan_rows(plan) -> list[list]:
     return [[g.id, g.name, g.kind, g.full_size, len(g.keep)] for g in plan.groups]
+
+
+def member_rows(plan) -> list[list]:
+    """One row per member tensor dim of each pruned group: its size before and after the plan."""
+    return [[g.id, m["tensor"], m["dim"], m["role"], m["before"], m["after"]] for g in plan.groups for m in g.members]
 
 
 def stats_line(stats: dict) -> str:

@@ -76,6 +76,13 @@ def _prune_options(parser: argparse.ArgumentParser, default_ratio: float | None 
                        help="per-layer cap: no group loses more than this fraction (default: %(default)s)")
     group.add_argument("--criterion", default="l2", choices=("l2", "l1", "taylor", "random"),
                        help="channel importance (default: %(default)s)")
+    group.add_argument("--policy", default="auto", choices=("auto", "balanced", "global"),
+                       help="which channels of a group spanning several tensors (concatenated tables and towers) "
+                            "go: balanced = the same share of each, global = the group's top-k; auto (default): "
+                            "balanced for embedding and concatenated groups")
+    group.add_argument("--allow-empty-members", action="store_true",
+                       help="allow a member tensor to lose all its channels of a group (drops whole features); "
+                            "off by default")
 
 
 def _bench_options(parser: argparse.ArgumentParser, batch_sizes: str, iters: int) -> None:

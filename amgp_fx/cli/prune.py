@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from amgp_fx.cli.common import (check_source, load, model_metadata, plan_rows, prune_graph, prune_request, save_model,
-                                stats_line)
+from amgp_fx.cli.common import (check_source, load, member_rows, model_metadata, plan_rows, prune_graph, prune_request,
+                                save_model, stats_line)
 from amgp_fx.cli.output import OutputDir, Progress, render_table, report_written, write_json
 
 __all__ = ["command"]
@@ -29,8 +29,11 @@ def command(args: argparse.Namespace) -> int:
         plan.save(out.file("plan.json"))
         columns = ("id", "name", "kind", "before", "after")
         write_json(out.file("prune_report.json"), {"version": 1, "model": loaded.description, **plan.stats, "groups": [
-            dict(zip(columns, row, strict=True)) for row in plan_rows(plan)]})
+            {**dict(zip(columns, row, strict=True)), "policy": g.policy, "members": list(g.members)}
+            for row, g in zip(plan_rows(plan), plan.groups, strict=True)]})
         progress.done()
     print(render_table(plan_rows(plan), ["group", "name", "kind", "before", "after"]))
+    if any(g.members for g in plan.groups):
+        print(render_table(member_rows(plan), ["group", "tensor", "dim", "role", "before", "after"]))
     report_written(out, args.quiet)
     return 0
