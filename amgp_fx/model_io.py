@@ -18,7 +18,8 @@ Everything this module writes goes through :mod:`amgp_fx.fileio` (temporary file
 failure never leaves a half-written file.
 
 Example:
-    >>> import tempfile, os, models
+    >>> import tempfile, os
+    >>> from amgp_fx import models
     >>> model = models.build_model("dlrm")
     >>> folder = tempfile.mkdtemp()
     >>> save_pt2(model, model.example_inputs(4), os.path.join(folder, "m.pt2"))

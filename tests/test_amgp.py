@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import amgp_fx
-import models
+from amgp_fx import models
 from amgp_fx.amgp import AmgpError, AmgpHook, dense_config, plan_keep, round_width, select_groups
 from amgp_fx.config import SyntheticConfig, TrainConfig
 from amgp_fx.data import SyntheticCriteo

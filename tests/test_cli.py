@@ -21,14 +21,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-import models
+from amgp_fx import models
 from amgp_fx.cli import build_parser, main, parse_batch_sizes, parse_factory_kwargs, parse_group_ratio, parse_ratio
 from amgp_fx.errors import CliError, InputSpecError, PruneRequestError, UsageError
 from amgp_fx.model_inputs import TensorSpec, format_input_spec, parse_input_spec
 from amgp_fx.model_io import load_model, save_pt2, save_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
-SD_FACTORY = ["--factory", "models.dlrm:build", "--factory-kwargs", '{"preset": "small"}']
+SD_FACTORY = ["--factory", "amgp_fx.models.dlrm:build", "--factory-kwargs", '{"preset": "small"}']
 FAST_BENCH = ["--batch-sizes", "1,4", "--iters", "2", "--warmup", "1"]
 FAST_TRAIN = ["--steps", "10", "--rows", "2000", "--train-batch", "64"]
 RESUMABLE_TRAIN = ["--steps", "200", "--rows", "2000", "--train-batch", "64", "--checkpoint-every", "20"]
@@ -54,7 +54,7 @@ def workspace(tmp_path_factory) -> Path:
     save_pt2(model, model.example_inputs(8), folder / "dense.pt2")
     save_state_dict(model, folder / "dense.safetensors")
     (folder / "my_models.py").write_text(textwrap.dedent("""
-        import models
+        from amgp_fx import models
 
         def build(preset="small"):
             return models.build_model("dlrm", preset)
@@ -136,7 +136,7 @@ def test_prune_writes_models_and_a_plan_that_recreates_them(results, workspace, 
     report = json.loads((out / "prune_report.json").read_text())
     assert report["flops_after"] <= (0.5 if name == "prune-sd" else 1.0) * report["flops_before"]
     compact = load_model(out / "pruned.pt2")
-    recreated = load_model(out / "pruned.safetensors", factory="models.dlrm:build", factory_kwargs={"preset": "small"},
+    recreated = load_model(out / "pruned.safetensors", factory="amgp_fx.models.dlrm:build", factory_kwargs={"preset": "small"},
                            plan=json.loads((out / "plan.json").read_text()))
     torch.testing.assert_close(recreated.module(*compact.example_inputs), compact.module(*compact.example_inputs))
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import models
+from amgp_fx import models
 from amgp_fx.errors import EXIT_CODES
 from amgp_fx.model_io import save_pt2, save_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
-CRITEO_SHAPED = ["--factory", "models:build_model", "--factory-kwargs",
+CRITEO_SHAPED = ["--factory", "amgp_fx.models:build_model", "--factory-kwargs",
                  json.dumps({"name": "dlrm", "num_dense": 13, "table_sizes": [10] * 26})]
 GOOD_ROW = "\t".join(["1"] + ["3"] * 13 + ["a1"] * 26)
 
@@ -35,7 +35,7 @@ CASES: dict[str, tuple[list[str], str, str]] = {
     "missing-model": (["analyze", "absent.pt2"], "ModelFileError", "model file absent.pt2 does not exist"),
     "pickle-without-trust": (["prune", "whole.pt", "--ratio", "0.5"], "ModelFileError",
                              "pickled Python objects .* pass --trust-pickle if you trust"),
-    "state-dict-of-another-model": (["prune", "dense.safetensors", "--factory", "models.dlrm:build",
+    "state-dict-of-another-model": (["prune", "dense.safetensors", "--factory", "amgp_fx.models.dlrm:build",
                                      "--factory-kwargs", '{"preset": "small", "embedding_dim": 16, '
                                      '"bottom_mlp": [16, 16]}', "--ratio", "0.5"], "ModelFileError",
                                     "does not fit the factory's model: .*size mismatch"),
@@ -69,7 +69,7 @@ CASES: dict[str, tuple[list[str], str, str]] = {
                     r"nan.tsv:2: column 4 \(dense 3\): 'nan' is not an integer"),
     "data-for-another-model": (["run", "--data", "nan.tsv"], "DataError",
                                "Criteo TSV data .* but the model takes 4 dense and 4 sparse inputs"),
-    "factory-kwargs-not-json": (["export", "dense.safetensors", "--factory", "models.dlrm:build",
+    "factory-kwargs-not-json": (["export", "dense.safetensors", "--factory", "amgp_fx.models.dlrm:build",
                                  "--factory-kwargs", "{preset: small}"], "UsageError",
                                 "--factory-kwargs is not valid JSON"),
     "unknown-flag": (["prune", "dense.pt2", "--ratoi", "0.5"], "UsageError", "unrecognized arguments: --ratoi"),
@@ -97,7 +97,7 @@ def broken(tmp_path_factory) -> Path:
     flipped[len(data) // 3] ^= 0xFF
     (folder / "corrupt.pt2").write_bytes(bytes(flipped))
     torch.save(model, folder / "whole.pt")
-    (folder / "my_models.py").write_text("import models\n\ndef build():\n    return models.build_model('dlrm')\n")
+    (folder / "my_models.py").write_text("from amgp_fx import models\n\ndef build():\n    return models.build_model('dlrm')\n")
     (folder / "untraceable.py").write_text(textwrap.dedent("""\
         import torch
 

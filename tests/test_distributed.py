@@ -24,7 +24,7 @@ import torch
 import torch.multiprocessing as mp
 
 import amgp_fx
-import models
+from amgp_fx import models
 from amgp_fx import distributed
 from amgp_fx.amgp import AmgpHook
 from amgp_fx.cli import main

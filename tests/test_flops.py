@@ -87,7 +87,7 @@ def test_flops_follow_surgery_and_hypothetical_widths_need_no_surgery():
 
 
 def test_reference_model_flops_scale_with_the_batch():
-    import models
+    from amgp_fx import models
     model = models.build_model("dlrm", "small")
     small = count_training_flops(model, model.example_inputs(2), batch_size=32, optimizer_flops=0)
     large = count_training_flops(model, model.example_inputs(2), batch_size=64, optimizer_flops=0)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import amgp_fx
-import models
+from amgp_fx import models
 from amgp_fx.amgp import AmgpHook
 from amgp_fx.bench import benchmark_torch, count_forward_flops
 from amgp_fx.config import SyntheticConfig, TrainConfig
@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.gpu,
 REPO = Path(__file__).resolve().parents[1]
 FAST_TRAIN = ["--steps", "20", "--rows", "4000", "--train-batch", "128"]
 FAST_BENCH = ["--batch-sizes", "1,64", "--iters", "3", "--warmup", "1"]
-SD_FACTORY = ["--factory", "models.dlrm:build", "--factory-kwargs", '{"preset": "small"}']
+SD_FACTORY = ["--factory", "amgp_fx.models.dlrm:build", "--factory-kwargs", '{"preset": "small"}']
 
 
 def ort_cuda_available() -> bool:

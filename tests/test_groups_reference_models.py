@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import amgp_fx
-import models
+from amgp_fx import models
 from amgp_fx.testing import assert_mask_oracle, assert_round_trip
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import amgp_fx
-import models
+from amgp_fx import models
 from amgp_fx.amgp import AmgpHook
 from amgp_fx.config import SyntheticConfig, TrainConfig
 from amgp_fx.data import SyntheticCriteo

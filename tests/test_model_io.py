@@ -13,14 +13,14 @@ import pytest
 import torch
 
 import amgp_fx
-import models
+from amgp_fx import models
 from amgp_fx.cli.output import OutputDir
 from amgp_fx.errors import FactoryError, InputSpecError, ModelFileError, OutputPathError, TraceFailure, UsageError
 from amgp_fx.model_inputs import load_example_batch, parse_input_spec
 from amgp_fx.model_io import build_from_factory, check_pt2_archive, load_model, save_pt2, save_state_dict
 from amgp_fx.pruning_plan import PruningPlan, prune_
 
-FACTORY = "models:build_model"
+FACTORY = "amgp_fx.models:build_model"
 KWARGS = {"name": "dlrm", "preset": "small"}
 
 
@@ -174,7 +174,7 @@ def test_factory_from_a_file_and_its_errors(tmp_path):
         ("no_such_package.models:build", "cannot import 'no_such_package.models'.*ModuleNotFoundError"),
         (f"{tmp_path / 'broken.py'}:build", "SyntaxError"),
         (f"{tmp_path / 'absent.py'}:build", "does not exist"),
-        ("models:no_such_function", "has no attribute 'no_such_function'"),
+        ("amgp_fx.models:no_such_function", "has no attribute 'no_such_function'"),
         (f"{tmp_path / 'my_models.py'}:CONSTANT", "not a callable"),
         (f"{tmp_path / 'my_models.py'}:not_a_model", "returned a int, not a torch.nn.Module"),
         ("models", "no ':callable' part"),

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from models import criteo, deepfm, dlrm
+from amgp_fx import models
+from amgp_fx.models import criteo, deepfm, dlrm
 
 # tests/conftest.py puts tests/ on sys.path, so fixture modules import as `fixtures.*`.
 from fixtures.export_checks import export_batch_dynamic
@@ -66,7 +66,7 @@ def test_export_with_dynamic_batch_matches_eager(name):
 @pytest.mark.parametrize("name", models.MODEL_NAMES)
 def test_default_preset_has_criteo_shape(name):
     model = models.build_model(name, "default")
-    dimension = importlib.import_module(f"models.{name}").PRESETS["default"]["embedding_dim"]
+    dimension = importlib.import_module(f"amgp_fx.models.{name}").PRESETS["default"]["embedding_dim"]
     embedding_parameters = sum(
         module.num_embeddings * module.embedding_dim
         for module in model.modules() if isinstance(module, nn.Embedding)
@@ -148,7 +148,7 @@ def test_reference_code_never_imports_amgp_fx(folder):
             assert not any(name.split(".")[0] == "amgp_fx" for name in names), path
 
 
-@pytest.mark.parametrize("module_name", ["models", "models.criteo", *(f"models.{name}" for name in models.MODEL_NAMES)])
+@pytest.mark.parametrize("module_name", ["amgp_fx.models", "amgp_fx.models.criteo", *(f"amgp_fx.models.{name}" for name in models.MODEL_NAMES)])
 def test_docstring_examples_run(module_name):
     result = doctest.testmod(importlib.import_module(module_name))
     assert result.attempted > 0 and result.failed == 0

@@ -61,7 +61,7 @@ def test_rules_are_keyed_by_overload_and_refuse_duplicates():
 
 
 def test_every_op_in_the_reference_models_has_a_rule():
-    import models
+    from amgp_fx import models
 
     registry = amgp_fx.default_registry()
     for name in models.MODEL_NAMES:

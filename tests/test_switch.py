@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import amgp_fx
-import models
+from amgp_fx import models
 from amgp_fx.amgp import AmgpHook
 from amgp_fx.config import SyntheticConfig, TrainConfig
 from amgp_fx.data import SyntheticCriteo

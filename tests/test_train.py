@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-import models
+from amgp_fx import models
 from amgp_fx.checkpoint import list_checkpoints
 from amgp_fx.config import SyntheticConfig, TrainConfig, config_from_dict
 from amgp_fx.data import Batch, BatchLoader, SyntheticCriteo

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import models
+from amgp_fx import models
 from amgp_fx.config import SyntheticConfig, TrainConfig
 from amgp_fx.data import SyntheticCriteo
 from amgp_fx.train import train

@@ -49,7 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import amgp_fx  # noqa: E402
-import models  # noqa: E402
+from amgp_fx import models  # noqa: E402
 from amgp_fx.amgp import AmgpHook, dense_config, match_prune_only, predict_train_flops  # noqa: E402
 from amgp_fx.amgp_report import best_per_method, comparison_table, plot_auc_vs_flops, plot_run  # noqa: E402
 from amgp_fx.config import SyntheticConfig, TrainConfig  # noqa: E402

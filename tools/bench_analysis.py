@@ -18,7 +18,7 @@ import time
 import torch
 
 import amgp_fx
-import models
+from amgp_fx import models
 
 CASES = [("dlrm", "default"), ("dcn_v2", "default"), ("deepfm", "default"), ("wide_deep", "default"),
          ("autoint", "default"), ("mmoe", "default"), ("dlrm", "industrial")]

@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import amgp_fx  # noqa: E402
-import models  # noqa: E402
+from amgp_fx import models  # noqa: E402
 from amgp_fx import distributed  # noqa: E402
 from amgp_fx.amgp import AmgpHook  # noqa: E402
 from amgp_fx.config import SyntheticConfig, TrainConfig  # noqa: E402

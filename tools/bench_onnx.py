@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import models  # noqa: E402
+from amgp_fx import models  # noqa: E402
 from amgp_fx.bench import RUNTIMES, benchmark_onnx, benchmark_torch, count_forward_flops  # noqa: E402
 from amgp_fx.bench import cuda_provider_available  # noqa: E402
 from amgp_fx.export import export_onnx  # noqa: E402
@@ -99,7 +99,7 @@ def say(message: str) -> None:
 
 def width_scaled_overrides(name: str, preset: str, ratio: float, keep_last: bool) -> dict:
     """Every ``*_mlp`` width of the preset times ``ratio`` (DLRM's bottom-MLP output kept when ``keep_last``)."""
-    preset_kwargs = importlib.import_module(f"models.{name}").PRESETS[preset]
+    preset_kwargs = importlib.import_module(f"amgp_fx.models.{name}").PRESETS[preset]
     overrides = {}
     for key, widths in preset_kwargs.items():
         if key.endswith("_mlp") and isinstance(widths, (tuple, list)) and widths:

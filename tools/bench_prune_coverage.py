@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
 def _cases() -> dict:
-    import models
+    from amgp_fx import models
     from fixtures import shrink_patterns
     from fixtures.thirdparty import FIXTURES
 

@@ -27,7 +27,7 @@ def _source(args: argparse.Namespace, default_model: str | None = None) -> tuple
         raise UsageError("--factory-kwargs needs --factory", "Add --factory package.module:function")
     name = args.model_name or (default_model if not args.factory and not args.model_file else None)
     if name:
-        return "models:build_model", {"name": name, "preset": args.preset}
+        return "amgp_fx.models:build_model", {"name": name, "preset": args.preset}
     return args.factory, parse_factory_kwargs(args.factory_kwargs)
 
 
@@ -160,7 +160,8 @@ def check_nproc(nproc: int, batch: int) -> None:
 def model_label(loaded) -> str:
     """A short model name for tables: the reference model's name, the factory or the file stem."""
     kwargs = loaded.metadata.get("factory_kwargs") or {}
-    if loaded.metadata.get("factory") == "models:build_model" and "name" in kwargs:
+    reference = loaded.metadata.get("factory") in ("amgp_fx.models:build_model", "models:build_model")  # old files
+    if reference and "name" in kwargs:
         return f"{kwargs['name']}-{kwargs.get('preset', 'small')}"
     if loaded.metadata.get("factory"):
         return loaded.metadata["factory"].rpartition(":")[2]
