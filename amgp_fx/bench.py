@@ -38,6 +38,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from amgp_fx.devices import module_device, to_device
+from amgp_fx.input_tree import as_args, feed_order
 from amgp_fx.latency_report import RUNTIMES, LatencyRecord
 from amgp_fx.passes.inference_mode import eval_mode, inference_graph
 
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["RUNTIMES", "LatencyRecord", "benchmark_onnx", "benchmark_torch", "count_forward_flops",
            "cuda_provider_available", "device_name", "make_ort_session"]
 
-InputsFactory = Callable[[int], Sequence[torch.Tensor]]
+InputsFactory = Callable[[int], Any]  # B -> forward's positional arguments (tensors, dicts, KJT-like pytrees)
 FlopsSource = Callable[[int], int] | Mapping[int, int] | None
 
 
@@ -182,12 +183,16 @@ def _check_counts(warmup: int, iters: int) -> None:
         raise ValueError(f"need warmup >= 0 and iters >= 1, got warmup={warmup}, iters={iters}")
 
 
-def _batch_dim_names(path) -> set[str]:
-    """The symbolic name of dim 0 of the first input (``batch``), or nothing for a static model."""
+def _onnx_header(path) -> tuple[set[str], dict[str, str]]:
+    """The symbolic name of dim 0 of the first input (``batch``; nothing for a static model) and the
+    file's metadata (where the export records each input's pytree path)."""
     import onnx
 
-    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    return {dims[0].dim_param} if dims and dims[0].dim_param else set()
+    model = onnx.load(str(path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return ({dims[0].dim_param} if dims and dims[0].dim_param else set(),
+            {entry.key: entry.value for entry in model.metadata_props})
+
 
 
 def _output_shape(declared, batch_size: int, batch_names: set[str]) -> list[int]:
@@ -203,10 +208,19 @@ _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tens
                 "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
 
-def _time_ort(session, inputs, batch_size, provider, io_binding, batch_names, warmup, iters) -> list[float]:
-    ort = _load_onnxruntime(cuda=provider == "cuda")
+def ort_feeds(session, inputs, metadata: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+    """``{ONNX input name: array}`` for ``inputs`` (positional arguments, any pytree of tensors):
+    each input gets the leaf at the pytree path the export recorded, else leaves in order."""
     names = [value.name for value in session.get_inputs()]
-    arrays = [np.ascontiguousarray(x.detach().cpu().numpy()) for x in inputs]
+    leaves = feed_order(names, inputs, metadata)
+    return {name: np.ascontiguousarray(x.detach().cpu().numpy()) for name, x in zip(names, leaves)}
+
+
+def _time_ort(session, inputs, batch_size, provider, io_binding, batch_names, warmup, iters,
+              metadata: Mapping[str, str] | None = None) -> list[float]:
+    ort = _load_onnxruntime(cuda=provider == "cuda")
+    feeds = ort_feeds(session, inputs, metadata)
+    names, arrays = list(feeds), list(feeds.values())
     if io_binding:  # on CPU too, so the binding path is exercised without a GPU
         device = "cuda" if provider == "cuda" else "cpu"
         binding = session.io_binding()
@@ -225,8 +239,6 @@ def _time_ort(session, inputs, batch_size, provider, io_binding, batch_names, wa
             session.run_with_iobinding(binding)
             binding.synchronize_outputs()
     else:
-        feeds = dict(zip(names, arrays))
-
         def call():
             session.run(None, feeds)
 
@@ -260,7 +272,9 @@ def benchmark_onnx(
 
     Args:
         path: the .onnx file (dynamic batch), or ``{batch_size: static .onnx}`` for CUDA graphs.
-        inputs_factory: ``batch_size -> (dense (B, 13), sparse (B, 26))``-like tensors, in ONNX input order.
+        inputs_factory: ``batch_size -> (dense (B, 13), sparse (B, 26))``-like arguments of forward, in the
+            structure the model was exported with (dicts, KeyedJaggedTensor-like pytrees: each ONNX
+            input gets the tensor at the path recorded in the file's metadata).
         batch_sizes: e.g. ``[256, 1024, 4096]``.
         provider: "cuda" (falls back to "cpu", logged, without onnxruntime-gpu or a GPU) or "cpu".
         io_binding: bind inputs/outputs once as OrtValues on the provider's device (no host copies in
@@ -294,14 +308,14 @@ def benchmark_onnx(
     records = []
     for batch_size in batch_sizes:
         file = static_paths[batch_size] if static_paths is not None else path
-        batch_names = _batch_dim_names(file)
+        batch_names, metadata = _onnx_header(file)
         if cuda_graph or static_paths is not None:
             session = make_ort_session(file, provider, use_tf32=use_tf32, cuda_graph=cuda_graph,
                                        fixed_dims={name: batch_size for name in batch_names})
         elif session is None:
             session = make_ort_session(file, provider, use_tf32=use_tf32)
-        inputs = tuple(inputs_factory(batch_size))
-        times = _time_ort(session, inputs, batch_size, provider, io_binding, batch_names, warmup, iters)
+        inputs = as_args(inputs_factory(batch_size))
+        times = _time_ort(session, inputs, batch_size, provider, io_binding, batch_names, warmup, iters, metadata)
         records.append(_summarise(times, batch_size, model=model, variant=variant, runtime=runtime,
                                   flops=_flops_for(flops, batch_size), device=device, command=command))
         logger.info("%s %s %s B=%d p50 %.3f ms", model, variant, runtime, batch_size, records[-1].p50_ms)

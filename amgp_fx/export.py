@@ -2,8 +2,13 @@
 
 Path: inference mode (flags off; training literals flipped on a graph copy) -> ``torch.export`` (non-strict,
 dim 0 dynamic) -> FX passes (:mod:`amgp_fx.passes`, each output-checked) -> ``torch.onnx.export(dynamo=True)``
--> temp folder beside ``path`` -> ``onnx.checker`` (by path) -> ONNX Runtime parity at B, B + 3 and 1 -> move
-into place. Any failure leaves nothing at ``path`` (an older file there survives).
+-> temp folder beside ``path`` -> ``onnx.checker`` (by path) -> ONNX Runtime parity at B, B + 3 and 1 (or the
+smallest batch the model runs at) -> move into place. Any failure leaves nothing at ``path`` (an older file
+there survives).
+
+Inputs may be any pytree of tensors (dicts, a KeyedJaggedTensor, nested tuples): they are flattened into
+named ONNX inputs (``inputs.user_id``, ``sparse_features.values``); their pytree paths and the tree go
+into the report and into the file's metadata (:mod:`amgp_fx.input_tree`), which the benchmark reads.
 
 Tolerance, stated up front: ONNX Runtime fp32 vs PyTorch fp32 agree within ``|ort - torch| <= atol +
 rtol * |torch|`` with :data:`DEFAULT_ATOL` / :data:`DEFAULT_RTOL`. On CUDA, ONNX Runtime runs MatMul/Gemm
@@ -27,6 +32,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -38,6 +44,7 @@ import torch
 from torch import fx
 
 from amgp_fx.bench import cuda_provider_available, make_ort_session
+from amgp_fx.input_tree import METADATA_KEY, FlatArgs, as_args, flatten_args, metadata_value, tree_text, unflatten
 from amgp_fx.passes import ExportPass, PassRegistry, apply_passes, flatten_outputs
 from amgp_fx.passes.inference_mode import eval_mode, inference_graph
 
@@ -91,17 +98,37 @@ class ExportReport:
     use_tf32: bool
     exporter: str
     seconds: float
+    input_paths: tuple[str, ...] = ()  # pytree path of each ONNX input in the example arguments
+    input_tree: str = ""  # the arguments' tree structure (pytree's serialised TreeSpec)
+    parity_skipped: tuple[str, ...] = ()  # batch sizes left out of parity, and why
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _check_inputs(example_inputs) -> tuple[torch.Tensor, ...]:
-    example_inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
-    if not isinstance(example_inputs, (tuple, list)) or not all(isinstance(x, torch.Tensor) for x in example_inputs):
-        raise TypeError("example_inputs must be a tuple of tensors, e.g. (dense (B, 13), sparse (B, 26)); "
-                        f"got {type(example_inputs).__name__}")
-    return tuple(example_inputs)
+def _check_inputs(model: torch.nn.Module, example_inputs) -> FlatArgs:
+    """The example arguments flattened into named tensors (a tuple of tensors, dicts of tensors,
+    registered pytree nodes such as a KeyedJaggedTensor, nested)."""
+    args = as_args(example_inputs)
+    try:
+        flat = flatten_args(args, _argument_names(model))
+    except TypeError as error:
+        raise TypeError(f"{error}; got {type(example_inputs).__name__}, e.g. (dense (B, 13), sparse (B, 26)) "
+                        "or ({'user_id': (B,), ...},)") from None
+    if not flat.leaves:
+        raise TypeError("example_inputs has no tensors; pass the model's positional arguments, e.g. (dense (B, 13),)")
+    return flat
+
+
+class _FlatCall(torch.nn.Module):
+    """``model`` called with flat tensors: rebuilds the argument pytree first (ONNX inputs are flat)."""
+
+    def __init__(self, model: torch.nn.Module, spec) -> None:
+        super().__init__()
+        self.model, self.spec = model, spec
+
+    def forward(self, *leaves: torch.Tensor):
+        return self.model(*unflatten(self.spec, leaves))
 
 
 def _batch_setup(inputs: tuple[torch.Tensor, ...], dynamic_batch: bool):
@@ -129,10 +156,13 @@ def _resize_batch(inputs: Sequence[torch.Tensor], size: int) -> tuple[torch.Tens
     return tuple(x[torch.arange(size, device=x.device) % x.shape[0]] for x in inputs)
 
 
-def _input_names(model: torch.nn.Module, count: int) -> list[str]:
+def _argument_names(model: torch.nn.Module) -> list[str]:
+    """Names of forward's positional parameters (a torch.export GraphModule's are in its signature)."""
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    names = [p.name for p in inspect.signature(model.forward).parameters.values() if p.kind in kinds]
-    return names[:count] + [f"input_{i}" for i in range(len(names), count)]
+    try:
+        return [p.name for p in inspect.signature(model.forward).parameters.values() if p.kind in kinds]
+    except (TypeError, ValueError):
+        return []
 
 
 def _output_names(model: torch.nn.Module, count: int) -> list[str]:
@@ -142,31 +172,55 @@ def _output_names(model: torch.nn.Module, count: int) -> list[str]:
     return list(fields) if len(fields) == count else defaults
 
 
-def _to_inference_graph(model, inputs, dynamic_shapes) -> tuple[fx.GraphModule, int]:
-    """An eval-mode GraphModule sharing ``model``'s parameters, and the number of literals flipped."""
-    if isinstance(model, fx.GraphModule):
-        return inference_graph(model)
+def _to_inference_graph(model, flat: FlatArgs, inputs, dynamic_shapes) -> tuple[fx.GraphModule, int]:
+    """An eval-mode GraphModule taking the flat ``inputs``, sharing ``model``'s parameters, and the
+    number of training literals flipped."""
+    base, flipped = inference_graph(model) if isinstance(model, fx.GraphModule) else (model, 0)
+    if flat.is_flat and isinstance(base, fx.GraphModule):
+        return base, flipped
+    target = base if flat.is_flat else _FlatCall(base, flat.spec)
+    if target is not base and dynamic_shapes is not None:
+        dynamic_shapes = (dynamic_shapes,)  # forward(*leaves): one var-positional parameter
     try:
-        exported = torch.export.export(model, inputs, strict=False, dynamic_shapes=dynamic_shapes)
+        exported = torch.export.export(target, inputs, strict=False, dynamic_shapes=dynamic_shapes)
     except Exception as error:
         raise ExportError(f"torch.export could not trace {type(model).__name__}: {type(error).__name__}: {error}. "
                           "Fix the model's data-dependent Python control flow, or export with dynamic_batch=False "
                           "if the batch size is baked in.") from error
-    return exported.module(), 0
+    return exported.module(), flipped
 
 
-def _reference_outputs(graph_module, inputs, batch_sizes) -> list[tuple[tuple, list[torch.Tensor]]]:
-    """PyTorch's outputs at each parity batch size (inputs cut or repeated from the example)."""
-    cases = []
+def _run_at(graph_module, inputs, size):
+    case = _resize_batch(inputs, size) if size != inputs[0].shape[0] else inputs
+    return case, flatten_outputs(graph_module(*case))
+
+
+def _reference_outputs(graph_module, inputs, batch_sizes) -> tuple[list, tuple[int, ...], tuple[str, ...]]:
+    """PyTorch's outputs at the parity batch sizes that the model accepts (inputs cut or repeated from
+    the example): ``(cases, sizes used, sizes skipped with the reason)``.
+
+    The example batch and B + 3 must run (a model that runs at B only has a static batch); batch 1 is
+    replaced by the smallest size that runs (a model written for B > 1, such as a ``squeeze()`` that
+    also drops the batch dim at B = 1), or left out when none below B does.
+    """
+    cases, used, skipped = [], [], []
+    batch = int(inputs[0].shape[0])
     for size in batch_sizes:
-        case = _resize_batch(inputs, size) if size != inputs[0].shape[0] else inputs
-        try:
-            cases.append((case, flatten_outputs(graph_module(*case))))
-        except Exception as error:
-            raise ExportError(f"the model fails at batch {size}: {type(error).__name__}: {error}. A GraphModule "
-                              "traced with a static batch needs dynamic_batch=False (or re-trace it with "
-                              "dynamic_shapes on dim 0).") from error
-    return cases
+        tries = [size] if size >= batch else list(range(size, batch))[:8]
+        for attempt in tries:
+            try:
+                cases.append(_run_at(graph_module, inputs, attempt))
+                used.append(attempt)
+                break
+            except Exception as error:  # noqa: BLE001 - reported below or in the report
+                if size >= batch:
+                    raise ExportError(f"the model fails at batch {attempt}: {type(error).__name__}: {error}. A "
+                                      "GraphModule traced with a static batch needs dynamic_batch=False (or re-trace "
+                                      "it with dynamic_shapes on dim 0).") from error
+                skipped.append(f"batch {attempt}: the model fails there ({type(error).__name__}: "
+                               f"{str(error).splitlines()[0][:160]})")
+                logger.info("parity skips batch %d: %s", attempt, error)
+    return cases, tuple(dict.fromkeys(used)), tuple(skipped)
 
 
 def _rename_batch_dim(onnx_program, exported: torch.export.ExportedProgram) -> None:
@@ -210,14 +264,28 @@ def _compare(name: str, batch: int, actual: np.ndarray, expected: np.ndarray, at
     return max_abs, max_rel
 
 
+def _load_error(provider: str, error: Exception) -> ExportError:
+    """ONNX Runtime's load failure as an ExportError that names the ONNX op and node first."""
+    text = str(error)
+    found = re.search(r"Node \(([^)]*)\) Op \(([^)]*)\)", text)
+    where = f" at ONNX op {found.group(2)} (node {found.group(1)})" if found else ""
+    hint = (" The default export passes (amgp_fx.passes) remove no-op squeezes; if you exported with passes=() "
+            "or --no-passes, drop that, or remove the squeeze of a dim that is not 1 from the model."
+            if found and found.group(2) == "Squeeze" else
+            " Export with parity=False (--no-parity) to keep the file and inspect that node.")
+    return ExportError(f"ONNX Runtime ({provider}) could not load the exported model{where}: "
+                       f"{text.strip().splitlines()[-1] if text.strip() else type(error).__name__}.{hint}")
+
+
 def _check_parity(onnx_path, cases, input_names, output_names, provider, use_tf32, atol, rtol):
     try:
         session = make_ort_session(onnx_path, provider, use_tf32=use_tf32)
-    except RuntimeError as error:  # onnxruntime's own errors derive from RuntimeError
-        raise ExportError(f"ONNX Runtime ({provider}) could not load the exported model: {error}") from error
+    except Exception as error:  # noqa: BLE001 - onnxruntime's Fail/InvalidGraph do not derive from RuntimeError
+        raise _load_error(provider, error) from error
+    present = {value.name for value in session.get_inputs()}  # an input the graph never reads may be dropped
     worst_abs = worst_rel = 0.0
     for inputs, expected in cases:
-        feeds = {name: x.detach().cpu().numpy() for name, x in zip(input_names, inputs)}
+        feeds = {name: x.detach().cpu().numpy() for name, x in zip(input_names, inputs) if name in present}
         actual = session.run(list(output_names), feeds)
         batch = int(inputs[0].shape[0])
         for name, got, want in zip(output_names, actual, expected):
@@ -294,20 +362,24 @@ def export_onnx(
         model: an eager ``nn.Module`` (put in eval mode during export, flags restored after) or a
             ``torch.export(...).module()`` GraphModule, e.g. after pruning (training literals flipped
             on a copy). Not modified.
-        example_inputs: e.g. ``(dense (B, 13) float32, sparse (B, 26) int64)``; the first is batch-major,
-            others of another length (jagged ids with offsets) get their own dynamic dim.
+        example_inputs: forward's positional arguments, e.g. ``(dense (B, 13) float32, sparse (B, 26)
+            int64)``, or any pytree of tensors (``({"user_id": (B,), ...},)``, ``(dense, kjt)``); the first
+            tensor is batch-major, others of another length (jagged ids, offsets) get their own dynamic dim.
         path: the .onnx file to write; large weights go to ``<path>.data`` beside it.
         dynamic_batch: dim 0 of the inputs of length B and of the outputs is the symbolic ``batch``;
             False bakes every shape in (what ONNX Runtime CUDA graphs need).
         opset: ONNX opset (see :data:`DEFAULT_OPSET` for why 18).
         external_data: weights in a separate file; None: when they exceed 1.5 GiB.
         check: run ``onnx.checker.check_model`` on the file.
-        parity: run ONNX Runtime at batch B, B + 3 and 1 against PyTorch (B only when static or jagged).
+        parity: run ONNX Runtime at batch B, B + 3 and 1 against PyTorch (B only when static or jagged);
+            when the model fails at batch 1, the smallest batch below B that runs replaces it
+            (``ExportReport.parity_skipped`` says why).
         atol, rtol: parity tolerance; None: DEFAULT_ATOL/RTOL, or TF32_ATOL/RTOL when ``use_tf32``.
         parity_provider: "cpu", "cuda" or "auto" (CUDA when onnxruntime-gpu and a GPU are present).
         use_tf32: let the CUDA provider use TF32 during the parity run.
         passes: FX rewrites to run first; None: :func:`amgp_fx.passes.default_passes`; () for none.
-        input_names, output_names: ONNX names; default: forward's parameter names, and ``output``
+        input_names, output_names: ONNX names, one per input tensor; default: forward's parameter names
+            with the path inside each (``inputs.user_id``), and ``output``
             (``output_i`` when several, NamedTuple field names when forward is annotated with one).
 
     Returns:
@@ -318,16 +390,22 @@ def export_onnx(
         ParityError: ONNX Runtime disagrees with PyTorch beyond tolerance.
     """
     started = time.perf_counter()
-    inputs = _check_inputs(example_inputs)
+    flat = _check_inputs(model, example_inputs)
     target = _prepare_target(path)
     atol = (TF32_ATOL if use_tf32 else DEFAULT_ATOL) if atol is None else atol
     rtol = (TF32_RTOL if use_tf32 else DEFAULT_RTOL) if rtol is None else rtol
     parity_provider = ("cuda" if cuda_provider_available() else "cpu") if parity_provider == "auto" else parity_provider
-    inputs, _, dynamic_shapes, parity_batches = _batch_setup(inputs, dynamic_batch)
-    names_in = list(input_names) if input_names is not None else _input_names(model, len(inputs))
+    inputs, _, dynamic_shapes, parity_batches = _batch_setup(flat.leaves, dynamic_batch)
+    if input_names is not None and len(input_names) != len(flat.leaves):
+        raise ExportError(f"input_names has {len(input_names)} names, the example inputs have {len(flat.leaves)} "
+                          f"tensors ({', '.join(flat.paths)}); pass one name per tensor, or none")
+    names_in = list(input_names) if input_names is not None else list(flat.names)
+    skipped: tuple[str, ...] = ()
     with eval_mode(model), torch.no_grad():
-        graph_module, flipped = _to_inference_graph(model, inputs, dynamic_shapes)
-        cases = _reference_outputs(graph_module, inputs, parity_batches) if parity else []
+        graph_module, flipped = _to_inference_graph(model, flat, inputs, dynamic_shapes)
+        cases = []
+        if parity:
+            cases, parity_batches, skipped = _reference_outputs(graph_module, inputs, parity_batches)
         results = apply_passes(graph_module, inputs, passes)
         applied = (("inference_mode",) if flipped else ()) + tuple(r.name for r in results if r.rewrites)
         try:
@@ -345,6 +423,7 @@ def export_onnx(
                               f"{type(error).__name__}: {error}. An op without an ONNX translation needs an FX "
                               "pass (amgp_fx.passes) that rewrites it into supported ops.") from error
     _rename_batch_dim(onnx_program, exported)
+    onnx_program.model.metadata_props[METADATA_KEY] = metadata_value(dataclasses.replace(flat, names=tuple(names_in)))
     if external_data is None:
         external_data = _parameter_bytes(exported) > EXTERNAL_DATA_THRESHOLD_BYTES
     parity_check = (lambda file: _check_parity(file, cases, names_in, names_out, parity_provider, use_tf32, atol,
@@ -357,7 +436,8 @@ def export_onnx(
         passes_applied=applied, max_abs_diff=max_abs, max_rel_diff=max_rel, atol=atol, rtol=rtol,
         parity_provider=parity_provider if parity else None, parity_batch_sizes=parity_batches if parity else (),
         use_tf32=use_tf32, exporter=f"torch.onnx.export(dynamo=True) torch {torch.__version__}",
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, input_paths=flat.paths, input_tree=tree_text(flat.spec),
+        parity_skipped=skipped,
     )
     logger.info("exported %s (%d bytes + %d external), passes %s, max abs diff %s",
                 target, onnx_bytes, external_bytes, applied, max_abs)

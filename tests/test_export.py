@@ -174,8 +174,8 @@ def test_import_is_lean():
 
 
 def test_bad_arguments_raise_clear_errors(tmp_path):
-    with pytest.raises(TypeError, match="tuple of tensors"):
-        export_onnx(nn.Linear(2, 1), [[1.0, 2.0]], tmp_path / "x.onnx")
+    with pytest.raises(TypeError, match=r"example input \[0\]\[0\] is a float, not a tensor"):
+        export_onnx(nn.Linear(2, 1), [[1.0, 2.0]], tmp_path / "x.onnx")  # the path names the bad leaf
     with pytest.raises(ExportError, match="is a folder"):
         export_onnx(nn.Linear(2, 1), (torch.rand(2, 2),), tmp_path)
 

@@ -120,8 +120,9 @@ class PassRegistry:
 def default_passes() -> PassRegistry:
     """A new registry holding the built-in passes, in the order they run."""
     from amgp_fx.passes.embedding_bag import EMBEDDING_BAG_PASS
+    from amgp_fx.passes.noop_squeeze import NOOP_SQUEEZE_PASS
 
-    return PassRegistry([EMBEDDING_BAG_PASS])
+    return PassRegistry([EMBEDDING_BAG_PASS, NOOP_SQUEEZE_PASS])
 
 
 def flatten_outputs(outputs) -> list[torch.Tensor]:
