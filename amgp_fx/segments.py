@@ -160,7 +160,8 @@ def keep_channels(scores: torch.Tensor, width: int, segments: Sequence[Segment |
     return sorted(kept)
 
 
-def member_sizes(group: Group, shapes: dict[str, tuple[int, ...]], removed: dict[tuple[str, int], int]) -> list[MemberSize]:
+def member_sizes(group: Group, shapes: dict[str, tuple[int, ...]],
+                 removed: dict[tuple[str, int], int]) -> list[MemberSize]:
     """Every member tensor dim of ``group`` with its size now and after removing ``removed``
     positions per (tensor, dim) (summed over all groups a plan prunes)."""
     rows = []
