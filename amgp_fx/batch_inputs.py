@@ -51,7 +51,7 @@ from typing import Any, Mapping
 import torch
 from torch.utils import _pytree as pytree
 
-__all__ = ["BatchInputs", "InputMapError", "Source", "batch_inputs_for", "bind_inputs", "input_paths",
+__all__ = ["BatchInputs", "FlatInputs", "InputMapError", "Source", "batch_inputs_for", "bind_inputs", "input_paths",
            "parse_input_map", "parse_source"]
 
 FIELDS = ("dense", "sparse", "label")
@@ -399,3 +399,23 @@ def batch_forward(input_map: str | Mapping | None, example_args: Any | None):
     bound = bind_inputs(example_args, input_map)
     return lambda model, batch: model(*bound(batch))
 
+
+
+class FlatInputs(torch.nn.Module):
+    """``module`` called with the tensors of its inputs as flat positional arguments (pytree order),
+    for runtimes that feed tensors only (ONNX Runtime, timing and FLOP counting loops):
+    ``FlatInputs(m, args)(*FlatInputs.leaves(args)) == m(*args)``."""
+
+    def __init__(self, module: torch.nn.Module, example_args: Any) -> None:
+        super().__init__()
+        self.module = module
+        args = tuple(example_args) if isinstance(example_args, (tuple, list)) else (example_args,)
+        self._spec = pytree.tree_structure(args)
+
+    @staticmethod
+    def leaves(args: Any) -> tuple:
+        args = tuple(args) if isinstance(args, (tuple, list)) else (args,)
+        return tuple(pytree.tree_leaves(args))
+
+    def forward(self, *leaves):
+        return self.module(*pytree.tree_unflatten(list(leaves), self._spec))

@@ -114,6 +114,7 @@ _LIBRARY_ERRORS: dict[str, tuple[type[CliError], str]] = {
     "ExportError": (ExportFailure, "Retry with --verbose to see the failing stage"),
     "PassError": (ExportFailure, "Retry export with --no-passes to skip the FX rewrites"),
     "ConfigError": (UsageError, "Check the option values against 'amgp-compress train --help'"),
+    "InputMapError": (InputSpecError, "Pass --input-map with a source for every model input (docs/cli.md#input-maps)"),
 }
 
 

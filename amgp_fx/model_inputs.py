@@ -5,6 +5,11 @@ A shape spec lists the positional inputs, separated by ``;``: a dtype, the shape
 ``[LOW, HIGH)``, so ``HIGH`` is at most the smallest table size; floats: uniform in ``[LOW, HIGH]``;
 floats without a range are standard normal, integers without one are 0, a valid id for any table).
 
+A model that takes a dict or nested inputs names each input by its path, ``PATH=dtype[dims]``
+(paths as in :mod:`amgp_fx.batch_inputs`: dict keys and indices joined by ``.``, a leading
+argument index for several positional arguments): ``dense=float32[B,13];user=int64[B]:0..100``
+is one dict argument ``{"dense": ..., "user": ...}``.
+
 Dim letters: B batch, F sparse fields.
 
 Example:
@@ -14,6 +19,9 @@ Example:
     >>> dense, sparse = make_inputs(specs, batch_size=4)
     >>> tuple(dense.shape), sparse.dtype, int(sparse.max()) < 100
     ((4, 13), torch.int64, True)
+    >>> (features,) = make_inputs(parse_input_spec("dense=float32[B,3]; ids.user=int64[B]:0..9"), 2)
+    >>> sorted(features), tuple(features["ids"]["user"].shape)
+    (['dense', 'ids'], (2,))
 """
 from __future__ import annotations
 
@@ -24,11 +32,12 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch.utils import _pytree as pytree
 
 from amgp_fx.errors import InputSpecError
 
-__all__ = ["DTYPES", "TensorSpec", "check_inputs", "format_input_spec", "load_example_batch", "make_inputs",
-           "parse_input_spec", "resize_batch", "spec_of"]
+__all__ = ["DTYPES", "TensorSpec", "arrange_by_paths", "batch_size_of", "check_inputs", "format_input_spec",
+           "load_example_batch", "make_inputs", "parse_input_spec", "resize_batch", "spec_of", "tensor_leaves"]
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "float": torch.float32, "float64": torch.float64, "double": torch.float64,
@@ -37,23 +46,25 @@ DTYPES: dict[str, torch.dtype] = {
     "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
 }
 _CANONICAL = {dtype: name for name, dtype in reversed(list(DTYPES.items()))}
-_SPEC = re.compile(r"^(?P<dtype>[a-z0-9]+)\[(?P<dims>[^\]]*)\](?::(?P<low>.*?)\.\.(?P<high>.*))?$")
+_SPEC = re.compile(r"^(?:(?P<path>[^=\[\]]+)=)?(?P<dtype>[a-z0-9]+)\[(?P<dims>[^\]]*)\](?::(?P<low>.*?)\.\.(?P<high>.*))?$")
 _EXAMPLE = "float32[B,13];int64[B,26]:0..1000"
 MAX_ELEMENTS = 2**31
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One positional input: canonical dtype name, dims (ints, or ``"B"`` for the batch) and value range."""
+    """One input: canonical dtype name, dims (ints, or ``"B"`` for the batch), value range, and its
+    path in the model's inputs (None: the next positional input)."""
 
     dtype: str
     shape: tuple[int | str, ...]
     low: float | None = None
     high: float | None = None
+    path: str | None = None
 
     def format(self) -> str:
         dims = ",".join(str(d) for d in self.shape)
-        text = f"{self.dtype}[{dims}]"
+        text = f"{self.path}={self.dtype}[{dims}]" if self.path else f"{self.dtype}[{dims}]"
         if self.low is not None:
             text += f":{_number(self.low)}..{_number(self.high)}"
         return text
@@ -115,7 +126,8 @@ def parse_input_spec(text: str) -> tuple[TensorSpec, ...]:
                 raise _fail(text, f"dim {dim!r} of {part!r} is not a positive integer or B")
         if not dims or dims[0] != "B" or "B" in dims[1:]:
             raise _fail(text, f"{part!r} must have the batch B as its first dim, and only there")
-        spec = TensorSpec(dtype, tuple(dims))
+        path = match["path"]
+        spec = TensorSpec(dtype, tuple(dims), path=path)
         if match["low"] is not None:
             if dtype == "bool":
                 raise _fail(text, "bool inputs take no range")
@@ -123,8 +135,13 @@ def parse_input_spec(text: str) -> tuple[TensorSpec, ...]:
             high = _parse_number(text, match["high"], spec.is_integer)
             if not low < high:
                 raise _fail(text, f"range {match['low']}..{match['high']} is empty (low must be < high)")
-            spec = TensorSpec(dtype, tuple(dims), low, high)
+            spec = TensorSpec(dtype, tuple(dims), low, high, path)
         specs.append(spec)
+    named = [spec.path is not None for spec in specs]
+    if any(named) and not all(named):
+        raise _fail(text, "name every input (PATH=dtype[dims]) or none")
+    if any(named) and len({spec.path for spec in specs}) != len(specs):
+        raise _fail(text, "an input path appears twice")
     return tuple(specs)
 
 
@@ -133,8 +150,10 @@ def format_input_spec(specs: Sequence[TensorSpec]) -> str:
     return ";".join(spec.format() for spec in specs)
 
 
-def make_inputs(specs: Sequence[TensorSpec], batch_size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Deterministic tensors matching ``specs`` with B = ``batch_size``; shapes ``spec.shape`` with B filled in.
+def make_inputs(specs: Sequence[TensorSpec], batch_size: int, seed: int = 0) -> tuple:
+    """Deterministic tensors matching ``specs`` with B = ``batch_size``; shapes ``spec.shape`` with B
+    filled in: positional tensors, or, for specs with paths, the arguments they name
+    (:func:`arrange_by_paths`).
 
     Raises:
         InputSpecError: a tensor would exceed 2**31 elements.
@@ -157,44 +176,109 @@ def make_inputs(specs: Sequence[TensorSpec], batch_size: int, seed: int = 0) -> 
             tensors.append(values.to(dtype))
         else:
             tensors.append(torch.randn(shape, generator=generator, dtype=torch.float32).to(dtype))
+    if specs and specs[0].path is not None:
+        return arrange_by_paths([(spec.path, tensor) for spec, tensor in zip(specs, tensors)])
     return tuple(tensors)
 
 
-def spec_of(inputs: Sequence[torch.Tensor]) -> tuple[TensorSpec, ...]:
-    """Specs describing ``inputs`` (dim 0 as B; integer ranges ``min..max+1`` of the values seen)."""
+def arrange_by_paths(pairs: Sequence[tuple[str, torch.Tensor]]) -> tuple:
+    """Positional arguments from ``(path, tensor)`` pairs: paths whose first parts are all argument
+    indices (0, 1, ...) are positional; otherwise they are keys of one dict argument. Deeper parts
+    nest dicts, or tuples where the keys are 0..n-1.
+
+    Example:
+        >>> args = arrange_by_paths([("dense", torch.zeros(1)), ("ids.0", torch.ones(1)), ("ids.1", torch.ones(1))])
+        >>> list(args[0]), len(args[0]["ids"])
+        (['dense', 'ids'], 2)
+    """
+    tree: dict = {}
+    for path, tensor in pairs:
+        node = tree
+        parts = str(path).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputSpecError(f"input path {path!r} goes inside another input", "Give each input its own path")
+        if parts[-1] in node:
+            raise InputSpecError(f"input path {path!r} appears twice", "Give each input its own path")
+        node[parts[-1]] = tensor
+
+    def build(node):
+        if not isinstance(node, dict):
+            return node
+        values = {key: build(value) for key, value in node.items()}
+        if sorted(values) == [str(i) for i in range(len(values))]:
+            return tuple(values[str(i)] for i in range(len(values)))
+        return values
+
+    top = build(tree)
+    return top if isinstance(top, tuple) else (top,)
+
+
+def tensor_leaves(inputs) -> list[torch.Tensor]:
+    """The tensors of a pytree of inputs, in pytree order."""
+    return [leaf for leaf in pytree.tree_leaves(inputs) if isinstance(leaf, torch.Tensor)]
+
+
+def batch_size_of(inputs) -> int | None:
+    """Dim 0 shared by every tensor of ``inputs`` (the batch), or None when they disagree."""
+    sizes = {int(t.shape[0]) if t.dim() else None for t in tensor_leaves(inputs)}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def spec_of(inputs) -> tuple[TensorSpec, ...]:
+    """Specs describing ``inputs`` (dim 0 as B; integer ranges ``min..max+1`` of the values seen);
+    with paths unless ``inputs`` are plain positional tensors."""
+    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    plain = all(isinstance(x, torch.Tensor) for x in inputs)
+    if plain:
+        pairs = [(None, tensor) for tensor in inputs]
+    else:
+        from amgp_fx.batch_inputs import input_paths
+
+        pairs = [(path, leaf) for path, leaf in zip(input_paths(inputs), pytree.tree_leaves(inputs))
+                 if isinstance(leaf, torch.Tensor)]
     specs = []
-    for tensor in inputs:
+    for path, tensor in pairs:
         dtype = _CANONICAL.get(tensor.dtype, str(tensor.dtype).replace("torch.", ""))
         dims = ("B", *tensor.shape[1:]) if tensor.dim() else ()
-        spec = TensorSpec(dtype, tuple(dims))
+        spec = TensorSpec(dtype, tuple(dims), path=path)
         if spec.dtype in DTYPES and spec.is_integer and tensor.numel():
-            spec = TensorSpec(dtype, tuple(dims), float(tensor.min()), float(tensor.max()) + 1)
+            spec = TensorSpec(dtype, tuple(dims), float(tensor.min()), float(tensor.max()) + 1, path)
         specs.append(spec)
     return tuple(specs)
 
 
-def resize_batch(inputs: Sequence[torch.Tensor], batch_size: int) -> tuple[torch.Tensor, ...]:
-    """Rows ``i % B`` of every batch-major input, so valid ids stay valid: (B, ...) -> (batch_size, ...)."""
-    if not inputs or any(t.dim() == 0 or t.shape[0] != inputs[0].shape[0] for t in inputs):
-        return tuple(inputs)
-    index = torch.arange(batch_size) % inputs[0].shape[0]
-    return tuple(t[index.to(t.device)] for t in inputs)
+def resize_batch(inputs, batch_size: int) -> tuple:
+    """Rows ``i % B`` of every input (any pytree), so valid ids stay valid: (B, ...) -> (batch_size, ...).
+    Inputs whose tensors do not share dim 0 (jagged ids) are returned as they are."""
+    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    rows = batch_size_of(inputs)
+    if not rows:
+        return inputs
+    index = torch.arange(batch_size) % rows
+    return tuple(pytree.tree_map(lambda t: t[index.to(t.device)] if isinstance(t, torch.Tensor) else t, inputs))
 
 
 def _natural(name: str) -> list:
     return [int(part) if part.isascii() and part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def load_example_batch(path: str | Path) -> tuple[torch.Tensor, ...]:
-    """A small saved batch: a ``.pt`` file (loaded with ``weights_only=True``) holding a tensor, a
-    tuple/list of tensors or a dict of them (in insertion order), or a ``.safetensors`` file (inputs
-    in the natural order of their names: ``input_0``, ``input_1``, ..., ``input_10``).
+def load_example_batch(path: str | Path) -> tuple:
+    """A small saved batch as the model's positional arguments: a ``.pt`` file (loaded with
+    ``weights_only=True``) holding a tensor or a dict (the one argument; a dict of tensors is read
+    as positional tensors in order when the model takes those instead, see
+    :func:`amgp_fx.model_io.load_model`), or a tuple/list of arguments (each any nest of
+    tensors, dicts, tuples and lists); or a ``.safetensors`` file whose tensor names are the
+    inputs' paths (``dense``, ``ids.user``; ``input_0``, ``input_1``, ... or ``0``, ``1``, ...:
+    positional tensors, in the natural order of the names).
 
     Raises:
         InputSpecError: the file is missing, not loadable without pickle, or holds no tensors.
     """
     path = Path(path)
-    fix = "Save the batch with torch.save((dense, sparse), 'batch.pt') or safetensors.torch.save_file"
+    fix = "Save the batch with torch.save((dense, sparse), 'batch.pt'), torch.save({'dense': ..., ...}, 'batch.pt') " \
+          "or safetensors.torch.save_file"
     if not path.is_file():
         raise InputSpecError(f"example-inputs file {path} does not exist", fix)
     try:
@@ -208,12 +292,16 @@ def load_example_batch(path: str | Path) -> tuple[torch.Tensor, ...]:
     except Exception as error:  # noqa: BLE001 - any loader failure means an unusable file
         raise InputSpecError(f"cannot read example inputs from {path}: {type(error).__name__}: "
                              f"{str(error).splitlines()[0] if str(error) else ''}", fix) from error
-    if isinstance(loaded, torch.Tensor):
+    if path.suffix == ".safetensors" and loaded:
+        if all(re.fullmatch(r"(input_)?\d+", key) for key in loaded):
+            return tuple(loaded.values())
+        return arrange_by_paths(list(loaded.items()))
+    if isinstance(loaded, (torch.Tensor, dict)):
         loaded = (loaded,)
-    elif isinstance(loaded, dict):
-        loaded = tuple(loaded.values())
-    if not isinstance(loaded, (tuple, list)) or not loaded or not all(isinstance(t, torch.Tensor) for t in loaded):
-        raise InputSpecError(f"{path} holds {type(loaded).__name__}, not tensors", fix)
+    leaves = pytree.tree_leaves(loaded) if isinstance(loaded, (tuple, list)) else []
+    if not leaves or not all(isinstance(t, torch.Tensor) for t in leaves):
+        kinds = sorted({type(leaf).__name__ for leaf in leaves if not isinstance(leaf, torch.Tensor)})
+        raise InputSpecError(f"{path} holds {', '.join(kinds) or type(loaded).__name__}, not tensors", fix)
     return tuple(loaded)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import io
 import json
 import logging
@@ -47,11 +48,12 @@ import torch.nn as nn
 
 from amgp_fx.errors import FactoryError, InputSpecError, ModelFileError, TraceFailure, UsageError
 from amgp_fx.fileio import atomic_open, atomic_write_bytes
-from amgp_fx.model_inputs import check_inputs, load_example_batch, make_inputs, parse_input_spec, resize_batch
+from amgp_fx.model_inputs import (batch_size_of, check_inputs, load_example_batch, make_inputs, parse_input_spec,
+                                  resize_batch)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadedModel", "build_from_factory", "check_pt2_archive", "load_model", "save_pt2",
+__all__ = ["LoadedModel", "build_from_factory", "check_pt2_archive", "infer_inputs", "load_model", "save_pt2",
            "save_state_dict"]
 
 META_FILE = "amgp_fx.json"  # extra file in a .pt2; the same JSON under this key in safetensors metadata
@@ -65,9 +67,11 @@ class LoadedModel:
     """A runnable model, the example inputs it was checked on, and what it was loaded from."""
 
     module: nn.Module  # eager model, or a GraphModule (a .pt2, or a factory model with a plan applied)
-    example_inputs: tuple
+    example_inputs: tuple  # positional arguments: tensors, or any pytree of them (dicts, nested tuples)
     description: str
     metadata: dict = field(default_factory=dict)  # amgp-fx metadata found in the file (plan, factory)
+    static_batch: int | None = None  # a .pt2 exported with a fixed batch size: it runs at this batch only
+    notes: list[str] = field(default_factory=list)  # what the loader decided for the user (shown by the CLI)
 
 
 def _meta(metadata: Mapping[str, Any] | None) -> str:
@@ -130,7 +134,7 @@ def check_pt2_archive(path: Path, trust_pickle: bool = False) -> None:
         log.warning("loading %s with --trust-pickle: pickled content can execute arbitrary code", path)
 
 
-def _load_pt2(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None, dict]:
+def _load_pt2(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None, dict, torch.export.ExportedProgram]:
     from amgp_fx.tracing import enable_train_eval_
 
     check_pt2_archive(path, trust_pickle)
@@ -144,12 +148,62 @@ def _load_pt2(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None, 
                              f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}",
                              "Save it again with this torch version (torch.export files are tied to torch "
                              "releases), or use a state dict with --factory") from error
-    module = enable_train_eval_(program.module())  # .train()/.eval() flip dropout/batch-norm literals
+    try:  # torch's deserialised guard function fails on dict inputs ('NoneType' has no attribute 'size');
+        # the guards it checks (batch size, shapes) are checked here: static_batch_of, check_inputs
+        module = program.module(check_guards=False)
+    except TypeError:  # torch without check_guards
+        module = program.module()
+    module = enable_train_eval_(module)  # .train()/.eval() flip dropout/batch-norm literals
     args, kwargs = program.example_inputs if program.example_inputs else (None, {})
-    return module, (tuple(args) if args is not None and not kwargs else None), _read_meta(extra.get(META_FILE), path)
+    saved = tuple(args) if args is not None and not kwargs else None
+    return module, saved, _read_meta(extra.get(META_FILE), path), program
 
 
-def _export(module: nn.Module, inputs: tuple) -> torch.export.ExportedProgram:
+def _user_input_values(program: torch.export.ExportedProgram) -> list:
+    """The fake tensors (or constants) of the program's user inputs, in order."""
+    nodes = {n.name: n for n in program.graph_module.graph.find_nodes(op="placeholder")}
+    return [nodes[name].meta.get("val") if name in nodes else None for name in program.graph_signature.user_inputs]
+
+
+def static_batch_of(program: torch.export.ExportedProgram, saved_inputs: tuple | None) -> int | None:
+    """The batch size a program was exported with when no input has a symbolic dim 0 (a static
+    batch: the graph holds that size, so the model runs at that batch only); None when it is dynamic."""
+    values = [v for v in _user_input_values(program) if isinstance(v, torch.Tensor)]
+    if not values or any(v.dim() >= 1 and isinstance(v.shape[0], torch.SymInt) for v in values):
+        return None
+    batch = batch_size_of(saved_inputs) if saved_inputs is not None else None
+    if batch is None:
+        sizes = [int(v.shape[0]) for v in values if v.dim() >= 1]
+        batch = sizes[0] if sizes else None
+    return batch
+
+
+def _inputs_from_program(program: torch.export.ExportedProgram, batch_size: int) -> tuple | None:
+    """Inputs made from the program's own input signature (dtypes, shapes; a symbolic dim 0 is
+    ``batch_size``, ids are 0), for an archive saved without example inputs; None if it has kwargs."""
+    leaves = []
+    for value in _user_input_values(program):
+        if not isinstance(value, torch.Tensor):
+            leaves.append(value)
+            continue
+        shape = []
+        for index, dim in enumerate(value.shape):
+            if isinstance(dim, torch.SymInt):
+                hint = getattr(dim.node, "hint", None)
+                dim = batch_size if index == 0 else (int(hint) if hint is not None else 1)
+            shape.append(int(dim))
+        if value.dtype.is_floating_point:
+            leaves.append(torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(value.dtype))
+        else:
+            leaves.append(torch.zeros(shape, dtype=value.dtype))
+    try:
+        args, kwargs = torch.utils._pytree.tree_unflatten(leaves, program.call_spec.in_spec)
+    except Exception:  # noqa: BLE001 - an input signature this cannot rebuild: no inputs from it
+        return None
+    return tuple(args) if not kwargs else None
+
+
+def _export(module: nn.Module, inputs: tuple, dynamic_batch: bool = True) -> torch.export.ExportedProgram:
     """Export in training mode (dropout/batch-norm behaviour is kept; `export` turns it off)."""
     from amgp_fx.tracing import _batch_dynamic_shapes
 
@@ -159,8 +213,8 @@ def _export(module: nn.Module, inputs: tuple) -> torch.export.ExportedProgram:
     except NotImplementedError:  # an unwrapped torch.export module
         pass
     try:
-        return torch.export.export(module, inputs, dynamic_shapes=_batch_dynamic_shapes(module, inputs, {}),
-                                   strict=False)
+        shapes = _batch_dynamic_shapes(module, inputs, {}) if dynamic_batch else None
+        return torch.export.export(module, inputs, dynamic_shapes=shapes, strict=False)
     except Exception as error:
         first = " ".join(str(error).split())[:300]
         raise TraceFailure(f"torch.export could not export {type(module).__name__} to save it as .pt2: "
@@ -173,12 +227,14 @@ def _export(module: nn.Module, inputs: tuple) -> torch.export.ExportedProgram:
 
 
 def save_pt2(module: nn.Module, example_inputs: tuple, path: str | os.PathLike,
-             metadata: Mapping[str, Any] | None = None) -> None:
-    """Export ``module`` (dynamic batch) and save it atomically as ``.pt2`` with amgp-fx metadata.
+             metadata: Mapping[str, Any] | None = None, *, dynamic_batch: bool = True) -> None:
+    """Export ``module`` (dynamic batch, unless ``dynamic_batch=False``: a model loaded from a
+    static-batch archive) and save it atomically as ``.pt2`` with amgp-fx metadata.
 
-    ``metadata`` (JSON-able: the pruning plan, the factory) goes into the archive's ``extra/amgp_fx.json``.
+    ``example_inputs`` are positional arguments (any pytree of tensors). ``metadata`` (JSON-able:
+    the pruning plan, the factory) goes into the archive's ``extra/amgp_fx.json``.
     """
-    program = _export(module, tuple(example_inputs))
+    program = _export(module, tuple(example_inputs), dynamic_batch)
     with atomic_open(path, "wb") as handle, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No complete tensor found")  # buffers sharing storage
         torch.export.save(program, handle, extra_files={META_FILE: _meta(metadata)})
@@ -330,11 +386,15 @@ def load_model(path: str | os.PathLike | None = None, *, factory: str | None = N
         raise ModelFileError(f"model file {source} does not exist" if not source.exists()
                              else f"model path {source} is not a file", "Check the path")
     meta: dict = {}
-    saved_inputs, state = None, None
+    saved_inputs, state, static_batch = None, None, None
+    notes: list[str] = []
     if source is not None and source.suffix == ".pt2":
         if factory is not None or plan is not None:
             raise UsageError(f"{source} is a complete torch.export program", "Drop --factory and --plan")
-        module, saved_inputs, meta = _load_pt2(source, trust_pickle)
+        module, saved_inputs, meta, program = _load_pt2(source, trust_pickle)
+        static_batch = static_batch_of(program, saved_inputs)
+        if saved_inputs is None:
+            saved_inputs = _inputs_from_program(program, static_batch or batch_size)
         description = f"{source} (torch.export program)"
     elif source is not None and source.suffix not in (".safetensors", *STATE_DICT_SUFFIXES):
         raise ModelFileError(f"{source}: unsupported model file type {source.suffix or '(none)'!r}",
@@ -352,7 +412,8 @@ def load_model(path: str | os.PathLike | None = None, *, factory: str | None = N
             state = loaded
             module = build_from_factory(factory, factory_kwargs)
             description = f"{factory}({json.dumps(dict(factory_kwargs or {}))})" + (f" + {source}" if source else "")
-    inputs = _example_inputs(module, saved_inputs, input_shape, example_inputs, batch_size)
+    inputs = _example_inputs(module, saved_inputs, input_shape, example_inputs, batch_size, static_batch, notes,
+                             description)
     plan = plan if plan is not None else meta.get("plan")
     if plan is not None and not isinstance(module, torch.fx.GraphModule):
         from amgp_fx.groups.analyze import analyze
@@ -368,22 +429,116 @@ def load_model(path: str | os.PathLike | None = None, *, factory: str | None = N
     check_inputs(module, inputs, description)
     if factory is not None:
         meta = {**meta, "factory": factory, "factory_kwargs": dict(factory_kwargs or {})}
-    return LoadedModel(module, inputs, description, meta)
+    return LoadedModel(module, inputs, description, meta, static_batch, notes)
 
 
-def _example_inputs(module, saved_inputs, input_shape, example_file, batch_size) -> tuple:
+def _example_inputs(module, saved_inputs, input_shape, example_file, batch_size, static_batch=None, notes=None,
+                    description="the model") -> tuple:
+    notes = notes if notes is not None else []
+    if static_batch is not None:
+        notes.append(f"{description.split(' ')[0]} was exported with a static batch of {static_batch}: it runs at "
+                     f"batch {static_batch} only, so every step uses that batch (re-save it with a dynamic batch "
+                     "to use others; docs/cli.md#your-own-model)")
     if example_file is not None:
-        return load_example_batch(example_file)
-    if input_shape is not None:
-        return make_inputs(parse_input_spec(input_shape), batch_size)
-    if callable(getattr(module, "example_inputs", None)):
+        inputs = _dict_or_positional(module, load_example_batch(example_file))
+    elif input_shape is not None:
+        inputs = make_inputs(parse_input_spec(input_shape), static_batch or batch_size)
+    elif callable(getattr(module, "example_inputs", None)):
         try:
             inputs = module.example_inputs(batch_size)
         except Exception as error:  # noqa: BLE001
             raise InputSpecError(f"{type(module).__name__}.example_inputs({batch_size}) failed: {error}",
                                  "Pass --input-shape or --example-inputs instead") from error
-        return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    if saved_inputs is not None:
-        return resize_batch(saved_inputs, batch_size)
-    raise InputSpecError(f"cannot tell which inputs {type(module).__name__} takes",
-                         "Pass --input-shape 'float32[B,13];int64[B,26]:0..1000' or --example-inputs batch.pt")
+        inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    elif saved_inputs is not None:
+        inputs = saved_inputs if static_batch is not None else resize_batch(saved_inputs, batch_size)
+    else:
+        inferred = infer_inputs(module, batch_size)
+        if isinstance(inferred, str):
+            raise InputSpecError(f"cannot tell which inputs {type(module).__name__} takes: {inferred}",
+                                 _input_fix(module))
+        inputs, spec = inferred
+        notes.append(f"inputs inferred from the model: --input-shape '{spec}' (pass --input-shape or "
+                     "--example-inputs to override)")
+    if static_batch is not None and batch_size_of(inputs) not in (None, static_batch):
+        inputs = resize_batch(inputs, static_batch)
+    return inputs
+
+
+def _dict_or_positional(module: nn.Module, inputs: tuple) -> tuple:
+    """A saved dict of tensors is the model's one dict argument, or (older files, positional models)
+    its positional tensors in order: whichever the model runs on."""
+    if len(inputs) != 1 or not isinstance(inputs[0], dict) or \
+            not all(isinstance(v, torch.Tensor) for v in inputs[0].values()):
+        return inputs
+    try:
+        with torch.no_grad():
+            module(*inputs)
+        return inputs
+    except Exception:  # noqa: BLE001 - not a dict model: try the values as positional inputs
+        positional = tuple(inputs[0].values())
+        try:
+            with torch.no_grad():
+                module(*positional)
+        except Exception:  # noqa: BLE001 - neither: check_inputs reports the dict form
+            return inputs
+        return positional
+
+
+def _positional_parameters(module: nn.Module) -> list[str] | None:
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                       inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            and p.default is inspect.Parameter.empty]
+
+
+def _model_widths(module: nn.Module) -> tuple[int | None, list[int]]:
+    """(in_features of the first nn.Linear, rows of each embedding table) of an eager model."""
+    first = next((m for m in module.modules() if isinstance(m, nn.Linear)), None)
+    tables = [int(m.num_embeddings) for m in module.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    return (int(first.in_features) if first is not None else None), tables
+
+
+def infer_inputs(module: nn.Module, batch_size: int) -> tuple[tuple, str] | str:
+    """Example inputs read off an eager ``forward(dense, sparse)`` model: dense float32 (B, D) with D
+    the first ``nn.Linear``'s in_features, sparse int64 (B, F) with one column per embedding table
+    and ids below the smallest table; checked by running the model. Returns ``(inputs, spec)``, or
+    the reason it cannot (a string)."""
+    if isinstance(module, torch.fx.GraphModule):
+        return "it is a graph module without saved example inputs"
+    names = _positional_parameters(module)
+    dense, tables = _model_widths(module)
+    signature = f"forward({', '.join(names)})" if names is not None else "its forward"
+    if names is None or len(names) != 2:
+        return (f"{signature} does not take two positional inputs (dense, sparse), so they cannot be read off "
+                "its layers")
+    if dense is None or not tables:
+        return f"{signature} has no nn.Linear and nn.Embedding layers to read the input widths from"
+    spec = f"float32[B,{dense}];int64[B,{len(tables)}]:0..{min(tables)}"
+    inputs = make_inputs(parse_input_spec(spec), batch_size)
+    try:
+        with torch.no_grad():
+            module(*inputs)
+    except Exception as error:  # noqa: BLE001 - the guess does not fit
+        return (f"the guess {spec} (first Linear's width, one id column per embedding table) fails: "
+                f"{type(error).__name__}: {' '.join(str(error).split())[:150]}")
+    return inputs, spec
+
+
+def _input_fix(module: nn.Module) -> str:
+    """The exact flag to add, with the widths that can be read off the model filled in."""
+    names = _positional_parameters(module) or ["x"]
+    dense, tables = _model_widths(module)
+    dense_dims = f"B,{dense}" if dense else "B,13"
+    ids = f"int64[B]:0..{min(tables)}" if tables else "int64[B]:0..1000"
+    if len(names) == 1:
+        example = f"dense=float32[{dense_dims}];user={ids};item={ids}"
+        return (f"Pass --input-shape naming each key {names[0]!r} holds, e.g. '{example}' (PATH=dtype[dims]; "
+                f"docs/cli.md#your-own-model), or --example-inputs batch.pt holding one example {names[0]!r}")
+    return ("Pass --input-shape 'float32[B,13];int64[B,26]:0..1000' (one entry per input of "
+            f"forward({', '.join(names)})) or --example-inputs batch.pt")

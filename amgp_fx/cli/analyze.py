@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from amgp_fx.cli.common import load
+from amgp_fx.cli.common import input_line, load
 from amgp_fx.cli.output import render_table, write_json
 
 __all__ = ["command"]
@@ -39,6 +39,7 @@ def command(args: argparse.Namespace) -> int:
     prunable = graph.prunable_groups()
     print(f"{len(graph.groups)} groups, {len(prunable)} prunable ({sum(g.full_size for g in prunable)} channels); "
           f"ops without a rule: {len(graph.unknown_ops)}")
+    print(input_line(loaded))
     members = _member_rows(graph, [g for g in graph.groups if not args.prunable_only or g.prunable])
     spanning = [row for row in members if row[-1] > 1]
     if spanning:

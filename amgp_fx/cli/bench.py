@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from amgp_fx.cli.common import args_for_export, export_model, load, model_label, runtime_devices
+from amgp_fx.cli.common import args_for_export, export_model, load, model_label, note, runtime_devices
 from amgp_fx.cli.output import OutputDir, written_count
 from amgp_fx.cli.values import parse_batch_sizes
 from amgp_fx.errors import UsageError
@@ -38,14 +38,31 @@ def _onnx_specs(path: str):
     return specs
 
 
-def bench_variant(onnx_path, module, inputs, name: str, variant: str, args, runtimes) -> list:
-    """Latency records of one model: ORT on ``onnx_path`` and/or PyTorch on ``module``."""
+def timed_batch_sizes(args: argparse.Namespace, static_batch: int | None) -> tuple[int, ...]:
+    """--batch-sizes, or only the model's static batch (said once, as a note)."""
+    sizes = parse_batch_sizes(args.batch_sizes)
+    if static_batch is None:
+        return sizes
+    if sizes != (static_batch,) and not getattr(args, "_static_noted", False):
+        note(args, f"timing batch {static_batch} only, the model's static batch (--batch-sizes "
+                   f"{','.join(map(str, sizes))} left out)")
+        args._static_noted = True
+    return (static_batch,)
+
+
+def bench_variant(onnx_path, module, inputs, name: str, variant: str, args, runtimes,
+                  static_batch: int | None = None) -> list:
+    """Latency records of one model: ORT on ``onnx_path`` and/or PyTorch on ``module``. ``inputs``
+    are the model's positional arguments (any pytree of tensors); ONNX Runtime and the torch
+    timing loop get their tensors flat (:class:`amgp_fx.batch_inputs.FlatInputs`)."""
+    from amgp_fx.batch_inputs import FlatInputs
     from amgp_fx.bench import benchmark_onnx, benchmark_torch, count_forward_flops
 
-    sizes = parse_batch_sizes(args.batch_sizes)
+    sizes = timed_batch_sizes(args, static_batch)
     provider, device = runtime_devices(args.device)
+    flat = inputs is not None and module is not None and not all(isinstance(x, torch.Tensor) for x in inputs)
     if inputs is not None:
-        def factory(b):
+        def factory(b):  # the arguments as the model takes them (ONNX Runtime finds each input by its path)
             return resize_batch(inputs, b)
     else:
         specs = _onnx_specs(onnx_path) if not args.input_shape else None
@@ -55,12 +72,18 @@ def bench_variant(onnx_path, module, inputs, name: str, variant: str, args, runt
 
         def factory(b):
             return make_inputs(specs, b)
-    flops = (lambda b: count_forward_flops(module, factory(b))) if module is not None else None
+
+    def torch_factory(b):  # the torch timing loop and FLOP counter take flat tensors
+        return FlatInputs.leaves(factory(b)) if flat else factory(b)
+
+    if flat:
+        module = FlatInputs(module, inputs)
+    flops = (lambda b: count_forward_flops(module, torch_factory(b))) if module is not None else None
     records = []
     home = next(module.parameters(), torch.empty(0)).device if module is not None else None
     for mode in ("eager", "compile"):  # before ONNX Runtime, whose spinning threads slow torch down for a while
         if module is not None and f"torch-{mode}" in runtimes:
-            records += benchmark_torch(module, factory, sizes, mode=mode, device=device, warmup=args.warmup,
+            records += benchmark_torch(module, torch_factory, sizes, mode=mode, device=device, warmup=args.warmup,
                                        iters=args.iters, model_name=name, variant=variant, flops=flops)
     if module is not None:
         module.to(home)  # benchmark_torch moved it to the timing device; analysis and saving use the CPU inputs
@@ -110,13 +133,14 @@ def command(args: argparse.Namespace) -> int:
             if "ort" in runtimes and not onnx_files:
                 # a scratch file to time (checked, not parity-tested: `export` is for files you keep)
                 onnx_files = [str(export_model(loaded.module, loaded.example_inputs, Path(scratch) / "model.onnx",
-                                          args_for_export(no_parity=True)).path)]
+                                               args_for_export(no_parity=True), loaded.static_batch).path)]
         name = model_label(loaded) if loaded else Path(onnx_files[0]).stem
         for index, path in enumerate(onnx_files or [None]):
             variant = args.variant or (Path(path).stem if path and len(onnx_files) > 1 else "model")
             module = loaded.module if loaded is not None and index == 0 else None
             inputs = loaded.example_inputs if loaded is not None else None
-            records += bench_variant(path, module, inputs, name, variant, args, runtimes)
+            records += bench_variant(path, module, inputs, name, variant, args, runtimes,
+                                     loaded.static_batch if loaded is not None else None)
         table = save_latency(out, records, records[0].variant)
     print(table)
     written_count(out, args.quiet)

@@ -45,9 +45,22 @@ def load(args: argparse.Namespace, default_model: str | None = None):
     check_source(args, default_model)
     factory, kwargs = _source(args, default_model)
     plan = PruningPlan.load(args.plan).to_dict() if args.plan else None
-    return load_model(args.model_file, factory=factory, factory_kwargs=kwargs if factory else None, plan=plan,
-                      trust_pickle=args.trust_pickle, input_shape=args.input_shape,
-                      example_inputs=args.example_inputs, batch_size=args.batch_size)
+    loaded = load_model(args.model_file, factory=factory, factory_kwargs=kwargs if factory else None, plan=plan,
+                        trust_pickle=args.trust_pickle, input_shape=args.input_shape,
+                        example_inputs=args.example_inputs, batch_size=args.batch_size)
+    if getattr(args, "input_map", None) is None and loaded.metadata.get("input_map"):
+        args.input_map = loaded.metadata["input_map"]  # saved by train/prune/run with the model
+    for line in loaded.notes:
+        note(args, line)
+    return loaded
+
+
+def note(args: argparse.Namespace, text: str) -> None:
+    """``amgp-compress: note: ...`` on stderr (what the CLI decided for the user), unless --quiet."""
+    import sys
+
+    if not getattr(args, "quiet", False):
+        print(f"amgp-compress: note: {text}", file=sys.__stderr__, flush=True)
 
 
 def prune_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -80,15 +93,18 @@ def _split(text: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",") if part.strip()] or None if text else None
 
 
-def model_metadata(loaded, plan=None) -> dict:
-    meta = {key: loaded.metadata[key] for key in ("factory", "factory_kwargs") if key in loaded.metadata}
+def model_metadata(loaded, plan=None, input_map: str | None = None) -> dict:
+    meta = {key: loaded.metadata[key] for key in ("factory", "factory_kwargs", "input_map") if key in loaded.metadata}
+    if input_map:
+        meta["input_map"] = input_map
     return {**meta, "source": loaded.description, **({"plan": plan.to_dict()} if plan is not None else {})}
 
 
-def save_model(out: OutputDir, stem: str, module, inputs, metadata: dict) -> None:
+def save_model(out: OutputDir, stem: str, module, inputs, metadata: dict, static_batch: int | None = None) -> None:
+    """``stem.pt2`` (a dynamic batch, or the static batch the model was loaded with) and ``stem.safetensors``."""
     from amgp_fx.model_io import save_pt2, save_state_dict
 
-    save_pt2(module, inputs, out.file(f"{stem}.pt2"), metadata)
+    save_pt2(module, inputs, out.file(f"{stem}.pt2"), metadata, dynamic_batch=static_batch is None)
     save_state_dict(module, out.file(f"{stem}.safetensors"), metadata)
 
 
@@ -103,7 +119,26 @@ def prune_graph(graph, request: dict, plan_file: str | None):
                            plan.max_layer_ratio, {"params_before": before,
                                                   "params_after": count_parameters(graph.module)})
     options = {k: v for k, v in request.items() if k != "ratio"}
-    return prune_(graph, request["ratio"], **options)[0]
+    args = graph.traced.args
+    if args and isinstance(args[0], torch_tensor_type()):
+        return prune_(graph, request["ratio"], **options)[0]
+    # the model's first input is not a tensor (a dict, a jagged pytree): count the FLOPs here, where
+    # the batch is read off the inputs' tensors
+    import dataclasses
+
+    from amgp_fx.bench import count_forward_flops
+    from amgp_fx.model_inputs import batch_size_of
+
+    before = count_forward_flops(graph.module, args)
+    plan = prune_(graph, request["ratio"], measure_flops=False, **options)[0]
+    return dataclasses.replace(plan, stats={**plan.stats, "flops_before": before, "flops_batch": batch_size_of(args),
+                                            "flops_after": count_forward_flops(graph.module, args)})
+
+
+def torch_tensor_type():
+    import torch
+
+    return torch.Tensor
 
 
 def plan_rows(plan) -> list[list]:
@@ -168,16 +203,35 @@ def model_label(loaded) -> str:
     return Path(loaded.description.split(" ")[0]).stem
 
 
+def input_line(loaded) -> str:
+    """``inputs: dense=float32[B,13];user=int64[B]:0..100 (static batch 4)``: what the model takes."""
+    from amgp_fx.model_inputs import format_input_spec, spec_of
+
+    batch = f" (static batch {loaded.static_batch})" if loaded.static_batch else ""
+    return f"inputs: {format_input_spec(spec_of(loaded.example_inputs))}{batch}"
+
+
 def metrics_text(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("auc", "logloss")) or "-"
 
 
-def export_model(module, inputs, path: Path, args: argparse.Namespace):
+def export_model(module, inputs, path: Path, args: argparse.Namespace, static_batch: int | None = None):
+    """ONNX export of ``module`` on ``inputs`` (positional arguments, any pytree of tensors); the batch
+    is dynamic unless --static-batch or the model itself has a static batch."""
     from amgp_fx.export import export_onnx
 
-    return export_onnx(module, inputs, path, dynamic_batch=not args.static_batch, opset=args.opset,
-                       parity=not args.no_parity, atol=args.atol, rtol=args.rtol,
-                       passes=() if getattr(args, "no_passes", False) else None)
+    options = dict(dynamic_batch=not args.static_batch and static_batch is None, opset=args.opset,
+                   parity=not args.no_parity, atol=args.atol, rtol=args.rtol,
+                   passes=() if getattr(args, "no_passes", False) else None)
+    try:
+        return export_onnx(module, inputs, path, **options)
+    except TypeError as error:  # an export_onnx that takes positional tensors only: feed it the leaves
+        if "tuple of tensors" not in str(error):
+            raise
+        from amgp_fx.batch_inputs import FlatInputs
+
+        flat = FlatInputs(module, inputs)
+        return export_onnx(flat, flat.leaves(inputs), path, **options)
 
 
 def args_for_export(**overrides) -> argparse.Namespace:

@@ -13,10 +13,12 @@ def command(args: argparse.Namespace) -> int:
     check_source(args)
     with OutputDir(args.output_dir) as out:
         loaded = load(args)
-        report = export_model(loaded.module, loaded.example_inputs, out.file("model.onnx"), args)
+        report = export_model(loaded.module, loaded.example_inputs, out.file("model.onnx"), args, loaded.static_batch)
         write_json(out.file("export_report.json"), report.to_dict())
     if not args.quiet:
         diff = "skipped" if report.max_abs_diff is None else f"max |ort - torch| {report.max_abs_diff:.2e}"
-        print(f"ONNX opset {report.opset}, {report.onnx_bytes:,} bytes, parity {diff}")
+        batch = f"static batch {loaded.static_batch}" if loaded.static_batch else \
+            ("static batch" if args.static_batch else "dynamic batch")
+        print(f"ONNX opset {report.opset}, {batch}, {report.onnx_bytes:,} bytes, parity {diff}")
     report_written(out, args.quiet)
     return 0

@@ -44,9 +44,14 @@ def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> No
     inputs = parser.add_argument_group("example inputs (default: the model's example_inputs(B), or the batch "
                                        "saved in the .pt2)")
     inputs.add_argument("--input-shape", metavar="SPEC",
-                        help="e.g. 'float32[B,13];int64[B,26]:0..1000' (one per input, B = batch, ids in [0,1000))")
-    inputs.add_argument("--example-inputs", metavar="FILE", help="a saved batch: .pt (tensors, loaded "
-                        "weights_only) or .safetensors")
+                        help="e.g. 'float32[B,13];int64[B,26]:0..1000' (one per input, B = batch, ids in [0,1000)); "
+                             "a dict input names its keys: 'dense=float32[B,13];user=int64[B]:0..100'")
+    inputs.add_argument("--example-inputs", metavar="FILE", help="a saved batch: .pt (a tensor, a tuple of "
+                        "inputs or a dict; loaded weights_only) or .safetensors (tensor names = input paths)")
+    inputs.add_argument("--input-map", metavar="MAP",
+                        help="which data columns each model input gets when training, e.g. 'dense=dense; "
+                             "user=sparse[0]; item=sparse[1]; context=sparse[2:5]' (default: float inputs take "
+                             "the dense columns in order, integer inputs the sparse ones; docs/cli.md#input-maps)")
     inputs.add_argument("--batch-size", type=_positive_int, default=8,
                         help="batch size of generated example inputs (default: %(default)s)")
     parser.set_defaults(model_required=required)

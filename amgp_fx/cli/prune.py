@@ -25,7 +25,8 @@ def command(args: argparse.Namespace) -> int:
         plan = prune_graph(graph, request, args.apply_plan)
         progress.done(stats_line(plan.stats))
         progress.stage("saving")
-        save_model(out, "pruned", graph.module, loaded.example_inputs, model_metadata(loaded, plan))
+        save_model(out, "pruned", graph.module, loaded.example_inputs, model_metadata(loaded, plan),
+                   loaded.static_batch)
         plan.save(out.file("plan.json"))
         columns = ("id", "name", "kind", "before", "after")
         write_json(out.file("prune_report.json"), {"version": 1, "model": loaded.description, **plan.stats, "groups": [

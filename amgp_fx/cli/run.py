@@ -19,7 +19,7 @@ from amgp_fx.cli.common import (export_model, load, metrics_text, model_label, m
                                 prune_request, runtime_devices, save_model, stats_line)
 from amgp_fx.cli.data import data_shape, load_data
 from amgp_fx.cli.output import OutputDir, Progress, render_table, write_json
-from amgp_fx.cli.train import train_model, train_summary
+from amgp_fx.cli.train import bind_model_inputs, positional_view, saved_map, static_rows, train_model, train_summary
 from amgp_fx.cli.values import parse_batch_sizes
 from amgp_fx.errors import UsageError
 
@@ -63,20 +63,24 @@ def command(args: argparse.Namespace) -> int:
         where = "" if args.train_device == "cpu" else f" on {args.train_device}"
         progress.stage(f"training {'with AMGP' if args.amgp else 'dense'} for {args.steps} steps{where}")
         summary["train_device"] = args.train_device
-        shape = data_shape(loaded) if training else None
-        data = load_data(args, shape) if training else None
+        static = loaded.static_batch
+        bound = bind_model_inputs(loaded, args) if training else None
+        shape = data_shape(positional_view(loaded, bound)) if training else None
+        data = static_rows(load_data(args, shape), static) if training else None
         if args.steps:
-            module, result = train_model(module, data, args, args.steps, amgp=args.amgp, inputs=inputs)
+            module, result = train_model(module, data, args, args.steps, amgp=args.amgp, inputs=inputs, bound=bound,
+                                         static_batch=static)
             summary["dense_training"] = train_summary(result)
             progress.done(f"eval {metrics_text(result.metrics)}")
         else:
             progress.done("skipped")
-        metadata = {**model_metadata(loaded), **({"data": shape} if shape else {})}
+        metadata = {**model_metadata(loaded, input_map=saved_map(bound) if bound else None),
+                    **({"data": shape} if shape else {})}
         progress.stage("saving, exporting and timing the dense model")
-        save_model(out, "dense", module, inputs, metadata)
-        dense_export = export_model(module, inputs, out.file("dense.onnx"), args)
+        save_model(out, "dense", module, inputs, metadata, static)
+        dense_export = export_model(module, inputs, out.file("dense.onnx"), args, static)
         records = bench_variant(out.file("dense.onnx"), module, inputs, model_label(loaded), "dense", args,
-                                ("ort", "torch-eager"))
+                                ("ort", "torch-eager"), static)
         progress.done(f"parity {dense_export.max_abs_diff:.1e}" if dense_export.max_abs_diff is not None else "")
         progress.stage("analysing and pruning")
         graph = analyze(module, inputs)
@@ -86,17 +90,18 @@ def command(args: argparse.Namespace) -> int:
         progress.stage(f"fine-tuning the compact model for {args.finetune_steps} steps")
         compact = graph.module
         if args.finetune_steps:
-            compact, result = train_model(compact, data, args, args.finetune_steps, amgp=False, inputs=inputs)
+            compact, result = train_model(compact, data, args, args.finetune_steps, amgp=False, inputs=inputs,
+                                          bound=bound, static_batch=static)
             summary["compact_training"] = train_summary(result)
             progress.done(f"eval {metrics_text(result.metrics)}")
         else:
             progress.done("skipped")
         progress.stage("saving, exporting and timing the compact model")
-        save_model(out, "compact", compact, inputs, {**metadata, "plan": plan.to_dict()})
+        save_model(out, "compact", compact, inputs, {**metadata, "plan": plan.to_dict()}, static)
         plan.save(out.file("plan.json"))
-        compact_export = export_model(compact, inputs, out.file("compact.onnx"), args)
+        compact_export = export_model(compact, inputs, out.file("compact.onnx"), args, static)
         records += bench_variant(out.file("compact.onnx"), compact, inputs, model_label(loaded), "compact", args,
-                                 ("ort", "torch-eager"))
+                                 ("ort", "torch-eager"), static)
         progress.done()
         progress.stage("writing reports")
         table = save_latency(out, records, "dense")

@@ -15,12 +15,13 @@ from typing import Any
 
 import torch
 
-from amgp_fx.cli.common import check_source, load, metrics_text, model_metadata, runtime_devices, save_model
+from amgp_fx.cli.common import check_source, load, metrics_text, model_metadata, note, runtime_devices, save_model
 from amgp_fx.cli.data import data_shape, load_data
 from amgp_fx.cli.output import OutputDir, Progress, write_json, written_count
 from amgp_fx.errors import CliError, TrainingFailure, UsageError
 
-__all__ = ["command", "train_model", "train_summary", "trainable"]
+__all__ = ["bind_model_inputs", "command", "positional_view", "saved_map", "static_rows", "train_model",
+           "train_summary", "trainable"]
 
 
 class _SparseTablesView(torch.nn.Module):
@@ -54,16 +55,88 @@ def trainable(module: torch.nn.Module) -> torch.nn.Module:
     return _SparseTablesView(module, list(tables.values())) if tables else module
 
 
+class _PositionalView(torch.nn.Module):
+    """``forward(dense, sparse)`` of a model taking any inputs: the input map builds its arguments
+    from the two (what :func:`amgp_fx.cli.data.data_shape` and the data readers expect)."""
+
+    def __init__(self, module: torch.nn.Module, bound) -> None:
+        super().__init__()
+        self.inner, self.bound = module, bound
+        if getattr(module, "table_sizes", None):
+            self.table_sizes = module.table_sizes
+
+    def forward(self, dense: torch.Tensor, sparse: torch.Tensor):
+        from amgp_fx.data.batch import Batch
+
+        return self.inner(*self.bound(Batch(dense, sparse, torch.zeros(dense.shape[0]))))
+
+
+def bind_model_inputs(loaded, args: argparse.Namespace):
+    """The input map of ``--input-map`` (or the saved one, or the default) bound to the model's
+    example inputs; raises InputSpecError with the model's input paths when it does not fit."""
+    from amgp_fx.batch_inputs import InputMapError, bind_inputs
+    from amgp_fx.errors import InputSpecError
+
+    try:
+        return bind_inputs(loaded.example_inputs, getattr(args, "input_map", None))
+    except InputMapError as error:
+        raise InputSpecError(str(error).rstrip("."), "") from None
+
+
+def positional_view(loaded, bound):
+    """``loaded`` as a ``(dense, sparse)`` model for :func:`data_shape` (itself when it is one); the
+    table sizes are read from its lookups of the map's sparse columns."""
+    import dataclasses
+
+    if bound.is_default_positional():
+        return loaded
+    from amgp_fx.data.model_tables import _eager_lookups, _graph_lookups, _match
+
+    dense, sparse, _ = bound.rows_of(loaded.example_inputs)
+    module, meta = loaded.module, dict(loaded.metadata)
+    if not (meta.get("data") or {}).get("table_sizes"):
+        try:
+            calls = (_graph_lookups if isinstance(module, torch.fx.GraphModule) else _eager_lookups)(
+                module, loaded.example_inputs)
+            sizes = _match(calls, sparse)
+        except Exception:  # noqa: BLE001 - lookups that cannot be watched: data_shape falls back
+            sizes = None
+        if sizes:
+            meta["data"] = {**(meta.get("data") or {}), "table_sizes": sizes}
+    return dataclasses.replace(loaded, module=_PositionalView(module, bound), example_inputs=(dense, sparse),
+                               metadata=meta)
+
+
+def saved_map(bound) -> str | None:
+    """The input map to save with a trained model (None for the default (dense, sparse) one)."""
+    return None if bound.is_default_positional() else bound.describe()
+
+
+def static_rows(data, batch: int | None):
+    """Both splits cut to whole batches of a static-batch model (it cannot run a smaller last batch)."""
+    if batch is None:
+        return data
+    return tuple(rows[: rows.num_rows - rows.num_rows % batch] for rows in data)
+
+
 def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: bool, inputs: tuple,
-                metrics_path: Path | None = None, checkpoint_dir: Path | None = None):
+                metrics_path: Path | None = None, checkpoint_dir: Path | None = None, bound=None,
+                static_batch: int | None = None):
     """Train ``module`` (dense, or AMGP with ``args.amgp_recipe``) on ``args.train_device`` (``train``;
-    ``run`` picks it from its ``--device``); returns (trained module, back on the CPU, result)."""
+    ``run`` picks it from its ``--device``), feeding it the inputs ``bound`` (a
+    :class:`amgp_fx.batch_inputs.BatchInputs`; default ``(batch.dense, batch.sparse)``) makes of each
+    batch; a static-batch model trains and evaluates at its batch. Returns (trained module, back on
+    the CPU, result)."""
     from amgp_fx.config import TrainConfig
     from amgp_fx.train import train
 
     device = getattr(args, "train_device", None) or runtime_devices(getattr(args, "device", "cpu"))[1]
-    config = TrainConfig(batch_size=args.train_batch, steps=steps, seed=args.seed, log_every=max(1, steps // 10),
-                         device=device,
+    batch = static_batch or args.train_batch
+    if static_batch and args.train_batch != static_batch and not getattr(args, "_train_batch_noted", False):
+        note(args, f"training with batch {static_batch}, the model's static batch (not --train-batch {args.train_batch})")
+        args._train_batch_noted = True
+    config = TrainConfig(batch_size=batch, steps=steps, seed=args.seed, log_every=max(1, steps // 10),
+                         device=device, **({"eval_batch_size": static_batch} if static_batch else {}),
                          **({"lr": args.lr} if args.lr else {}),
                          metrics_path=str(metrics_path) if metrics_path else None,
                          checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
@@ -83,8 +156,9 @@ def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: boo
                              "Train for more steps or choose another --amgp-recipe") from error
         hooks = [AmgpHook(graph, recipe)]
         module = graph.module
+    forward = None if bound is None or bound.is_default_positional() else (lambda model, rows: model(*bound(rows)))
     try:
-        result = train(trainable(module), data[0], data[1], config, hooks=hooks, progress=False)
+        result = train(trainable(module), data[0], data[1], config, hooks=hooks, progress=False, forward=forward)
     except ValueError as error:
         if not str(error).startswith("cannot resume"):
             raise
@@ -139,20 +213,23 @@ def _train_and_save(args: argparse.Namespace, out: OutputDir | None, progress: P
     progress.stage("loading the model and the data")
     torch.manual_seed(args.seed)  # a factory's fresh weights are the same in a resumed run
     loaded = load(args)
-    shape = data_shape(loaded)
-    data = load_data(args, shape)
+    bound = bind_model_inputs(loaded, args)
+    shape = data_shape(positional_view(loaded, bound))
+    data = static_rows(load_data(args, shape), loaded.static_batch)
     progress.done(f"{data[0].num_rows:,} training rows")
     workers = f" in {args.world_size} processes" if getattr(args, "world_size", 1) > 1 else ""
     where = "" if args.train_device == "cpu" else f" on {'GPUs' if workers else args.train_device}"
     progress.stage(f"training {'with AMGP' if args.amgp else 'dense'} for {args.steps} steps{workers}{where}")
     module, result = train_model(loaded.module, data, args, args.steps, amgp=args.amgp,
                                  inputs=loaded.example_inputs, metrics_path=out_path / "train_metrics.jsonl",
-                                 checkpoint_dir=out_path / "checkpoints")
+                                 checkpoint_dir=out_path / "checkpoints", bound=bound,
+                                 static_batch=loaded.static_batch)
     progress.done(f"loss {result.train_loss:.4f}, eval {metrics_text(result.metrics)}")
     if out is None:
         return
     progress.stage("saving")
-    save_model(out, "trained", module, loaded.example_inputs, {**model_metadata(loaded), "data": shape})
+    save_model(out, "trained", module, loaded.example_inputs,
+               {**model_metadata(loaded, input_map=saved_map(bound)), "data": shape}, loaded.static_batch)
     write_json(out.file("train_summary.json"), {"version": 1, "model": loaded.description,
                                                  "device": args.train_device, **train_summary(result)})
     progress.done()
