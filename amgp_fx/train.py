@@ -62,7 +62,9 @@ Forward = Callable[[nn.Module, Batch], torch.Tensor]
 
 
 def default_forward(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """`model(batch.dense, batch.sparse)`: logits (B,) or (B, T)."""
+    """`model(batch.dense, batch.sparse)`: logits (B,) or (B, T). A model taking other inputs (a dict,
+    nested tuples, jagged ids) gets them from an input map: `train(..., example_inputs=...,
+    input_map=...)` (see `amgp_fx.batch_inputs`)."""
     return model(batch.dense, batch.sparse)
 
 
@@ -276,6 +278,8 @@ def train(
     progress: bool = True,
     distributed: bool | None = None,
     ddp_options: Mapping[str, Any] | None = None,
+    example_inputs: Any = None,
+    input_map: str | Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Train `model` with BCE-with-logits loss; evaluate, log and checkpoint as `config` says.
 
@@ -295,7 +299,13 @@ def train(
         eval_data: rows or loader for AUC/logloss, or None.
         config: see `TrainConfig`.
         hooks: step hooks (see the module docstring).
-        forward: `forward(model, batch) -> logits`; default `model(batch.dense, batch.sparse)`.
+        forward: `forward(model, batch) -> logits`; default `model(batch.dense, batch.sparse)`, or with
+            `example_inputs` the model's inputs built from each batch by `input_map`.
+        example_inputs: the model's positional arguments (any pytree of tensors: a dict, nested
+            tuples, a KeyedJaggedTensor-like node) that `input_map` is bound to.
+        input_map: `"PATH=SOURCE; ..."` (`amgp_fx.batch_inputs`): which dense/sparse columns of a
+            batch each input gets; None: float inputs take the dense columns in order, integer
+            inputs the sparse ones.
         progress: show a tqdm bar with loss and samples/s.
         distributed: None: data-parallel when a process group of more than one process is
             initialised; True: require one; False: train this process alone.
@@ -310,6 +320,10 @@ def train(
             data-parallel: a batch size not divisible by the number of processes, or
             ``distributed=True`` without a process group.
     """
+    if forward is None and (example_inputs is not None or input_map is not None):
+        from .batch_inputs import batch_forward
+
+        forward = batch_forward(input_map, example_inputs)
     forward = forward or default_forward
     env = _process_group(distributed, torch.device(config.device), config.batch_size)
     device = env.device
