@@ -1,7 +1,7 @@
 """Latency benchmarks: ONNX Runtime (CUDA with IOBinding and optional CUDA graphs, or CPU) and PyTorch.
 
 Each function runs ``warmup`` untimed calls, then ``iters`` timed calls per batch size, and returns one
-:class:`LatencyRecord` per batch size with p50/p90/p99 latency (ms) and samples/s (from the mean).
+:class:`LatencyRecord` per batch size with p50/p90/p99 latency (ms) and samples/s (batch / p50, as the tables show it).
 
 - ONNX Runtime on CUDA binds inputs and outputs as device ``OrtValue`` s once (IOBinding), so a timed
   call is compute only, as for PyTorch with inputs already on the GPU; ``Run`` synchronises the
@@ -175,7 +175,7 @@ def _summarise(times_ms: Sequence[float], batch_size: int, **fields) -> LatencyR
     times = np.asarray(times_ms, dtype=np.float64)
     p50, p90, p99 = (float(v) for v in np.percentile(times, [50, 90, 99]))
     return LatencyRecord(batch_size=batch_size, p50_ms=p50, p90_ms=p90, p99_ms=p99,
-                         samples_per_s=batch_size / (float(times.mean()) / 1e3), **fields)
+                         samples_per_s=batch_size / (p50 / 1e3) if p50 > 0 else float("nan"), **fields)
 
 
 def _check_counts(warmup: int, iters: int) -> None:

@@ -1,15 +1,19 @@
 """Latency records as a table (tabulate), a JSON file and a PNG plot of latency against batch size.
 
-The table puts each variant's measured speedup over the baseline variant (``p50 baseline / p50``,
-same model, runtime and batch size) next to its FLOPs ratio (``FLOPs baseline / FLOPs``), so a
-reader sees at once how much of the FLOPs reduction turns into wall-clock time. matplotlib is
-imported only by :func:`plot_latency`.
+The table puts each variant's p50 latency as a fraction of the baseline variant's (``p50 / p50
+baseline``, same model, runtime and batch size) next to its FLOPs as a fraction of the baseline's
+(``FLOPs / FLOPs baseline``), both written ``0.50x`` (:func:`amgp_fx.report_format.of_dense`), so a
+reader sees at once how much of the FLOPs reduction turns into wall-clock time. samples/s is
+``batch / p50``: the same statistic as the headline latency, not a mean that one slow call drags
+down. matplotlib is imported only by :func:`plot_latency`.
 
 Example:
     >>> dense = LatencyRecord("dlrm", "dense", "ort-cpu", 8, 2.0, 2.1, 2.2, 4000.0, 1000, "cpu", "")
     >>> half = dataclasses.replace(dense, variant="width-0.5", p50_ms=1.0, flops=400)
-    >>> "2.00x" in format_table([dense, half]) and "2.50x" in format_table([dense, half])
+    >>> "0.50x" in format_table([dense, half]) and "0.40x" in format_table([dense, half])
     True
+    >>> samples_per_s(half)
+    8000.0
 """
 from __future__ import annotations
 
@@ -19,8 +23,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["REPORT_VERSION", "RUNTIMES", "LatencyRecord", "format_table", "load_records", "plot_latency",
-           "save_records", "speedups"]
+__all__ = ["REPORT_VERSION", "RUNTIMES", "LatencyRecord", "format_table", "fractions", "load_records",
+           "plot_latency", "samples_per_s", "save_records", "speedups"]
 
 REPORT_VERSION = 1
 RUNTIMES = ("ort-cuda", "ort-cuda-graph", "ort-cpu", "torch-eager", "torch-compile")
@@ -74,25 +78,35 @@ def speedups(records: Sequence[LatencyRecord], baseline_variant: str = "dense") 
     return result
 
 
-def _times(value: float) -> str:
-    return "-" if value != value else f"{value:.2f}x"  # NaN -> "-"
+def fractions(records: Sequence[LatencyRecord], baseline_variant: str = "dense") -> dict[int, tuple[float, float]]:
+    """``{index: (p50 / p50 baseline, FLOPs / FLOPs baseline)}``: each record as a fraction of its
+    baseline (same model/runtime/batch); the inverse of :func:`speedups`."""
+    return {index: (1 / speedup if speedup else float("nan"), 1 / flops if flops else float("nan"))
+            for index, (speedup, flops) in speedups(records, baseline_variant).items()}
+
+
+def samples_per_s(record: LatencyRecord) -> float:
+    """Rows per second at the p50 latency (``batch / p50``): consistent with the p50 column."""
+    return record.batch_size / (record.p50_ms / 1e3) if record.p50_ms > 0 else float("nan")
 
 
 def format_table(records: Sequence[LatencyRecord], baseline_variant: str = "dense", tablefmt: str = "github") -> str:
-    """A tabulate table, one row per record, with speedup and FLOPs ratio against ``baseline_variant``."""
+    """A tabulate table, one row per record: p50/p90/p99, samples/s at p50, FLOPs per batch, and p50
+    and FLOPs as fractions of ``baseline_variant`` (``0.50x``: half of the baseline's)."""
     from tabulate import tabulate
 
-    ratios = speedups(records, baseline_variant)
+    from amgp_fx.report_format import flops_text, of_dense
+
+    ratios = fractions(records, baseline_variant)
     rows = []
     for index, r in enumerate(records):
-        speedup, flops_ratio = ratios.get(index, (float("nan"), float("nan")))
+        p50_ratio, flops_ratio = ratios.get(index, (None, None))
         rows.append([
             r.model, r.variant, r.runtime, r.batch_size, f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",
-            f"{r.samples_per_s:,.0f}", "-" if r.flops is None else f"{r.flops / 1e9:.4g}",
-            _times(speedup), _times(flops_ratio),
+            f"{samples_per_s(r):,.0f}", flops_text(r.flops), of_dense(p50_ratio), of_dense(flops_ratio),
         ])
-    headers = ["model", "variant", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s", "GFLOPs",
-               f"speedup vs {baseline_variant}", f"FLOPs ratio vs {baseline_variant}"]
+    headers = ["model", "variant", "runtime", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s (at p50)",
+               "FLOPs/batch", f"p50 vs {baseline_variant}", f"FLOPs vs {baseline_variant}"]
     return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
 
 

@@ -1,6 +1,7 @@
 """Benchmarks on the CPU with tiny iteration counts: sane records, reports, and the GPU script's CPU path."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -84,7 +85,9 @@ def test_records_table_json_and_plot(tmp_path):
     half = LatencyRecord("dlrm", "width-scaled-0.5", "ort-cpu", 8, 1.6, 2.0, 2.1, 5000.0, 400, "cpu", "cmd")
     assert speedups([dense, half])[1] == pytest.approx((1.25, 2.5))
     table = format_table([dense, half])
-    assert "1.25x" in table and "2.50x" in table and "speedup vs dense" in table
+    assert "0.80x" in table and "0.40x" in table and "p50 vs dense" in table  # fractions of dense
+    skewed = dataclasses.replace(dense, samples_per_s=3000.0)  # e.g. a mean dragged down by one slow call
+    assert "4,000" in format_table([skewed]) and "3,000" not in format_table([skewed])  # batch / p50
     path = save_records([dense, half], tmp_path / "out" / "latency.json", {"note": "test"})
     assert load_records(path) == [dense, half]
     assert json.loads(path.read_text())["version"] == 1
@@ -125,7 +128,7 @@ def test_bench_script_cpu_smoke(tmp_path, capsys):
     assert json.loads(out.read_text())["metadata"]["failures"] == []
     assert out.with_suffix(".png").exists()
     printed = capsys.readouterr().out
-    assert "FLOPs ratio vs dense" in printed and "width-scaled-0.5" in printed
+    assert "FLOPs vs dense" in printed and "width-scaled-0.5" in printed
     assert tool.width_scaled_overrides("dlrm", "default", 0.5, keep_last=True)["bottom_mlp"] == (256, 128, 32, 16)
 
 
