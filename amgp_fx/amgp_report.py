@@ -1,8 +1,10 @@
-"""Reading an AMGP run: a phase table, a method comparison table, and a PNG of the alternation.
+"""Reading an AMGP run: a phase table, a method comparison table, a PNG of the training curve, and
+the training FLOPs AMGP saved (:class:`FlopsMeter`).
 
 Inputs are plain records: the ``amgp_phase`` records an ``AmgpHook`` writes to the metrics log (or
-``hook.history``), the ``eval`` records of ``amgp_fx.train.train``, and the benchmark records of
-``tools/bench_amgp.py``. matplotlib is imported only when a plot is drawn.
+``hook.history``), the ``train`` and ``eval`` records of ``amgp_fx.train.train``, and the benchmark
+records of ``tools/bench_amgp.py``. matplotlib is imported only when a plot is drawn. FLOPs are
+written in a unit that fits (:mod:`amgp_fx.report_format`).
 
 Example:
     >>> phases = [{"kind": "amgp_phase", "phase": "warmup", "cycle": -1, "start": 0, "end": 10, "steps": 10,
@@ -19,7 +21,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["phase_records", "phase_table", "comparison_table", "best_per_method", "plot_run",
+from amgp_fx.report_format import flops_scale
+
+__all__ = ["FlopsMeter", "phase_records", "phase_table", "comparison_table", "best_per_method", "plot_run",
            "plot_auc_vs_flops"]
 
 
@@ -37,15 +41,17 @@ def phase_table(records: Iterable[Mapping[str, Any]] | str | os.PathLike, tablef
     from tabulate import tabulate
 
     phases = phase_records(records)
-    rows = [[p["phase"], p["cycle"], f"{p['start']}-{p['end']}", p["width"], p["flops_per_step"] / 1e9,
-             p["flops"] / 1e9, p["wall_clock_s"], p.get("peak_memory_bytes", 0) / 2**20] for p in phases]
+    steps, flops = sum(p["steps"] for p in phases), sum(p["flops"] for p in phases)
+    per_step, per_step_unit = flops_scale(max((p["flops_per_step"] for p in phases), default=0.0))
+    total, total_unit = flops_scale(flops)  # one unit per column, from its largest value (the total row)
+    rows = [[p["phase"], p["cycle"], f"{p['start']}-{p['end']}", p["width"], p["flops_per_step"] / per_step,
+             p["flops"] / total, p["wall_clock_s"], p.get("peak_memory_bytes", 0) / 2**20] for p in phases]
     if phases:
-        steps = sum(p["steps"] for p in phases)
-        flops = sum(p["flops"] for p in phases)
-        rows.append(["total", "", str(steps), "", flops / max(steps, 1) / 1e9, flops / 1e9,
+        rows.append(["total", "", str(steps), "", flops / max(steps, 1) / per_step, flops / total,
                      sum(p["wall_clock_s"] for p in phases),
                      max(p.get("peak_memory_bytes", 0) for p in phases) / 2**20])
-    headers = ["phase", "cycle", "steps", "width", "GFLOPs/step", "GFLOPs", "wall-clock (s)", "peak memory (MiB)"]
+    headers = ["phase", "cycle", "steps", "width", f"{per_step_unit}/step", total_unit, "wall-clock (s)",
+               "peak memory (MiB)"]
     return tabulate(rows, headers=headers, tablefmt=tablefmt, floatfmt=".3g")
 
 
@@ -105,13 +111,15 @@ def comparison_table(records: Sequence[Mapping[str, Any]], tablefmt: str = "gith
     """
     from tabulate import tabulate
 
+    from amgp_fx.report_format import of_dense, ratio
+
     dense = {r["model"]: r for r in records if r["method"] == "dense"}
     rows = []
     for r in records:
         base = dense.get(r["model"])
         gap = f"{r['auc_mean'] - base['auc_mean']:+.4f}" if base else ""
-        flops_ratio = f"{r['train_flops'] / base['train_flops']:.2f}" if base and base["train_flops"] else ""
-        wall_ratio = f"{r['wall_clock_s'] / base['wall_clock_s']:.2f}" if base and base["wall_clock_s"] else ""
+        flops_ratio = of_dense(ratio(r["train_flops"], base["train_flops"])) if base else ""
+        wall_ratio = of_dense(ratio(r["wall_clock_s"], base["wall_clock_s"])) if base else ""
         rows.append([r["model"], r["method"], f"{r['auc_mean']:.4f} +- {r.get('auc_std', 0.0):.4f}", gap,
                      f"{r['logloss_mean']:.4f}", f"{r['train_flops'] / 1e12:.4g}", flops_ratio,
                      f"{r['wall_clock_s']:.1f}", wall_ratio, r.get("samples", ""), len(r.get("seeds", ())),
@@ -123,16 +131,17 @@ def comparison_table(records: Sequence[Mapping[str, Any]], tablefmt: str = "gith
 
 def plot_run(records: Iterable[Mapping[str, Any]] | str | os.PathLike, path: str | os.PathLike,
              title: str | None = None) -> Path:
-    """PNG of model width, FLOPs per step and evaluation AUC over training steps.
+    """PNG of a training run over its steps: model width and FLOPs per step (AMGP runs), training loss
+    and evaluation AUC, one panel each for what the records hold.
 
     Args:
-        records: a metrics log (path or records) with ``amgp_phase`` and ``eval`` records; several
-            runs may share it if their records carry distinct ``label`` values (one line each).
+        records: a metrics log (path or records) with ``amgp_phase``, ``train`` and ``eval`` records;
+            several runs may share it if their records carry distinct ``label`` values (one line each).
         path: where the PNG goes.
     Returns:
         ``path``.
     Raises:
-        ValueError: the records hold no ``amgp_phase`` record.
+        ValueError: the records hold no ``amgp_phase``, ``train`` or ``eval`` record.
     """
     import matplotlib
 
@@ -140,26 +149,38 @@ def plot_run(records: Iterable[Mapping[str, Any]] | str | os.PathLike, path: str
     import matplotlib.pyplot as plt
 
     records = _read_lines(records) if isinstance(records, (str, os.PathLike)) else list(records)
-    labels = list(dict.fromkeys(r.get("label", "") for r in records if r.get("kind") == "amgp_phase"))
-    if not labels:
-        raise ValueError("no amgp_phase records to plot; pass the metrics log of a run with an AmgpHook")
-    figure, (width_axis, flops_axis, auc_axis) = plt.subplots(3, 1, sharex=True, figsize=(8, 7))
-    for label in labels:
-        phases = phase_records(r for r in records if r.get("label", "") == label)
-        steps = [p["start"] for p in phases] + [phases[-1]["end"]]
-        width_axis.step(steps, [p["width"] for p in phases] + [phases[-1]["width"]], where="post", label=label)
-        flops_axis.step(steps, [p["flops_per_step"] / 1e9 for p in phases] + [phases[-1]["flops_per_step"] / 1e9],
-                        where="post", label=label)
-        evals = [r for r in records if r.get("kind") == "eval" and r.get("label", label) == label and "auc" in r]
-        if evals:
-            auc_axis.plot([r["step"] for r in evals], [r["auc"] for r in evals], marker="o", label=label)
-    width_axis.set_ylabel("width (share of units)")
-    flops_axis.set_ylabel("GFLOPs per step")
-    auc_axis.set_ylabel("eval AUC")
-    auc_axis.set_xlabel("step")
-    width_axis.legend(loc="lower right", fontsize="small")
-    for axis in (width_axis, flops_axis, auc_axis):
-        axis.grid(alpha=0.3)
+    kinds = {r.get("kind") for r in records}
+    panels = [kind for kind in ("width", "flops", "train", "eval") if {"width": "amgp_phase", "flops": "amgp_phase",
+                                                                        "train": "train", "eval": "eval"}[kind] in kinds]
+    if not panels:
+        raise ValueError("no amgp_phase, train or eval records to plot; pass the metrics log of a training run")
+    labels = list(dict.fromkeys(r.get("label", "") for r in records if r.get("kind") in ("amgp_phase", "train", "eval")))
+    figure, axes = plt.subplots(len(panels), 1, sharex=True, figsize=(8, 1.2 + 1.9 * len(panels)), squeeze=False)
+    axis_of = dict(zip(panels, axes[:, 0]))
+    phases_all = phase_records(r for r in records if r.get("kind") == "amgp_phase")
+    divisor, unit = flops_scale(max((p["flops_per_step"] for p in phases_all), default=0.0))
+    for index, label in enumerate(labels):
+        color = f"C{index % 10}"
+        mine = [r for r in records if r.get("label", "") == label]
+        phases = phase_records(r for r in mine if r.get("kind") == "amgp_phase")
+        if phases:
+            steps = [p["start"] for p in phases] + [phases[-1]["end"]]
+            axis_of["width"].step(steps, [p["width"] for p in phases] + [phases[-1]["width"]], where="post",
+                                  color=color, label=label or None)
+            axis_of["flops"].step(steps, [p["flops_per_step"] / divisor for p in phases]
+                                  + [phases[-1]["flops_per_step"] / divisor], where="post", color=color)
+        for kind, key, marker in (("train", "loss", None), ("eval", "auc", "o")):
+            points = [(r["step"], r[key]) for r in mine if r.get("kind") == kind and r.get(key) is not None]
+            if points and kind in axis_of:
+                axis_of[kind].plot(*zip(*points), marker=marker, color=color, label=label or None)
+    for kind, text in (("width", "width (share of units)"), ("flops", f"{unit} per step"),
+                       ("train", "training loss"), ("eval", "eval AUC (held-out rows)")):
+        if kind in axis_of:
+            axis_of[kind].set_ylabel(text)
+            axis_of[kind].grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    if any(labels):
+        axes[0, 0].legend(loc="lower right", fontsize="small")
     if title:
         figure.suptitle(title)
     figure.tight_layout()
@@ -168,6 +189,47 @@ def plot_run(records: Iterable[Mapping[str, Any]] | str | os.PathLike, path: str
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+class FlopsMeter:
+    """Training FLOPs of an AMGP run next to those of the same steps at full width (dense), as they run.
+
+    Put it before the ``AmgpHook`` in ``train``'s hooks: at each step's end it adds the hook's count
+    for the step (the model as it ran, at the step's rows) and the full-width count at the same rows,
+    taken from a step that ran at full width (exact), else scaled from one by rows. Covers the steps
+    of this ``train`` call (a resumed run: those since the resume).
+    """
+
+    def __init__(self, hook) -> None:
+        self.hook = hook
+        self.amgp_flops = 0
+        self.steps = 0
+        self._rows: dict[int, int] = {}  # rows per step -> steps
+        self._full: dict[int, int] = {}  # rows per step -> full-width FLOPs of a step
+
+    def on_step_end(self, ctx) -> None:
+        rows = int(ctx.batch.num_rows) if getattr(ctx, "batch", None) is not None else int(ctx.config.batch_size)
+        flops = int(self.hook.step_flops(ctx, batch_size=rows).total)
+        self.amgp_flops += flops
+        self.steps += 1
+        self._rows[rows] = self._rows.get(rows, 0) + 1
+        if self.hook.width() >= 1.0:
+            self._full.setdefault(rows, flops)
+
+    def full_flops(self) -> int | None:
+        """FLOPs the same steps cost at full width; None when no step ran at full width."""
+        if not self._full:
+            return None
+        known_rows, known = max(self._full.items())
+        return int(sum(count * self._full.get(rows, known * rows / known_rows) for rows, count in self._rows.items()))
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: AMGP's and full width's training FLOPs over the same steps and their ratio."""
+        from amgp_fx.report_format import ratio
+
+        full = self.full_flops()
+        return {"steps": self.steps, "train_flops": self.amgp_flops, "full_width_train_flops": full,
+                "flops_vs_full_width": ratio(self.amgp_flops, full)}
 
 
 def _read_lines(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -45,15 +45,19 @@ def test_comparison_table_reports_differences_to_dense():
                     wall_clock_s=7.5, samples=100, seeds=[0, 1, 2])]
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in comparison_table(records).splitlines()[2:]]
     assert rows[1][:4] == ["m", "amgp", "0.7995 +- 0.0012", "-0.0005"]
-    assert rows[1][6] == "0.60" and rows[1][8] == "0.75"
+    assert rows[1][6] == "0.60x" and rows[1][8] == "0.75x"
 
 
 def test_plot_writes_a_png(tmp_path):
     records = RUN + [_phase("final", 0, 0, 40, 1.0, 4e9, label="dense")]
     path = plot_run(records, tmp_path / "run.png", title="toy")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
-    with pytest.raises(ValueError, match="no amgp_phase records"):
-        plot_run([{"kind": "eval", "step": 1, "auc": 0.5}], tmp_path / "none.png")
+    dense = plot_run([{"kind": "train", "step": s, "loss": 1 / s} for s in (1, 2, 3)]
+                     + [{"kind": "eval", "step": 3, "auc": 0.5}], tmp_path / "dense.png")  # no AMGP: loss and AUC
+    assert dense.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no amgp_phase, train or eval records"):
+        plot_run([{"kind": "amgp_surgery", "step": 1}], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
 
 
 REQUIRED = {"model", "method", "auc_mean", "auc_std", "logloss_mean", "train_flops", "wall_clock_s", "samples",
@@ -160,3 +164,35 @@ def test_sweep_recurring_stage_scores_every_final_model_on_the_drifted_teacher(t
         assert record["recurring_auc_mean"] == run["recurring_auc"] and record["drift"] == 0.5
     flops = {r["variant"]: r["per_seed"][0]["recurring_flops"] for r in records}
     assert flops["small-dense"] < flops["dense"] == flops["grow-late-lossless"]  # AMGP ends full-size
+
+
+def test_flops_meter_compares_each_step_with_the_same_rows_at_full_width():
+    from types import SimpleNamespace
+
+    from amgp_fx.amgp_report import FlopsMeter
+
+    class Hook:  # FLOPs of a step: 10 per row at full width, 4 per row at half width, plus 6 optimizer FLOPs
+        width_now = 1.0
+
+        def width(self):
+            return self.width_now
+
+        def step_flops(self, ctx, batch_size):
+            return SimpleNamespace(total=(10 if self.width_now == 1.0 else 4) * batch_size + 6)
+
+    def run(steps):
+        meter = FlopsMeter(hook)
+        for width, rows in steps:  # (width, rows) of each step
+            hook.width_now = width
+            meter.on_step_end(SimpleNamespace(batch=SimpleNamespace(num_rows=rows)))
+        return meter.summary()
+
+    hook = Hook()
+    full_64, full_8, half_64, half_8 = 10 * 64 + 6, 10 * 8 + 6, 4 * 64 + 6, 4 * 8 + 6
+    exact = run([(1.0, 64), (0.5, 64), (0.5, 8), (0.5, 64), (1.0, 8)])  # both row counts ran at full width
+    assert exact["train_flops"] == full_64 + half_64 + half_8 + half_64 + full_8 and exact["steps"] == 5
+    assert exact["full_width_train_flops"] == 3 * full_64 + 2 * full_8
+    assert exact["flops_vs_full_width"] == pytest.approx(exact["train_flops"] / exact["full_width_train_flops"])
+    scaled = run([(1.0, 64), (0.5, 64), (0.5, 8)])  # 8 rows never ran at full width: scaled from 64 by rows
+    assert scaled["full_width_train_flops"] == int(2 * full_64 + full_64 * 8 / 64)
+    assert run([(0.5, 64)])["flops_vs_full_width"] is None  # never at full width: no reference
