@@ -74,6 +74,13 @@ _EXPORTS = {
     "save_records": "amgp_fx.latency_report",
     "load_records": "amgp_fx.latency_report",
     "plot_latency": "amgp_fx.latency_report",
+    "DeviceConstants": "amgp_fx.latency_model",
+    "calibrate": "amgp_fx.latency_model",
+    "predict_latency": "amgp_fx.latency_model",
+    "predicted_speedup": "amgp_fx.latency_model",
+    "PRECISIONS": "amgp_fx.export_precision",
+    "PrecisionReport": "amgp_fx.export_precision",
+    "convert_precision": "amgp_fx.export_precision",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,0 +1,116 @@
+"""fp16/bf16 copies of an exported model: conversion by ORT's and torch.onnx's tools, parity vs fp32 torch."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto
+
+from amgp_fx.export import ParityError, export_onnx
+from amgp_fx.export_precision import (TOLERANCES, PrecisionError, cast_module, convert_precision, export_bf16)
+from amgp_fx.latency_model import DeviceConstants, predict_latency
+
+
+@pytest.fixture(scope="module")
+def dlrm_fp32(tmp_path_factory):
+    from amgp_fx import models
+
+    torch.manual_seed(0)
+    model = models.build_model("dlrm", "small")
+    inputs = model.example_inputs(64)
+    path = export_onnx(model, inputs, tmp_path_factory.mktemp("precision") / "dlrm.onnx").path
+    return model, inputs, path
+
+
+def initializer_types(path) -> set[int]:
+    return {init.data_type for init in onnx.load(str(path)).graph.initializer}
+
+
+def test_fp16_loads_on_cpu_with_parity_and_fp32_io(dlrm_fp32):
+    model, inputs, path = dlrm_fp32
+    report = convert_precision(path, "fp16", model, inputs, provider="cpu")
+    assert report.precision == "fp16" and report.path.endswith("dlrm-fp16.onnx") and report.provider == "cpu"
+    assert (report.atol, report.rtol) == TOLERANCES["fp16"][:2] and "mantissa" in report.tolerance_reason
+    assert 0 < report.max_abs_diff <= report.atol  # rounded, but within the stated tolerance
+    assert "convert_float_to_float16" in report.converter and report.kept_fp32_ops == ()
+    converted = onnx.load(report.path)
+    assert TensorProto.FLOAT16 in initializer_types(report.path)
+    assert TensorProto.FLOAT not in {init.data_type for init in converted.graph.initializer
+                                     if init.name.endswith("weight")}
+    assert converted.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # keep_io_types
+    assert converted.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    # the time model reads the converted graph: same GEMM FLOPs, fewer bytes, fp16 GEMM rate used
+    constants = DeviceConstants("fixed", {"float32": 1e12, "float16": 4e12}, 1e11, 1e11, 0.0)
+    fp32, fp16 = (predict_latency(p, 4096, constants) for p in (path, report.path))
+    assert fp16.flops == fp32.flops and fp16.bytes < fp32.bytes and fp16.unshaped_nodes == 0
+
+
+def test_fp16_keeps_ops_in_fp32_that_the_provider_cannot_run(dlrm_fp32, monkeypatch):
+    """A provider without an fp16 Gemm kernel: the load error names it, Gemm stays fp32, the report says so."""
+    import amgp_fx.bench
+
+    model, inputs, path = dlrm_fp32
+    real = amgp_fx.bench.make_ort_session
+
+    def no_fp16_gemm(file, provider="cpu", **kwargs):
+        graph = onnx.load(str(file)).graph
+        weights = {init.name: init.data_type for init in graph.initializer}
+        if any(n.op_type == "Gemm" and weights.get(n.input[1]) == TensorProto.FLOAT16 for n in graph.node):
+            raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation for "
+                               "Gemm(13) node with name 'node_linear'")
+        return real(file, provider, **kwargs)
+
+    monkeypatch.setattr(amgp_fx.bench, "make_ort_session", no_fp16_gemm)
+    report = convert_precision(path, "fp16", model, inputs, provider="cpu", path=path.replace(".onnx", "-h.onnx"))
+    assert report.kept_fp32_ops == ("Gemm",)
+    graph = onnx.load(report.path).graph
+    weights = {init.name: init.data_type for init in graph.initializer}
+    cast_to_fp32 = {n.output[0] for n in graph.node if n.op_type == "Cast"
+                    and any(a.name == "to" and a.i == TensorProto.FLOAT for a in n.attribute)}
+    gemms = [n for n in graph.node if n.op_type == "Gemm"]
+    assert gemms and all(weights.get(n.input[1]) == TensorProto.FLOAT or n.input[1] in cast_to_fp32 for n in gemms)
+    assert any(t == TensorProto.FLOAT16 for name, t in weights.items() if name.startswith("embeddings"))
+    assert report.max_abs_diff <= report.atol
+
+
+def test_parity_failure_removes_the_file(dlrm_fp32, tmp_path):
+    model, inputs, path = dlrm_fp32
+    target = tmp_path / "tight.onnx"
+    with pytest.raises(ParityError, match=r"differs from fp32 PyTorch.*1e-09"):
+        convert_precision(path, "fp16", model, inputs, path=target, atol=1e-9, rtol=0.0)
+    assert not target.exists()
+
+
+def test_bf16_export_structure_and_cpu_refusal(dlrm_fp32, tmp_path):
+    model, inputs, path = dlrm_fp32
+    report = export_bf16(model, inputs, tmp_path / "bf16.onnx")
+    graph = onnx.load(report.path).graph
+    assert graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # fp32 in, cast inside
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert TensorProto.BFLOAT16 in initializer_types(report.path)
+    import onnxruntime
+
+    try:  # ORT's CPU provider has no bf16 Gemm (1.32): the refusal must say so; a build that has one passes
+        onnxruntime.InferenceSession(report.path, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001
+        target = tmp_path / "refused.onnx"
+        with pytest.raises(PrecisionError, match=r"no bfloat16 kernel for op \w+.*CUDA provider"):
+            convert_precision(path, "bf16", model, inputs, provider="cpu", path=target)
+        assert not target.exists()
+    else:
+        assert convert_precision(path, "bf16", model, inputs, provider="cpu").max_abs_diff <= TOLERANCES["bf16"][0]
+
+
+def test_cast_module_and_unknown_precision(dlrm_fp32):
+    model, inputs, _ = dlrm_fp32
+    assert cast_module(model, "fp32") is model
+    half = cast_module(model, "bf16")
+    out = half(*inputs)
+    assert out.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32  # a copy was cast
+    atol, rtol, _ = TOLERANCES["bf16"]
+    expected = model(*inputs).detach()
+    assert np.all(np.abs((out - expected).detach().numpy()) <= atol + rtol * np.abs(expected.numpy()))
+    with pytest.raises(PrecisionError, match="unknown precision 'int8'"):
+        cast_module(model, "int8")
