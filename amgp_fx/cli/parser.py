@@ -5,7 +5,7 @@ import argparse
 
 from amgp_fx.cli.values import DEFAULT_OUTPUT, MODEL_NAMES, PROG, _positive_int
 from amgp_fx.errors import UsageError
-from amgp_fx.schedule import RECIPES  # no torch: the parser stays light
+from amgp_fx.schedule import RECIPES, SELECTIONS  # no torch: the parser stays light
 
 __all__ = ["EPILOGS", "HELP", "build_parser"]
 
@@ -136,6 +136,20 @@ def _train_options(parser: argparse.ArgumentParser, steps: int) -> None:
     group.add_argument("--amgp", action="store_true", help="train with alternate growth and pruning")
     group.add_argument("--amgp-recipe", default="amgp-half", choices=sorted(RECIPES),
                        help="AMGP schedule with --amgp (default: %(default)s: 60%% of the steps at half width)")
+    group.add_argument("--preserve-growth", action="store_true",
+                       help="with --amgp: function-preserving growth (regrown units enter with zero outgoing weights, "
+                            "so the outputs stay what they were just before the growth)")
+    group.add_argument("--grow-ramp", type=float, default=None, metavar="SHARE",
+                       help="with --preserve-growth: ramp the regrown units back in over this share of a pruned phase")
+    group.add_argument("--fade", type=float, default=None, metavar="SHARE",
+                       help="with --amgp: fade the units out over this share of a pruned phase before each shrink "
+                            "(the shrink itself then changes no output)")
+    group.add_argument("--selection", choices=SELECTIONS, default=None,
+                       help="with --amgp: which units sit out a pruned phase (default: the recipe's, score)")
+    group.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="constant",
+                       help="learning-rate schedule after the warm-up (default: %(default)s)")
+    group.add_argument("--lr-warmup", type=float, default=0.0, metavar="SHARE",
+                       help="linear warm-up of the learning rate over this share of the steps (default: 0)")
     group.add_argument("--seed", type=int, default=0)
 
 

@@ -5,6 +5,7 @@ Also the training step ``run`` shares (:func:`train_model`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -119,6 +120,61 @@ def static_rows(data, batch: int | None):
     return tuple(rows[: rows.num_rows - rows.num_rows % batch] for rows in data)
 
 
+def _share(args: argparse.Namespace, flag: str) -> float | None:
+    """``--flag SHARE`` as a float in [0, 1], or None when not given."""
+    value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+    if value is None:
+        return None
+    if not (0.0 <= value <= 1.0):  # also refuses nan
+        raise UsageError(f"{flag} must be a share in [0, 1], got {value}", f"Pass e.g. {flag} 0.25")
+    return value
+
+
+def lr_schedule_options(args: argparse.Namespace, steps: int) -> dict[str, Any]:
+    """TrainConfig's learning-rate schedule from ``--lr-schedule`` and ``--lr-warmup`` (a share of
+    the steps, so that it scales with the run)."""
+    warmup = _share(args, "--lr-warmup") or 0.0
+    return {"lr_schedule": getattr(args, "lr_schedule", "constant"), "lr_warmup_steps": int(round(warmup * steps))}
+
+
+def switch_overrides(args: argparse.Namespace, pruned_steps: int) -> dict[str, Any]:
+    """AmgpConfig fields from the switch flags (``--preserve-growth``, ``--grow-ramp``, ``--fade``,
+    ``--selection``); shares are of one pruned phase, as in the recipes. Flags not given keep the
+    recipe's values."""
+    overrides: dict[str, Any] = {}
+    ramp, fade = _share(args, "--grow-ramp"), _share(args, "--fade")
+    if getattr(args, "preserve_growth", False):
+        overrides["preserve_growth"] = True
+    if ramp is not None:
+        if not (overrides.get("preserve_growth") or args.amgp_recipe and _recipe_preserves(args.amgp_recipe)):
+            raise UsageError("--grow-ramp ramps a function-preserving growth", "Add --preserve-growth")
+        overrides["grow_ramp_steps"] = int(round(ramp * pruned_steps))
+    if fade is not None:
+        overrides["fade_steps"] = int(round(fade * pruned_steps))
+    if getattr(args, "selection", None):
+        overrides["selection"] = args.selection
+    return overrides
+
+
+def check_switch_flags(args: argparse.Namespace) -> None:
+    """Refuse switch and schedule flags that would do nothing or are out of range, before any work:
+    the switch flags shape AMGP's shrinks and growths, so they need ``--amgp``."""
+    for flag in ("--grow-ramp", "--fade", "--lr-warmup"):
+        _share(args, flag)
+    given = [flag for flag, value in (("--preserve-growth", getattr(args, "preserve_growth", False)),
+                                      ("--grow-ramp", getattr(args, "grow_ramp", None)),
+                                      ("--fade", getattr(args, "fade", None)),
+                                      ("--selection", getattr(args, "selection", None))) if value not in (None, False)]
+    if given and not getattr(args, "amgp", False):
+        raise UsageError(f"{', '.join(given)}: switch options of AMGP training", "Add --amgp, or drop them")
+
+
+def _recipe_preserves(name: str) -> bool:
+    from amgp_fx.schedule import RECIPES
+
+    return bool(RECIPES.get(name, {}).get("preserve_growth"))
+
+
 def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: bool, inputs: tuple,
                 metrics_path: Path | None = None, checkpoint_dir: Path | None = None, bound=None,
                 static_batch: int | None = None):
@@ -131,13 +187,14 @@ def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: boo
     from amgp_fx.train import train
 
     device = getattr(args, "train_device", None) or runtime_devices(getattr(args, "device", "cpu"))[1]
+    check_switch_flags(args)
     batch = static_batch or args.train_batch
     if static_batch and args.train_batch != static_batch and not getattr(args, "_train_batch_noted", False):
         note(args, f"training with batch {static_batch}, the model's static batch (not --train-batch {args.train_batch})")
         args._train_batch_noted = True
     config = TrainConfig(batch_size=batch, steps=steps, seed=args.seed, log_every=max(1, steps // 10),
                          device=device, **({"eval_batch_size": static_batch} if static_batch else {}),
-                         **({"lr": args.lr} if args.lr else {}),
+                         **({"lr": args.lr} if args.lr else {}), **lr_schedule_options(args, steps),
                          metrics_path=str(metrics_path) if metrics_path else None,
                          checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
                          checkpoint_every=getattr(args, "checkpoint_every", 0) if checkpoint_dir else 0,
@@ -151,6 +208,7 @@ def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: boo
         graph = analyze(module, inputs)
         try:
             recipe = AmgpConfig.from_recipe_name(args.amgp_recipe, total_steps=steps)
+            recipe = dataclasses.replace(recipe, **switch_overrides(args, recipe.schedule.pruned_steps))
         except ValueError as error:
             raise UsageError(f"AMGP recipe {args.amgp_recipe!r} does not fit {steps} steps: {error}",
                              "Train for more steps or choose another --amgp-recipe") from error
@@ -180,6 +238,7 @@ def command(args: argparse.Namespace) -> int:
     (this process launches them; their rank 0 writes the output files, staged as usual)."""
     if args.steps < 1:
         raise UsageError(f"--steps {args.steps} must be at least 1", "Pass e.g. --steps 500")
+    check_switch_flags(args)
     check_source(args)
     nproc = getattr(args, "nproc", 1)
     from amgp_fx import distributed

@@ -1,0 +1,89 @@
+"""The AMGP switch flags (--preserve-growth, --grow-ramp, --fade, --selection) and the learning-rate
+schedule flags (--lr-schedule, --lr-warmup) of ``train`` and ``run``: what they set, and the errors
+for flags that would do nothing or shares out of range."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amgp_fx.cli.parser import build_parser
+from amgp_fx.cli.train import lr_schedule_options, switch_overrides
+from amgp_fx.errors import UsageError
+from amgp_fx.schedule import AmgpConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _args(*flags: str):
+    return build_parser().parse_args(["train", "--model", "dlrm", *flags])
+
+
+def _config(args, steps: int = 200) -> AmgpConfig:
+    import dataclasses
+
+    recipe = AmgpConfig.from_recipe_name(args.amgp_recipe, total_steps=steps)
+    return dataclasses.replace(recipe, **switch_overrides(args, recipe.schedule.pruned_steps))
+
+
+def test_switch_flags_set_the_config_with_shares_of_a_pruned_phase():
+    args = _args("--amgp", "--preserve-growth", "--grow-ramp", "0.25", "--fade", "0.5", "--selection", "rotate")
+    config = _config(args)
+    phase = config.schedule.pruned_steps
+    assert phase > 4
+    assert config.preserve_growth and config.selection == "rotate"
+    assert config.grow_ramp_steps == round(0.25 * phase) and config.fade_steps == round(0.5 * phase)
+
+
+def test_flags_not_given_keep_the_recipe():
+    plain = _config(_args("--amgp", "--amgp-recipe", "amgp-grow-late"))
+    recipe = AmgpConfig.from_recipe_name("amgp-grow-late", total_steps=200)
+    assert plain == recipe and plain.preserve_growth and plain.grow_ramp_steps > 0
+    # a ramp for a recipe that already preserves growth needs no --preserve-growth
+    ramped = _config(_args("--amgp", "--amgp-recipe", "amgp-grow-late", "--grow-ramp", "0"))
+    assert ramped.preserve_growth and ramped.grow_ramp_steps == 0
+
+
+def test_lr_schedule_flags_give_warmup_steps_as_a_share_of_the_run():
+    assert lr_schedule_options(_args("--lr-schedule", "cosine", "--lr-warmup", "0.1"), 300) == {
+        "lr_schedule": "cosine", "lr_warmup_steps": 30}
+    assert lr_schedule_options(_args(), 300) == {"lr_schedule": "constant", "lr_warmup_steps": 0}
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--grow-ramp", "0.2"], "--preserve-growth"),            # a ramp of a growth that does not preserve
+    (["--fade", "1.5"], "[0, 1]"),
+    (["--fade", "nan"], "[0, 1]"),
+])
+def test_bad_switch_values_are_usage_errors(flags, words):
+    with pytest.raises(UsageError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        _config(_args("--amgp", *flags))
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "amgp_fx.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("flags", [["--fade", "0.25"], ["--preserve-growth"], ["--selection", "balanced"]])
+def test_switch_flags_without_amgp_exit_2_with_one_line(tmp_path, flags):
+    result = _cli("train", "--model", "dlrm", "--steps", "4", "--rows", "400", *flags, "-o", "out", cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("amgp-compress: error:")
+    assert "--amgp" in lines[0] and "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_faded_shrink_reaches_the_training_log(tmp_path):
+    result = _cli("train", "--model", "dlrm", "--amgp", "--fade", "0.5", "--lr-schedule", "cosine", "--lr-warmup",
+                  "0.1", "--steps", "40", "--rows", "3000", "--train-batch", "64", "-q", "-o", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (tmp_path / "out" / "train_metrics.jsonl").read_text().splitlines()]
+    fades = [r for r in records if r["kind"] == "amgp_fade_start"]
+    shrinks = [r for r in records if r.get("action") == "shrink"]
+    assert fades and shrinks and shrinks[0]["faded"] is True
+    assert fades[0]["step"] < shrinks[0]["step"]
