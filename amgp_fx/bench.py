@@ -44,8 +44,8 @@ from amgp_fx.passes.inference_mode import eval_mode, inference_graph
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RUNTIMES", "LatencyRecord", "benchmark_onnx", "benchmark_torch", "count_forward_flops",
-           "cuda_provider_available", "device_name", "make_ort_session"]
+__all__ = ["OPT_LEVELS", "RUNTIMES", "LatencyRecord", "benchmark_onnx", "benchmark_torch", "count_forward_flops",
+           "cuda_provider_available", "device_name", "make_ort_session", "tf32_matmuls"]
 
 InputsFactory = Callable[[int], Any]  # B -> forward's positional arguments (tensors, dicts, KJT-like pytrees)
 FlopsSource = Callable[[int], int] | Mapping[int, int] | None
@@ -75,8 +75,14 @@ def cuda_provider_available() -> bool:
     return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+#: ``--ort-opt-level`` names -> onnxruntime.GraphOptimizationLevel members; "all" is ORT's own default
+OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+              "all": "ORT_ENABLE_ALL"}
+
+
 def make_ort_session(path: str | os.PathLike, provider: str = "cpu", *, use_tf32: bool = False,
-                     cuda_graph: bool = False, device_id: int = 0, fixed_dims: dict[str, int] | None = None):
+                     cuda_graph: bool = False, device_id: int = 0, fixed_dims: dict[str, int] | None = None,
+                     opt_level: str = "all"):
     """An ``onnxruntime.InferenceSession`` on ``provider`` ("cpu" or "cuda").
 
     Args:
@@ -85,16 +91,21 @@ def make_ort_session(path: str | os.PathLike, provider: str = "cpu", *, use_tf32
         use_tf32: CUDA only: the CUDA EP option ``use_tf32`` (ORT's default is on; ours is off).
         cuda_graph: CUDA only: ``enable_cuda_graph`` (needs static shapes: pass ``fixed_dims``).
         fixed_dims: symbolic dim name -> size, e.g. ``{"batch": 4096}`` (free dimension overrides).
+        opt_level: graph optimisation level, one of :data:`OPT_LEVELS` (default "all", ORT's default:
+            constant folding, node fusions and layout changes).
 
     Raises:
-        ValueError: unknown provider.
+        ValueError: unknown provider or optimisation level.
         RuntimeError: the CUDA provider is missing (install onnxruntime-gpu) or failed to start.
     """
     if provider not in ("cpu", "cuda"):
         raise ValueError(f"provider must be 'cpu' or 'cuda', got {provider!r}")
+    if opt_level not in OPT_LEVELS:
+        raise ValueError(f"opt_level must be one of {', '.join(OPT_LEVELS)}, got {opt_level!r}")
     ort = _load_onnxruntime(cuda=provider == "cuda")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level])
     for name, size in (fixed_dims or {}).items():
         options.add_free_dimension_override_by_name(name, int(size))
     if provider == "cpu":
@@ -261,6 +272,7 @@ def benchmark_onnx(
     io_binding: bool = True,
     cuda_graph: bool = False,
     use_tf32: bool = False,
+    opt_level: str = "all",
     warmup: int = 10,
     iters: int = 100,
     model: str = "",
@@ -281,6 +293,7 @@ def benchmark_onnx(
             the timed call); False: ``session.run`` with numpy feeds (CUDA then includes the copies).
         cuda_graph: CUDA: capture and replay a CUDA graph (one session per batch size); skipped on CPU.
         use_tf32: CUDA EP option ``use_tf32`` (ORT's own default is on; off here to match fp32 PyTorch).
+        opt_level: ORT graph optimisation level (:data:`OPT_LEVELS`; default "all").
         warmup, iters: untimed and timed calls per batch size.
         model, variant, flops, command: copied into the records (flops: callable or mapping by B).
 
@@ -310,10 +323,10 @@ def benchmark_onnx(
         file = static_paths[batch_size] if static_paths is not None else path
         batch_names, metadata = _onnx_header(file)
         if cuda_graph or static_paths is not None:
-            session = make_ort_session(file, provider, use_tf32=use_tf32, cuda_graph=cuda_graph,
+            session = make_ort_session(file, provider, use_tf32=use_tf32, cuda_graph=cuda_graph, opt_level=opt_level,
                                        fixed_dims={name: batch_size for name in batch_names})
         elif session is None:
-            session = make_ort_session(file, provider, use_tf32=use_tf32)
+            session = make_ort_session(file, provider, use_tf32=use_tf32, opt_level=opt_level)
         inputs = as_args(inputs_factory(batch_size))
         times = _time_ort(session, inputs, batch_size, provider, io_binding, batch_names, warmup, iters, metadata)
         records.append(_summarise(times, batch_size, model=model, variant=variant, runtime=runtime,
@@ -339,6 +352,7 @@ def benchmark_torch(
     flops: FlopsSource | bool = True,
     command: str | None = None,
     compile_options: Mapping[str, Any] | None = None,
+    tf32: bool | None = None,
 ) -> list[LatencyRecord]:
     """Time ``model`` in PyTorch (eval mode, no grad) at each batch size.
 
@@ -353,6 +367,8 @@ def benchmark_torch(
             or a callable/mapping by batch size.
         compile_options: keyword arguments of ``torch.compile``, e.g. ``{"dynamic": True}`` (one
             compile for all batch sizes instead of a static one and then a dynamic one).
+        tf32: TF32 matmuls and convolutions on (True) or off (False) while timing, as ORT's
+            ``use_tf32`` (:func:`tf32_matmuls`); None leaves torch's settings as they are.
 
     Returns:
         One :class:`LatencyRecord` per batch size, runtime ``torch-eager`` or ``torch-compile``.
@@ -364,7 +380,7 @@ def benchmark_torch(
     model = _inference_module(model.to(device))
     command = _default_command() if command is None else command
     records = []
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), tf32_matmuls(tf32):
         if mode == "compile":
             torch._dynamo.reset()  # models of one class share forward's code object and its recompile limit
         function = torch.compile(model, **dict(compile_options or {})) if mode == "compile" else model
@@ -381,6 +397,21 @@ def benchmark_torch(
             logger.info("%s %s torch-%s B=%d p50 %.3f ms", model_name, variant, mode, batch_size,
                         records[-1].p50_ms)
     return records
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool | None):
+    """TF32 for torch's CUDA matmuls and cuDNN convolutions set to ``enabled`` inside, restored after
+    (None: unchanged), so torch and ORT (``use_tf32``) run fp32 GEMMs the same way."""
+    if enabled is None:
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 def _time_torch(function, inputs, device: torch.device, warmup: int, iters: int) -> list[float]:

@@ -77,6 +77,7 @@ class PrecisionReport:
     rtol: float
     tolerance_reason: str
     kept_fp32_ops: tuple[str, ...] = ()  # op types the provider has no kernel for in this precision
+    reference: str = "fp32 PyTorch"  # what parity compared with
     onnx_bytes: int = 0
     seconds: float = 0.0
 
@@ -195,7 +196,7 @@ def _export_bf16(model, example_inputs, target: Path, provider: str, source: Pat
             "bf16 runs on the CUDA provider (onnxruntime-gpu); use --precision fp16 or fp32 here") from error
 
 
-def convert_precision(source: str | os.PathLike, precision: str, model: torch.nn.Module, example_inputs, *,
+def convert_precision(source: str | os.PathLike, precision: str, model: torch.nn.Module | None, example_inputs, *,
                       path: str | os.PathLike | None = None, provider: str = "cpu", atol: float | None = None,
                       rtol: float | None = None, keep_fp32_ops: Sequence[str] = ()) -> PrecisionReport:
     """Write ``precision``'s copy of the fp32 ONNX file ``source`` and check it against fp32 PyTorch.
@@ -204,7 +205,9 @@ def convert_precision(source: str | os.PathLike, precision: str, model: torch.nn
         source: the fp32 .onnx written by :func:`amgp_fx.export.export_onnx`.
         precision: "fp16" or "bf16" ("fp32" returns a report on ``source`` itself, parity re-checked).
         model, example_inputs: the PyTorch model ``source`` was exported from and its positional
-            arguments (any pytree): the fp32 reference, and what bf16 is exported from.
+            arguments (any pytree): the fp32 reference, and what bf16 is exported from. ``model=None``
+            (only the .onnx file at hand): the reference is fp32 ONNX Runtime on ``source``; bf16 then
+            cannot be made.
         path: where to write; default ``source`` with ``-fp16``/``-bf16`` before the suffix.
         provider: "cpu", "cuda" or "auto": the provider the file must load on and where parity runs.
         atol, rtol: parity tolerance; default :data:`TOLERANCES`.
@@ -220,6 +223,9 @@ def convert_precision(source: str | os.PathLike, precision: str, model: torch.nn
     from amgp_fx.passes.inference_mode import eval_mode
 
     _check_precision(precision)
+    if model is None and precision == "bf16":
+        raise PrecisionError("bf16 is exported from the PyTorch model (ONNX tools have no bf16 converter), and "
+                             "only an .onnx file was given. Pass the model file (e.g. model.pt2) as well")
     started = time.perf_counter()
     source = Path(source)
     if provider == "auto":
@@ -238,8 +244,14 @@ def convert_precision(source: str | os.PathLike, precision: str, model: torch.nn
         session, kept = _export_bf16(model, example_inputs, target, provider, source)
         converter = f"torch.onnx.export of the model cast to bfloat16 (torch {torch.__version__})"
     args = as_args(example_inputs)
-    with eval_mode(model), torch.no_grad():
-        expected = [x.detach().float().cpu().numpy() for x in flatten_outputs(model(*args))]
+    if model is not None:
+        with eval_mode(model), torch.no_grad():
+            expected = [x.detach().float().cpu().numpy() for x in flatten_outputs(model(*args))]
+        reference = "fp32 PyTorch"
+    else:
+        fp32_session = make_ort_session(source, provider)
+        expected = fp32_session.run(None, ort_feeds(fp32_session, args, _onnx_header(source)[1]))
+        reference = f"fp32 ONNX Runtime ({provider})"
     actual = session.run(None, ort_feeds(session, args, _onnx_header(target)[1]))
     worst_abs = worst_rel = 0.0
     for name, got, want in zip([o.name for o in session.get_outputs()], actual, expected):
@@ -251,15 +263,15 @@ def convert_precision(source: str | os.PathLike, precision: str, model: torch.nn
             if target != source:
                 target.unlink(missing_ok=True)
             raise ParityError(
-                f"the {precision} model's output {name!r} differs from fp32 PyTorch on {provider}: max abs diff "
+                f"the {precision} model's output {name!r} differs from {reference} on {provider}: max abs diff "
                 f"{worst_abs:.3g}, tolerance |{precision} - fp32| <= {atol:g} + {rtol:g} * |fp32| ({reason}). "
                 f"Use fp32 for this model, or pass a looser tolerance if that error is acceptable",
                 output_name=name, batch_size=int(np.shape(want)[0]) if np.ndim(want) else 1, max_abs_diff=worst_abs,
                 max_rel_diff=worst_rel, atol=atol, rtol=rtol)
     report = PrecisionReport(path=str(target), precision=precision, source=str(source), converter=converter,
                              provider=provider, max_abs_diff=worst_abs, max_rel_diff=worst_rel, atol=atol, rtol=rtol,
-                             tolerance_reason=reason, kept_fp32_ops=tuple(kept),
+                             tolerance_reason=reason, kept_fp32_ops=tuple(kept), reference=reference,
                              onnx_bytes=target.stat().st_size, seconds=time.perf_counter() - started)
-    logger.info("%s: %s, max abs diff %.3g vs fp32 torch (tolerance %g + %g |x|)", target, precision, worst_abs,
+    logger.info("%s: %s, max abs diff %.3g vs fp32 reference (tolerance %g + %g |x|)", target, precision, worst_abs,
                 atol, rtol)
     return report

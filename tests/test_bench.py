@@ -153,3 +153,74 @@ def test_cuda_session_options(monkeypatch, mlp_onnx):
                                        {"device_id": "0", "use_tf32": "0", "enable_cuda_graph": "1"})
     make_ort_session(mlp_onnx, "cuda", use_tf32=True)
     assert created["providers"][0][1] == {"device_id": "0", "use_tf32": "1"}
+
+
+def test_ort_optimisation_level_and_tf32_switch(mlp_onnx):
+    import onnxruntime
+
+    from amgp_fx.bench import OPT_LEVELS, tf32_matmuls
+
+    assert set(OPT_LEVELS) == {"disable", "basic", "extended", "all"}
+    session = make_ort_session(mlp_onnx, "cpu", opt_level="disable")
+    assert session.get_session_options().graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert make_ort_session(mlp_onnx, "cpu").get_session_options().graph_optimization_level == \
+        onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    with pytest.raises(ValueError, match="opt_level must be one of"):
+        make_ort_session(mlp_onnx, "cpu", opt_level="max")
+    records = benchmark_onnx(mlp_onnx, mlp_inputs, [4], provider="cpu", opt_level="basic", warmup=1, iters=2)
+    check_sane(records, "ort-cpu", [4])
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with tf32_matmuls(not before[0]):
+        assert torch.backends.cuda.matmul.allow_tf32 is (not before[0])
+        assert torch.backends.cudnn.allow_tf32 is (not before[0])
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+
+
+def export_mlp(path: Path, width: int) -> str:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(13, width), nn.ReLU(), nn.Linear(width, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return export_onnx(model, mlp_inputs(4), path).path
+
+
+def test_cli_bench_labels_each_onnx_file_and_compares_with_the_first(tmp_path, capsys):
+    """Issue 14 item 8: two files of one stem were both labelled 'model' and the dense file showed as
+    a fraction of itself; each row is now labelled by its own file, speedups are against the first."""
+    from amgp_fx.cli import main
+
+    dense, compact = export_mlp(tmp_path / "dense" / "model.onnx", 256), export_mlp(tmp_path / "compact" / "model.onnx", 8)
+    out = tmp_path / "out"
+    assert main(["bench", "--onnx", dense, "--onnx", compact, "--batch-sizes", "16", "--iters", "3",
+                 "--device", "cpu", "-o", str(out)]) == 0
+    records = load_records(out / "latency.json")
+    assert [r.variant for r in records] == ["dense/model", "compact/model"]
+    assert len({r.model for r in records}) == 1  # one model column: rows compare with each other
+    table = (out / "latency.md").read_text()
+    dense_row = next(line for line in table.splitlines() if "| dense/model" in line)
+    assert "1.00x" in dense_row  # the baseline is itself, once
+    assert speedups(records, "dense/model")[0][0] == 1.0 and 1 in speedups(records, "dense/model")
+    from amgp_fx.cli.bench import _labels
+
+    assert _labels(["x/a.onnx", "y/b.onnx"]) == ["a", "b"]
+
+
+def test_cli_bench_serving_flags(tmp_path, capsys):
+    from amgp_fx.cli import main
+
+    model = export_mlp(tmp_path / "m.onnx", 32)
+    out = tmp_path / "fp16"
+    assert main(["bench", "--onnx", model, "--precision", "fp16", "--ort-opt-level", "extended", "--batch-sizes",
+                 "8", "--iters", "2", "--device", "cpu", "-o", str(out)]) == 0
+    (record,) = load_records(out / "latency.json")
+    assert record.variant == "model-fp16" and record.runtime == "ort-cpu"
+    (report,) = json.loads((out / "precision.json").read_text())
+    assert report["precision"] == "fp16" and report["max_abs_diff"] <= report["atol"]
+    assert report["reference"].startswith("fp32 ONNX Runtime")  # no torch model was given
+    capsys.readouterr()
+    if not torch.cuda.is_available():  # CUDA graphs on the CPU provider: refused, exit 2, one line
+        assert main(["bench", "--onnx", model, "--cuda-graphs", "--device", "cpu", "-o", str(tmp_path / "g")]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("amgp-compress: error: --cuda-graphs needs ONNX Runtime's CUDA provider")
+        assert "Drop --cuda-graphs" in error and len(error.splitlines()) == 1
+    assert main(["bench", "--onnx", model, "--precision", "bf16", "--device", "cpu", "-o", str(tmp_path / "b")]) == 10
+    assert "bf16 is exported from the PyTorch model" in capsys.readouterr().err

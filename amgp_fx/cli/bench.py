@@ -12,6 +12,7 @@ import torch
 
 from amgp_fx.cli.common import args_for_export, export_model, load, model_label, note, runtime_devices
 from amgp_fx.cli.output import OutputDir, written_count
+from amgp_fx.cli.plots import save_latency_plot
 from amgp_fx.cli.values import parse_batch_sizes
 from amgp_fx.errors import UsageError
 from amgp_fx.model_inputs import make_inputs, resize_batch
@@ -50,14 +51,27 @@ def timed_batch_sizes(args: argparse.Namespace, static_batch: int | None) -> tup
     return (static_batch,)
 
 
+def _serving(args: argparse.Namespace) -> dict:
+    """The serving settings of ``bench`` (``run`` has none of these flags: fp32, ORT defaults)."""
+    return {"precision": getattr(args, "precision", "fp32"), "cuda_graph": getattr(args, "cuda_graphs", False),
+            "opt_level": getattr(args, "ort_opt_level", "all"), "tf32": getattr(args, "tf32", False)}
+
+
 def bench_variant(onnx_path, module, inputs, name: str, variant: str, args, runtimes,
-                  static_batch: int | None = None) -> list:
+                  static_batch: int | None = None, precision_reports: list | None = None) -> list:
     """Latency records of one model: ORT on ``onnx_path`` and/or PyTorch on ``module``. ``inputs``
     are the model's positional arguments (any pytree of tensors); ONNX Runtime and the torch
-    timing loop get their tensors flat (:class:`amgp_fx.batch_inputs.FlatInputs`)."""
+    timing loop get their tensors flat (:class:`amgp_fx.batch_inputs.FlatInputs`).
+
+    With ``--precision fp16/bf16`` both sides run in that format (the ONNX file converted by
+    :func:`amgp_fx.export_precision.convert_precision`, parity-checked, its report appended to
+    ``precision_reports``; torch on a cast copy) and the variant is labelled ``NAME-fp16``."""
     from amgp_fx.batch_inputs import FlatInputs
     from amgp_fx.bench import benchmark_onnx, benchmark_torch, count_forward_flops
+    from amgp_fx.export_precision import cast_module
 
+    serving = _serving(args)
+    precision = serving["precision"]
     sizes = timed_batch_sizes(args, static_batch)
     provider, device = runtime_devices(args.device)
     flat = inputs is not None and module is not None and not all(isinstance(x, torch.Tensor) for x in inputs)
@@ -76,21 +90,54 @@ def bench_variant(onnx_path, module, inputs, name: str, variant: str, args, runt
     def torch_factory(b):  # the torch timing loop and FLOP counter take flat tensors
         return FlatInputs.leaves(factory(b)) if flat else factory(b)
 
+    fp32_module = module
     if flat:
         module = FlatInputs(module, inputs)
     flops = (lambda b: count_forward_flops(module, torch_factory(b))) if module is not None else None
+    label = variant if precision == "fp32" else f"{variant}-{precision}"
     records = []
     home = next(module.parameters(), torch.empty(0)).device if module is not None else None
+    timed = cast_module(module, precision) if module is not None else None
     for mode in ("eager", "compile"):  # before ONNX Runtime, whose spinning threads slow torch down for a while
         if module is not None and f"torch-{mode}" in runtimes:
-            records += benchmark_torch(module, torch_factory, sizes, mode=mode, device=device, warmup=args.warmup,
-                                       iters=args.iters, model_name=name, variant=variant, flops=flops)
+            records += benchmark_torch(timed, torch_factory, sizes, mode=mode, device=device, warmup=args.warmup,
+                                       iters=args.iters, model_name=name, variant=label, flops=flops,
+                                       tf32=serving["tf32"])
     if module is not None:
         module.to(home)  # benchmark_torch moved it to the timing device; analysis and saving use the CPU inputs
     if onnx_path is not None and "ort" in runtimes:
-        records += benchmark_onnx(onnx_path, factory, sizes, provider=provider, warmup=args.warmup, iters=args.iters,
-                                  model=name, variant=variant, flops=flops)
+        with tempfile.TemporaryDirectory() as scratch:
+            timed_path = onnx_path
+            if precision != "fp32":
+                timed_path = _convert(onnx_path, precision, fp32_module, factory, provider, scratch,
+                                      precision_reports)
+            records += benchmark_onnx(timed_path, factory, sizes, provider=provider, warmup=args.warmup,
+                                      iters=args.iters, model=name, variant=label, flops=flops,
+                                      cuda_graph=serving["cuda_graph"], use_tf32=serving["tf32"],
+                                      opt_level=serving["opt_level"])
     return records
+
+
+def _convert(onnx_path, precision: str, module, factory, provider: str, scratch: str, reports: list | None) -> str:
+    """The ``precision`` copy of ``onnx_path`` in ``scratch``, parity-checked at batch 64 on ``provider``."""
+    from amgp_fx.export_precision import convert_precision
+
+    target = Path(scratch) / f"{Path(onnx_path).stem}-{precision}.onnx"
+    report = convert_precision(onnx_path, precision, module, factory(64), path=target, provider=provider)
+    if reports is not None:
+        reports.append({**report.to_dict(), "path": f"(temporary) {target.name}", "source": str(onnx_path)})
+    return str(target)
+
+
+def _labels(paths: list[str]) -> list[str]:
+    """A distinct label per file: its stem, or as many parent folders as make it unique
+    (``dense/model``, ``compact/model``)."""
+    parts = [Path(p).with_suffix("").parts for p in paths]
+    for depth in range(1, max((len(p) for p in parts), default=1) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [f"{label}#{i + 1}" for i, label in enumerate(labels)]
 
 
 def _runtimes(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -102,6 +149,19 @@ def _runtimes(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
         raise UsageError(f"unknown runtime {', '.join(unknown) or text!r}",
                          "Choose from ort, torch-eager, torch-compile")
     return chosen
+
+
+def _check_serving(args: argparse.Namespace, runtimes) -> None:
+    """Refuse serving settings this machine or these runtimes cannot honour, before any work."""
+    if args.cuda_graphs:
+        provider, _ = runtime_devices(args.device)
+        if provider != "cuda":
+            raise UsageError("--cuda-graphs needs ONNX Runtime's CUDA provider, and this run uses the CPU one "
+                             f"(--device {args.device}; GPU and onnxruntime-gpu needed)",
+                             "Drop --cuda-graphs, or run on a GPU machine with onnxruntime-gpu and --device cuda")
+        if "ort" not in runtimes:
+            raise UsageError("--cuda-graphs is an ONNX Runtime setting and --runtimes has no ort",
+                             "Add ort to --runtimes, or drop --cuda-graphs")
 
 
 def save_latency(out: OutputDir, records, baseline: str) -> str:
@@ -124,7 +184,8 @@ def command(args: argparse.Namespace) -> int:
     for path in onnx_files:
         if not Path(path).is_file():
             raise UsageError(f"ONNX file {path} does not exist", "Check the path")
-    records = []
+    _check_serving(args, runtimes)
+    records, precision_reports = [], []
     with OutputDir(args.output_dir) as out, tempfile.TemporaryDirectory() as scratch:
         loaded = None
         if has_model:
@@ -134,14 +195,24 @@ def command(args: argparse.Namespace) -> int:
                 # a scratch file to time (checked, not parity-tested: `export` is for files you keep)
                 onnx_files = [str(export_model(loaded.module, loaded.example_inputs, Path(scratch) / "model.onnx",
                                                args_for_export(no_parity=True), loaded.static_batch).path)]
-        name = model_label(loaded) if loaded else Path(onnx_files[0]).stem
+        # one model column for all rows (speedups compare rows of one model), one variant per file
+        name = model_label(loaded) if loaded else (Path(onnx_files[0]).stem if len(onnx_files) == 1 else "onnx")
+        labels = _labels(onnx_files) if len(onnx_files) > 1 else ["model"]
+        if args.variant and len(onnx_files) > 1:
+            raise UsageError("--variant labels one model, and several --onnx files were given",
+                             "Drop --variant: each file is labelled by its name")
         for index, path in enumerate(onnx_files or [None]):
-            variant = args.variant or (Path(path).stem if path and len(onnx_files) > 1 else "model")
+            variant = args.variant or labels[index]
             module = loaded.module if loaded is not None and index == 0 else None
             inputs = loaded.example_inputs if loaded is not None else None
             records += bench_variant(path, module, inputs, name, variant, args, runtimes,
-                                     loaded.static_batch if loaded is not None else None)
+                                     loaded.static_batch if loaded is not None else None, precision_reports)
         table = save_latency(out, records, records[0].variant)
+        save_latency_plot(out, records)  # latency.png, with matplotlib (the plot extra)
+        if precision_reports:
+            import json
+
+            out.file("precision.json").write_text(json.dumps(precision_reports, indent=1) + "\n", encoding="utf-8")
     print(table)
     written_count(out, args.quiet)
     return 0

@@ -99,6 +99,20 @@ def _bench_options(parser: argparse.ArgumentParser, batch_sizes: str, iters: int
     group.add_argument("--iters", type=_positive_int, default=iters, help="timed calls per batch size")
 
 
+def _serving_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("serving settings (docs/onnx.md#serving-settings)")
+    group.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                       help="numeric format of ONNX Runtime and torch, parity-checked against fp32 torch "
+                            "(default: fp32; bf16 needs the CUDA provider)")
+    group.add_argument("--cuda-graphs", action="store_true",
+                       help="ONNX Runtime CUDA EP replays a CUDA graph per batch size (IOBinding, fixed batch; "
+                            "CUDA provider only)")
+    group.add_argument("--ort-opt-level", default="all", choices=("disable", "basic", "extended", "all"),
+                       help="ONNX Runtime graph optimisation level (default: %(default)s, ORT's own)")
+    group.add_argument("--tf32", action="store_true",
+                       help="TF32 fp32 matmuls in both ONNX Runtime (use_tf32) and torch (default: off in both)")
+
+
 def _export_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("ONNX export")
     group.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default: %(default)s)")
@@ -226,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "files, ort,torch-eager for a model)")
     sub["bench"].add_argument("--variant", default=None, help="label of the model in the table (default: file name)")
     _bench_options(sub["bench"], "1,64,512", iters=50)
+    _serving_options(sub["bench"])
     _output_dir(sub["bench"])
     _model_options(sub["run"], required=False)
     _train_options(sub["run"], steps=200)
