@@ -155,6 +155,9 @@ def plot_run(records: Iterable[Mapping[str, Any]] | str | os.PathLike, path: str
     if not panels:
         raise ValueError("no amgp_phase, train or eval records to plot; pass the metrics log of a training run")
     labels = list(dict.fromkeys(r.get("label", "") for r in records if r.get("kind") in ("amgp_phase", "train", "eval")))
+    named = [label for label in labels if label]
+    if len(named) == 1:  # one run: the trainer's unlabelled loss and eval records belong to the hook's label
+        records, labels = [{**r, "label": r.get("label") or named[0]} for r in records], named
     figure, axes = plt.subplots(len(panels), 1, sharex=True, figsize=(8, 1.2 + 1.9 * len(panels)), squeeze=False)
     axis_of = dict(zip(panels, axes[:, 0]))
     phases_all = phase_records(r for r in records if r.get("kind") == "amgp_phase")
@@ -179,8 +182,10 @@ def plot_run(records: Iterable[Mapping[str, Any]] | str | os.PathLike, path: str
             axis_of[kind].set_ylabel(text)
             axis_of[kind].grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
-    if any(labels):
-        axes[0, 0].legend(loc="lower right", fontsize="small")
+    if len(labels) > 1:  # on every panel: each may show only some of the runs
+        for axis in axes[:, 0]:
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend(loc="best", fontsize="small")
     if title:
         figure.suptitle(title)
     figure.tight_layout()

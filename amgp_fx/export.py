@@ -37,7 +37,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -294,6 +294,12 @@ def _check_parity(onnx_path, cases, input_names, output_names, provider, use_tf3
     return worst_abs, worst_rel
 
 
+def _tell(stage: Callable[[str], None] | None, name: str) -> None:
+    """Report the export stage ``name`` beginning, to whoever shows progress."""
+    if stage is not None:
+        stage(name)
+
+
 def _prepare_target(path: str | os.PathLike) -> Path:
     target = Path(path)
     if target.is_dir():
@@ -307,8 +313,9 @@ def _prepare_target(path: str | os.PathLike) -> Path:
     return target
 
 
-def _save_validated(onnx_program, target: Path, external: bool, check: bool, parity_check):
-    """Save into a temp folder beside ``target``, check, run ``parity_check(file)``, then move into place.
+def _save_validated(onnx_program, target: Path, external: bool, check: bool, parity_check, stage=None):
+    """Save into a temp folder beside ``target``, check, run ``parity_check(file)``, then move into place;
+    ``stage(name)`` is told as the checker and the parity run begin.
 
     Returns ``(onnx bytes, external data bytes, (max abs diff, max rel diff) or (None, None))``.
     """
@@ -323,10 +330,13 @@ def _save_validated(onnx_program, target: Path, external: bool, check: bool, par
         if check:
             import onnx
 
+            _tell(stage, "checker")
             try:
                 onnx.checker.check_model(str(staged))  # by path: works past protobuf's 2 GiB
             except Exception as error:
                 raise ExportError(f"onnx.checker rejected the exported model: {error}") from error
+        if parity_check is not None:
+            _tell(stage, "ORT parity")
         differences = parity_check(staged) if parity_check is not None else (None, None)
         extra_files = [file for file in staging.iterdir() if file != staged]
         sizes = staged.stat().st_size, sum(file.stat().st_size for file in extra_files)
@@ -355,6 +365,7 @@ def export_onnx(
     passes: PassRegistry | Sequence[ExportPass] | None = None,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> ExportReport:
     """Export ``model`` to ``path`` as ONNX, check it and compare ONNX Runtime with PyTorch.
 
@@ -381,6 +392,8 @@ def export_onnx(
         input_names, output_names: ONNX names, one per input tensor; default: forward's parameter names
             with the path inside each (``inputs.user_id``), and ``output``
             (``output_i`` when several, NamedTuple field names when forward is annotated with one).
+        on_stage: called with ``"tracing"``, ``"ONNX export"``, ``"checker"`` and ``"ORT parity"`` as
+            each begins (the CLI shows them as progress: an export can take many seconds).
 
     Returns:
         An :class:`ExportReport` (sizes, names, passes applied, max differences, tolerance).
@@ -402,6 +415,7 @@ def export_onnx(
     names_in = list(input_names) if input_names is not None else list(flat.names)
     skipped: tuple[str, ...] = ()
     with eval_mode(model), torch.no_grad():
+        _tell(on_stage, "tracing")
         graph_module, flipped = _to_inference_graph(model, flat, inputs, dynamic_shapes)
         cases = []
         if parity:
@@ -415,6 +429,7 @@ def export_onnx(
                               "Retry with passes=() to see whether a pass caused it.") from error
         output_count = len(exported.graph_signature.user_outputs)
         names_out = list(output_names) if output_names is not None else _output_names(model, output_count)
+        _tell(on_stage, "ONNX export")
         try:
             onnx_program = torch.onnx.export(exported, inputs, dynamo=True, opset_version=opset, verbose=False,
                                              input_names=names_in, output_names=names_out, optimize=True)
@@ -429,7 +444,7 @@ def export_onnx(
     parity_check = (lambda file: _check_parity(file, cases, names_in, names_out, parity_provider, use_tf32, atol,
                                                rtol)) if parity else None
     onnx_bytes, external_bytes, (max_abs, max_rel) = _save_validated(onnx_program, target, external_data, check,
-                                                                     parity_check)
+                                                                     parity_check, on_stage)
     report = ExportReport(
         path=str(target), opset=opset, input_names=tuple(names_in), output_names=tuple(names_out),
         onnx_bytes=onnx_bytes, external_data_bytes=external_bytes, dynamic_batch=dynamic_batch,

@@ -133,6 +133,7 @@ def load_records(path: str | os.PathLike) -> list[LatencyRecord]:
 def plot_latency(records: Sequence[LatencyRecord], path: str | os.PathLike, title: str = "") -> Path:
     """PNG: p50 latency (ms, log) against batch size (log2), one panel per model, a line per variant/runtime."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     models = list(dict.fromkeys(r.model for r in records))
     variants = list(dict.fromkeys(r.variant for r in records))
@@ -151,6 +152,11 @@ def plot_latency(records: Sequence[LatencyRecord], path: str | os.PathLike, titl
                       label=f"{runtime} / {variant}")
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
+        sizes = sorted({r.batch_size for r in records if r.model == model})
+        axis.set_xticks(sizes, [str(size) for size in sizes])  # the batch sizes timed, as numbers
+        times = [r.p50_ms for r in records if r.model == model]
+        axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # 0.05, not 5 x 10^-2
+        axis.yaxis.set_minor_formatter(FormatStrFormatter("%g") if max(times) < 10 * min(times) else NullFormatter())
         axis.set_xlabel("batch size")
         axis.set_ylabel("p50 latency (ms)")
         axis.set_title(model)

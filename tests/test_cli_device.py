@@ -75,7 +75,7 @@ def test_train_on_cpu_and_auto_writes_the_trained_model(results, name, device):
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["device"] == device
     assert summary["steps"] == 10 and math.isfinite(summary["train_loss"])
-    assert "[3/3] saving" in result.stdout
+    assert "[3/3] saving" in result.stderr  # progress goes to stderr
 
 
 def test_cpu_and_auto_train_the_same_model_on_a_cpu_machine(results):

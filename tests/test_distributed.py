@@ -362,7 +362,8 @@ def test_cli_trains_in_two_processes_and_writes_each_file_once(tmp_path):
     assert one.returncode == 0, one.stderr
     out = tmp_path / "two"
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir()) == [
-        "checkpoints", "train_metrics.jsonl", "train_summary.json", "trained.pt2", "trained.safetensors"]
+        "checkpoints", "train_curve.png", "train_metrics.jsonl", "train_summary.json", "trained.pt2",
+        "trained.safetensors"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_000000004.pt",
                                                                        "checkpoint_000000008.pt"]
     summaries = [json.loads((tmp_path / name / "train_summary.json").read_text()) for name in ("one", "two")]

@@ -60,6 +60,9 @@ def note(args: argparse.Namespace, text: str) -> None:
     import sys
 
     if not getattr(args, "quiet", False):
+        from amgp_fx.cli.progress import Progress
+
+        Progress.make_room()  # a stage line open on the same stream ends first
         print(f"amgp-compress: note: {text}", file=sys.__stderr__, flush=True)
 
 
@@ -151,11 +154,14 @@ def member_rows(plan) -> list[list]:
 
 
 def stats_line(stats: dict) -> str:
+    """``parameters 1,000 -> 400 (0.40x)``: after as a fraction of before, written as every report writes it."""
+    from amgp_fx.report_format import of_dense
+
     parts = []
     for key, label in (("params", "parameters"), ("flops", "forward FLOPs")):
         if f"{key}_before" in stats and f"{key}_after" in stats and stats[f"{key}_before"]:
             ratio = stats[f"{key}_after"] / stats[f"{key}_before"]
-            parts.append(f"{label} {stats[f'{key}_before']:,} -> {stats[f'{key}_after']:,} ({ratio:.1%})")
+            parts.append(f"{label} {stats[f'{key}_before']:,} -> {stats[f'{key}_after']:,} ({of_dense(ratio)})")
     return "; ".join(parts)
 
 
@@ -215,14 +221,17 @@ def metrics_text(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("auc", "logloss")) or "-"
 
 
-def export_model(module, inputs, path: Path, args: argparse.Namespace, static_batch: int | None = None):
+def export_model(module, inputs, path: Path, args: argparse.Namespace, static_batch: int | None = None,
+                 progress=None):
     """ONNX export of ``module`` on ``inputs`` (positional arguments, any pytree of tensors); the batch
-    is dynamic unless --static-batch or the model itself has a static batch."""
+    is dynamic unless --static-batch or the model itself has a static batch. ``progress`` (a
+    :class:`amgp_fx.cli.progress.Progress`) shows the export's stages on its stage line."""
     from amgp_fx.export import export_onnx
 
     options = dict(dynamic_batch=not args.static_batch and static_batch is None, opset=args.opset,
                    parity=not args.no_parity, atol=args.atol, rtol=args.rtol,
-                   passes=() if getattr(args, "no_passes", False) else None)
+                   passes=() if getattr(args, "no_passes", False) else None,
+                   on_stage=progress.part if progress is not None else None)
     try:
         return export_onnx(module, inputs, path, **options)
     except TypeError as error:  # an export_onnx that takes positional tensors only: feed it the leaves

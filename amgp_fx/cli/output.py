@@ -4,10 +4,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from amgp_fx.cli.progress import Progress  # noqa: F401 - re-exported: progress lines live there
 from amgp_fx.errors import OutputPathError
 
 __all__ = ["OutputDir", "Progress", "check_output_path", "render_table", "report_written", "write_json",
@@ -92,36 +92,6 @@ def check_output_path(path: Path) -> None:
         raise OutputPathError(f"cannot write to {path}: Permission denied ({existing} is read-only)", fix)
 
 
-class Progress:
-    """``[2/6] pruning ... 42% of the FLOPs (1.2 s)`` lines on stdout (silenced by --quiet)."""
-
-    _open_line = False  # a stage line waits for its end; `interrupted` closes it when a stage fails
-
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.total, self.quiet, self.step, self.started = total, quiet, 0, time.perf_counter()
-
-    def stage(self, text: str) -> Progress:
-        self.step += 1
-        self._began = time.perf_counter()
-        self.say(f"[{self.step}/{self.total}] {text} ...", end="")
-        Progress._open_line = not self.quiet
-        return self
-
-    def done(self, detail: str = "") -> None:
-        self.say(f" {detail + ' ' if detail else ''}({time.perf_counter() - self._began:.1f} s)")
-        Progress._open_line = False
-
-    @classmethod
-    def interrupted(cls) -> None:
-        if cls._open_line:
-            print(" failed", flush=True)
-            cls._open_line = False
-
-    def say(self, text: str, end: str = "\n") -> None:
-        if not self.quiet:
-            print(text, end=end, flush=True)
-
-
 def write_json(path: Path, value: Any) -> None:
     from amgp_fx.fileio import atomic_write_json
 
@@ -144,6 +114,8 @@ def report_written(out: OutputDir, quiet: bool) -> None:
             print(f"  {path}")
 
 
-def written_count(out: OutputDir, quiet: bool) -> None:
+def written_count(out: OutputDir, quiet: bool, also: tuple[Path, ...] = ()) -> None:
+    """``wrote N files to DIR``: the staged files and ``also`` (files written straight into the folder,
+    such as train's metrics log and checkpoints), so N is what the folder holds from this command."""
     if not quiet:
-        print(f"wrote {len(out.written)} files to {out.path.resolve()}")
+        print(f"wrote {len(out.written) + len(also)} files to {out.path.resolve()}")

@@ -178,15 +178,34 @@ EPILOGS = {
     "train": "examples:\n  amgp-compress train --model dlrm --steps 500 -o out/\n  amgp-compress train model.pt2 "
              "--data day_0.tsv --amgp --device cuda\n  amgp-compress train --model dlrm --amgp --nproc 2 "
              "--train-batch 512\n"
-             "writes trained.pt2, trained.safetensors, train_metrics.json",
+             "writes (in -o):\n"
+             "  trained.pt2, trained.safetensors  the trained model\n"
+             "  train_summary.json                steps, loss, held-out metrics; with --amgp the training FLOPs saved\n"
+             "  train_metrics.jsonl               loss and eval records over the steps\n"
+             "  checkpoints/checkpoint_*.pt       every --checkpoint-every steps and the last (for --resume)\n"
+             "  train_curve.png                   loss, held-out AUC (and width with --amgp) over the steps;\n"
+             "                                    needs matplotlib: pip install amgp-fx[plot]\n"
+             "progress goes to stderr; -q silences it",
     "export": "examples:\n  amgp-compress export out/pruned.pt2 -o out/\n  amgp-compress export weights.safetensors "
               "--model dlrm --static-batch --batch-size 512\nwrites model.onnx (checked, parity-tested) and "
               "export_report.json",
     "bench": "examples:\n  amgp-compress bench --onnx out/model.onnx --batch-sizes 1,256,4096\n  amgp-compress bench "
-             "out/pruned.pt2 --device cuda --runtimes ort,torch-eager,torch-compile\nwrites latency.json, latency.md",
+             "out/pruned.pt2 --device cuda --runtimes ort,torch-eager,torch-compile\n"
+             "writes (in -o):\n"
+             "  latency.json, latency.md  p50/p90/p99, samples/s at p50, FLOPs per batch\n"
+             "  latency.png               p50 against batch size; needs matplotlib: pip install amgp-fx[plot]",
     "run": "examples:\n  amgp-compress run                     # small DLRM, synthetic data, CPU, < 2 minutes\n"
            "  amgp-compress run --model dcn_v2 --ratio 0.6 --amgp -o out/\n  amgp-compress run model.pt2 "
-           "--flops-target 0.5 --device cuda --batch-sizes 256,1024,4096",
+           "--flops-target 0.5 --device cuda --batch-sizes 256,1024,4096\n"
+           "writes (in -o):\n"
+           "  report.md                 read it first: what was done, the numbers and what they mean, the plots\n"
+           "  summary.json              every number of the report (the training FLOPs AMGP saved too)\n"
+           "  train_curve.png, latency.png  the plots; need matplotlib: pip install amgp-fx[plot]\n"
+           "  dense.pt2, dense.safetensors, dense.onnx  the full-size model (after --amgp: AMGP-trained)\n"
+           "  compact.pt2, compact.safetensors, compact.onnx  the pruned, fine-tuned model\n"
+           "  plan.json, groups.json    the pruning plan and the model's groups of channels\n"
+           "  latency.json, latency.md  latency of both models\n"
+           "progress goes to stderr; -q silences it",
 }
 
 

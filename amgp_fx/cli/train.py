@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 
 from amgp_fx.cli.common import check_source, load, metrics_text, model_metadata, note, runtime_devices, save_model
 from amgp_fx.cli.data import data_shape, load_data
+from amgp_fx.cli.plots import plot_hint, save_curve
 from amgp_fx.cli.output import OutputDir, Progress, write_json, written_count
 from amgp_fx.errors import CliError, TrainingFailure, UsageError
 
@@ -177,12 +179,13 @@ def _recipe_preserves(name: str) -> bool:
 
 def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: bool, inputs: tuple,
                 metrics_path: Path | None = None, checkpoint_dir: Path | None = None, bound=None,
-                static_batch: int | None = None):
+                static_batch: int | None = None, progress: Progress | None = None):
     """Train ``module`` (dense, or AMGP with ``args.amgp_recipe``) on ``args.train_device`` (``train``;
     ``run`` picks it from its ``--device``), feeding it the inputs ``bound`` (a
     :class:`amgp_fx.batch_inputs.BatchInputs`; default ``(batch.dense, batch.sparse)``) makes of each
-    batch; a static-batch model trains and evaluates at its batch. Returns (trained module, back on
-    the CPU, result)."""
+    batch; a static-batch model trains and evaluates at its batch; ``progress`` gets a bar of the
+    steps with the latest loss and eval. Returns (trained module, back on the CPU, result); an AMGP
+    run's result carries ``amgp`` (:func:`_amgp_summary`: the training FLOPs it saved)."""
     from amgp_fx.config import TrainConfig
     from amgp_fx.train import train
 
@@ -193,15 +196,17 @@ def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: boo
         note(args, f"training with batch {static_batch}, the model's static batch (not --train-batch {args.train_batch})")
         args._train_batch_noted = True
     config = TrainConfig(batch_size=batch, steps=steps, seed=args.seed, log_every=max(1, steps // 10),
+                         eval_every=_eval_every(steps, batch, data[1]),
                          device=device, **({"eval_batch_size": static_batch} if static_batch else {}),
                          **({"lr": args.lr} if args.lr else {}), **lr_schedule_options(args, steps),
                          metrics_path=str(metrics_path) if metrics_path else None,
                          checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
                          checkpoint_every=getattr(args, "checkpoint_every", 0) if checkpoint_dir else 0,
                          resume=bool(getattr(args, "resume", False)))
-    hooks = []
+    hooks, meter = [], None
     if amgp:
         from amgp_fx.amgp import AmgpHook
+        from amgp_fx.amgp_report import FlopsMeter
         from amgp_fx.groups.analyze import analyze
         from amgp_fx.schedule import AmgpConfig
 
@@ -213,14 +218,22 @@ def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: boo
             raise UsageError(f"AMGP recipe {args.amgp_recipe!r} does not fit {steps} steps: {error}",
                              "Train for more steps or choose another --amgp-recipe") from error
         hooks = [AmgpHook(graph, recipe)]
+        meter = FlopsMeter(hooks[0])
+        hooks.insert(0, meter)  # before the AmgpHook: it counts each step at the width the step ran
         module = graph.module
     forward = None if bound is None or bound.is_default_positional() else (lambda model, rows: model(*bound(rows)))
     try:
-        result = train(trainable(module), data[0], data[1], config, hooks=hooks, progress=False, forward=forward)
+        bar = (progress or Progress(1, quiet=True)).bar(steps)
+        result = train(trainable(module), data[0], data[1], config, hooks=[*hooks, _ProgressHook(bar)],
+                       progress=False, forward=forward)
     except ValueError as error:
         if not str(error).startswith("cannot resume"):
             raise
         raise UsageError(str(error), "Resume with the same options, or start afresh in a new -o folder") from error
+    finally:
+        bar.close()
+    if meter is not None:
+        result.amgp = _amgp_summary(meter, args.amgp_recipe)
     module.to("cpu")  # saving, export and pruning run on the CPU, with the CPU example inputs
     if not math.isfinite(result.train_loss):
         raise TrainingFailure(f"training diverged: the loss is {result.train_loss} at step {result.step}",
@@ -228,9 +241,55 @@ def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: boo
     return module, result
 
 
+def _eval_every(steps: int, batch: int, eval_rows) -> int:
+    """Evaluate about ten times along the run, for the training curve, when those evaluations (a
+    forward pass only, about a third of a training step's work per row) cost no more than the
+    training; else only at the end (0)."""
+    rows = getattr(eval_rows, "num_rows", None)
+    every = max(1, steps // 10)
+    return every if rows is not None and rows * (steps // every) <= 3 * steps * batch else 0
+
+
+class _ProgressHook:
+    """Moves a progress bar one step per optimizer step, showing the latest logged loss and eval."""
+
+    def __init__(self, bar) -> None:
+        self.bar, self._seen, self._status = bar, 0, ""
+
+    def on_train_start(self, ctx) -> None:
+        self.bar.count = ctx.step  # a resumed run starts where it stopped
+
+    def on_step_end(self, ctx) -> None:
+        records = ctx.logger.records
+        if len(records) != self._seen:  # only read the log when it grew
+            self._seen, self._status = len(records), progress_status(records)
+        self.bar.update(1, self._status)
+
+
+def progress_status(records) -> str:
+    """``loss 0.4512, eval auc 0.7012 (step 40)``: the latest training loss and evaluation of a log."""
+    train = next((r for r in reversed(records) if r.get("kind") == "train"), None)
+    evaluation = next((r for r in reversed(records) if r.get("kind") == "eval"), None)
+    parts = [f"loss {train['loss']:.4f}"] if train and train.get("loss") is not None else []
+    if evaluation and evaluation.get("auc") is not None:
+        parts.append(f"eval auc {evaluation['auc']:.4f} (step {evaluation['step']})")
+    return ", ".join(parts)
+
+
+def _amgp_summary(meter, recipe: str) -> dict[str, Any]:
+    """What AMGP did: the recipe, the size the model ends at, and its training FLOPs next to the
+    same steps at full width (``flops_vs_full_width``: 0.65 = 0.65x of dense)."""
+    hook = meter.hook
+    return {"recipe": recipe, "method": hook.schedule.method.value, "final": hook.schedule.final.value,
+            "width_final": hook.width(), **meter.summary()}
+
+
 def train_summary(result) -> dict[str, Any]:
+    """JSON-ready: steps, loss, held-out metrics, speed, and for AMGP the FLOPs it saved."""
+    amgp = getattr(result, "amgp", None)
     return {"steps": result.step, "train_loss": result.train_loss, "eval": result.metrics,
-            "wall_clock_s": result.wall_clock_s, "samples_per_s": result.samples_per_s}
+            "wall_clock_s": result.wall_clock_s, "samples_per_s": result.samples_per_s,
+            **({"amgp": amgp} if amgp else {})}
 
 
 def command(args: argparse.Namespace) -> int:
@@ -238,6 +297,7 @@ def command(args: argparse.Namespace) -> int:
     (this process launches them; their rank 0 writes the output files, staged as usual)."""
     if args.steps < 1:
         raise UsageError(f"--steps {args.steps} must be at least 1", "Pass e.g. --steps 500")
+    started = time.time()
     check_switch_flags(args)
     check_source(args)
     nproc = getattr(args, "nproc", 1)
@@ -258,7 +318,7 @@ def command(args: argparse.Namespace) -> int:
         if env is None or env.is_main:
             with OutputDir(Path(args.output_dir)) as out:
                 _train_and_save(args, out, Progress(3, args.quiet))
-            written_count(out, args.quiet)
+            written_count(out, args.quiet, _written_directly(out.path, started))
         else:
             _train_and_save(args, None, Progress(3, quiet=True))
     finally:
@@ -282,16 +342,33 @@ def _train_and_save(args: argparse.Namespace, out: OutputDir | None, progress: P
     module, result = train_model(loaded.module, data, args, args.steps, amgp=args.amgp,
                                  inputs=loaded.example_inputs, metrics_path=out_path / "train_metrics.jsonl",
                                  checkpoint_dir=out_path / "checkpoints", bound=bound,
-                                 static_batch=loaded.static_batch)
-    progress.done(f"loss {result.train_loss:.4f}, eval {metrics_text(result.metrics)}")
+                                 static_batch=loaded.static_batch, progress=progress)
+    progress.done(f"loss {result.train_loss:.4f}, eval {metrics_text(result.metrics)}{_flops_text(result)}")
     if out is None:
         return
     progress.stage("saving")
     save_model(out, "trained", module, loaded.example_inputs,
                {**model_metadata(loaded, input_map=saved_map(bound)), "data": shape}, loaded.static_batch)
+    curve = save_curve(out, "train_curve.png", result.history, f"{loaded.description}: training")
     write_json(out.file("train_summary.json"), {"version": 1, "model": loaded.description,
-                                                 "device": args.train_device, **train_summary(result)})
-    progress.done()
+                                                 "device": args.train_device, **train_summary(result),
+                                                 "plots": [curve] if curve else []})
+    progress.done(f"training curve: {out.path / curve}" if curve else plot_hint())
+
+
+def _flops_text(result) -> str:
+    """``, training FLOPs 0.65x of dense`` for an AMGP run ('' otherwise)."""
+    from amgp_fx.report_format import of_dense
+
+    fraction = (getattr(result, "amgp", None) or {}).get("flops_vs_full_width")
+    return f", training FLOPs {of_dense(fraction)} of dense" if fraction is not None else ""
+
+
+def _written_directly(folder: Path, since: float) -> tuple[Path, ...]:
+    """The files training wrote straight into ``folder`` (not staged): the metrics log and the
+    checkpoints, those written since ``since`` (a resumed run's older checkpoints are not counted)."""
+    candidates = [folder / "train_metrics.jsonl", *sorted((folder / "checkpoints").glob("*"))]
+    return tuple(p for p in candidates if p.is_file() and p.stat().st_mtime >= since - 1)
 
 
 def _join_process_group(args: argparse.Namespace):
