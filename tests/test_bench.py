@@ -106,30 +106,69 @@ def load_tool():
 
 
 def test_bench_script_cpu_smoke(tmp_path, capsys):
-    models = pytest.importorskip("models")
+    """The GPU script's CPU path, tiny: dense, pruned and embedding-plan variants in fp32 and fp16, the
+    time model's predictions, the summary table and its splice into a docs page."""
+    from amgp_fx.latency_model import DeviceConstants
+
     tool = load_tool()
-    compact = torch.export.export(models.build_model("dlrm", "small", top_mlp=(16, 8)),
-                                  models.build_model("dlrm", "small").example_inputs(4), strict=False,
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},) * 2)
-    torch.export.save(compact, tmp_path / "pruned.pt2")
     out = tmp_path / "latency.json"
-    status = tool.main(["--configs", "dlrm:small", "--batch-sizes", "4", "16", "--iters", "3", "--warmup", "1",
-                        "--runtimes", "ort-cpu", "torch-eager", "--width-ratios", "0.5", "--pruned-ratios", "0.5",
-                        "--compact-from", f"dlrm:small={tmp_path / 'pruned.pt2'}", "--out", str(out)])
+    constants = tmp_path / "constants.json"  # fixed, so the predictions are deterministic (GEMM-bound)
+    constants.write_text(json.dumps(DeviceConstants("fixed", {"float32": 1e8, "float16": 2e8}, 1e10, 1e10,
+                                                    1e-9).to_dict()))
+    status = tool.main(["--configs", "dlrm:small", "--batch-sizes", "4", "16", "--iters", "2", "--warmup", "1",
+                        "--runtimes", "ort-cpu", "torch-eager", "--pruned-ratios", "0.5", "--no-fused-embeddings",
+                        "--precisions", "fp32", "fp16", "--constants", str(constants), "--out", str(out)])
     assert status == 0
     records = load_records(out)
-    expected = {(variant, runtime) for variant in ("dense", "amgp-pruned-0.5", "width-scaled-0.5", "amgp-pruned")
-                for runtime in ("ort-cpu", "torch-eager")} | {("dense-fused-emb", "ort-cpu")}
-    assert {(r.variant, r.runtime) for r in records} == expected
-    assert len(records) == 18 and all(r.flops for r in records)
+    variants = ("dense", "amgp-pruned-0.5", "amgp-emb-0.5")
+    expected = {(f"{v}{suffix}", runtime) for v in variants for suffix in ("", "-fp16")
+                for runtime in ("ort-cpu", "torch-eager")}
+    assert {(r.variant, r.runtime) for r in records} == expected and len(records) == 24
+    assert all(r.flops for r in records)
     pruned = {r.batch_size: r.flops for r in records if r.variant == "amgp-pruned-0.5"}
     dense = {r.batch_size: r.flops for r in records if r.variant == "dense"}
     assert all(pruned[b] < dense[b] for b in dense)
-    assert json.loads(out.read_text())["metadata"]["failures"] == []
+    metadata = json.loads(out.read_text())["metadata"]
+    assert metadata["failures"] == [] and "TensorRT" in metadata["tensorrt"]
+    assert metadata["device_constants"]["launch_s"] == 1e-9
+    fp16 = [p for p in metadata["precision_reports"] if p["precision"] == "fp16"]
+    assert len(fp16) == 3 and all(p["max_abs_diff"] <= p["atol"] for p in fp16)
+    predicted = {(p["variant"], p["batch_size"]): p for p in metadata["predictions"]}
+    assert predicted[("dense", 16)]["gemm_flops"] == dense[16]  # the time model counts the same FLOPs
+    assert predicted[("dense-fp16", 16)]["bytes"] < predicted[("dense", 16)]["bytes"]
+    rows = [r for r in metadata["summary"] if r["variant"] == "amgp-pruned-0.5" and r["runtime"] == "ort-cpu"]
+    assert len(rows) == 4 and all(r["share_of_predicted"] == pytest.approx(r["speedup"] / r["predicted_speedup"])
+                                  for r in rows)
+    assert all(1.0 < r["predicted_speedup"] < r["flops_ratio"] for r in rows)
+    table = out.with_suffix(".md").read_text()
+    assert "share of predicted" in table and "| fp16 |" in table and "best ORT vs eager" in table
     assert out.with_suffix(".png").exists()
-    printed = capsys.readouterr().out
-    assert "FLOPs vs dense" in printed and "width-scaled-0.5" in printed
+    assert "share of predicted" in capsys.readouterr().out
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"# B\n\nbefore\n{tool.DOCS_START}\nold table\n{tool.DOCS_END}\nafter\n")
+    assert tool.main(["--from-json", str(out), "--docs", str(docs)]) == 0
+    spliced = docs.read_text()
+    assert "old table" not in spliced and "share of predicted" in spliced
+    assert spliced.startswith("# B\n\nbefore\n") and spliced.endswith(f"{tool.DOCS_END}\nafter\n")
     assert tool.width_scaled_overrides("dlrm", "default", 0.5, keep_last=True)["bottom_mlp"] == (256, 128, 32, 16)
+
+
+def test_bench_script_step_order():
+    """Most important steps first: fp32 dense/pruned on every runtime, then other precisions, extras last."""
+    tool = load_tool()
+    make = lambda label, core, onnx_only=False: tool.Variant("m:p", label, None, None, {}, core=core,  # noqa: E731
+                                                             onnx_only=onnx_only, onnx={"fp32": 1, "fp16": 1})
+    variants = [make("dense", True), make("amgp-pruned-0.5", True), make("dense-fused-emb", False, True)]
+    steps = [(v.label, p, r) for v, p, r in tool.step_order(variants, ["fp32", "fp16"],
+                                                            ["ort-cuda", "torch-eager", "torch-compile"])]
+    assert steps[:6] == [("dense", "fp32", "ort-cuda"), ("amgp-pruned-0.5", "fp32", "ort-cuda"),
+                         ("dense", "fp32", "torch-eager"), ("amgp-pruned-0.5", "fp32", "torch-eager"),
+                         ("dense", "fp32", "torch-compile"), ("amgp-pruned-0.5", "fp32", "torch-compile")]
+    assert steps[6] == ("dense", "fp16", "ort-cuda")
+    assert ("dense-fused-emb", "fp32", "torch-eager") not in steps  # ONNX only
+    assert steps.index(("dense-fused-emb", "fp32", "ort-cuda")) > steps.index(("amgp-pruned-0.5", "fp16",
+                                                                               "torch-eager"))
+    assert steps[-1][2] == "ort-cuda" and steps[-1][1] == "fp16"
 
 
 def test_cuda_session_options(monkeypatch, mlp_onnx):
@@ -188,7 +227,8 @@ def test_cli_bench_labels_each_onnx_file_and_compares_with_the_first(tmp_path, c
     a fraction of itself; each row is now labelled by its own file, speedups are against the first."""
     from amgp_fx.cli import main
 
-    dense, compact = export_mlp(tmp_path / "dense" / "model.onnx", 256), export_mlp(tmp_path / "compact" / "model.onnx", 8)
+    dense = export_mlp(tmp_path / "dense" / "model.onnx", 256)
+    compact = export_mlp(tmp_path / "compact" / "model.onnx", 8)
     out = tmp_path / "out"
     assert main(["bench", "--onnx", dense, "--onnx", compact, "--batch-sizes", "16", "--iters", "3",
                  "--device", "cpu", "-o", str(out)]) == 0

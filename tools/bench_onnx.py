@@ -1,26 +1,35 @@
 #!/usr/bin/env python3
-"""Latency of dense vs compact recommendation models: ONNX Runtime (CUDA, CUDA graphs) vs PyTorch.
+"""Latency of dense vs compact recommendation models, against what the device can physically reach.
 
-For each ``model:preset`` config it builds the dense model and its compact variants and exports each
-to ONNX once (dynamic batch, parity-checked against PyTorch on the CUDA provider when present). Then it
-sweeps the batch sizes runtime by runtime, cheapest and most important first (ort-cuda, torch-eager,
-ort-cuda-graph, ort-cpu, torch-compile), so a run that reaches ``--time-budget-s`` loses only the
-last runtimes. After every step it prints a table with the measured speedup next to the FLOPs ratio
-and rewrites the JSON records; the PNG plot is redrawn after every runtime.
+One command regenerates ``docs/results/onnx_latency.json`` and its table (issue 16):
 
-Variants:
-- ``dense``: the preset as built.
-- ``width-scaled-R``: a STAND-IN for an AMGP-compacted model: the same class with every MLP width
-  times R (widths tied to the embedding dim kept). Replace with ``--compact-from``.
-- ``amgp-NAME``: ``--compact-from dlrm:default=NAME.pt2``, a pruned model saved with ``torch.export.save``.
-- ``dense-fused-emb``: the dense model exported with the ``fuse_embedding_lookups`` pass (ONNX
-  runtimes only): one Gather instead of one per feature.
+1. Builds each ``model:preset`` config's variants: ``dense``; ``amgp-pruned-R`` (every hidden group
+   keeps its R most important units); ``amgp-emb-R`` (a FLOPs-target plan over hidden AND embedding
+   groups, at the FLOPs of ``amgp-pruned-R``: pruning the embedding dim shrinks gathers and the
+   interaction too); ``dense-fused-emb`` (one Gather for all tables, ONNX only); optional stand-ins.
+2. Exports each to ONNX (fp32, parity-checked), converts to every ``--precisions`` format with
+   :func:`amgp_fx.export_precision.convert_precision` (parity against fp32 torch recorded).
+3. Calibrates the time model on the device (:func:`amgp_fx.latency_model.calibrate`: GEMM throughput
+   per precision, copy and gather bandwidth, ORT's per-node launch time), or loads ``--constants``,
+   and predicts every variant's latency from its ONNX graph.
+4. Times the runtimes step by step, most important first (fp32 ORT / torch eager / CUDA graphs /
+   torch.compile on dense and pruned variants; then fp16/bf16; then the extra variants), so a run that
+   reaches ``--time-budget-s`` loses only the least important steps. ORT runs with ``--ort-opt-level``
+   and TF32 as torch (``--tf32`` sets both); torch.compile in ``--compile-mode``.
+5. Writes the records, the calibration, the parity reports and the predictions (JSON), the summary
+   table (measured speedup of each compact variant over dense in the same precision and runtime, the
+   predicted speedup, the share of it reached, the FLOPs ratio, and each runtime against torch eager)
+   as markdown beside it, and the plot. ``--from-json`` re-renders the table from a results file and
+   ``--docs`` splices it into docs/benchmarks.md between the onnx-latency markers.
 
-GPU run (H200, well under 8 minutes; the ort-cuda runtimes need onnxruntime-gpu, see docs/onnx.md;
-on the device machine write under $OUT so the files come back, then copy them to docs/results/):
+TensorRT is not tried: the GPU machine has no package registry and its wheels (tensorrt-cu12/13 libs)
+are GBs, over what a device call can carry.
+
+GPU run (H200; about 8 minutes, bounded by ``--time-budget-s``; onnxruntime-gpu from docs/onnx.md):
     PYTHONUNBUFFERED=1 python3 tools/bench_onnx.py --out $OUT/onnx_latency.json
-CPU smoke run:
-    python3 tools/bench_onnx.py --configs dlrm:small --batch-sizes 8 32 --iters 5 --out /tmp/latency.json
+then, here: python3 tools/bench_onnx.py --from-json docs/results/onnx_latency.json --docs docs/benchmarks.md
+CPU smoke run (seconds):
+    python3 tools/bench_onnx.py --configs dlrm:small --batch-sizes 8 32 --iters 3 --warmup 1 --out /tmp/l.json
 """
 from __future__ import annotations
 
@@ -28,6 +37,7 @@ import argparse
 import dataclasses
 import gc
 import importlib
+import json
 import logging
 import shlex
 import shutil
@@ -41,60 +51,92 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import amgp_fx  # noqa: E402
 from amgp_fx import models  # noqa: E402
-from amgp_fx.bench import RUNTIMES, benchmark_onnx, benchmark_torch, count_forward_flops  # noqa: E402
-from amgp_fx.bench import cuda_provider_available  # noqa: E402
+from amgp_fx.bench import (OPT_LEVELS, RUNTIMES, benchmark_onnx, benchmark_torch, count_forward_flops,  # noqa: E402
+                           cuda_provider_available)
 from amgp_fx.export import export_onnx  # noqa: E402
-from amgp_fx.latency_report import format_table, plot_latency, save_records  # noqa: E402
+from amgp_fx.export_precision import PRECISIONS, cast_module, convert_precision  # noqa: E402
+from amgp_fx.latency_model import DeviceConstants, calibrate, predict_latency  # noqa: E402
+from amgp_fx.latency_report import format_table, load_records, plot_latency, save_records  # noqa: E402
 from amgp_fx.passes import default_passes  # noqa: E402
 from amgp_fx.passes.fuse_embeddings import FUSE_EMBEDDINGS_PASS  # noqa: E402
 
-RUNTIME_ORDER = ("ort-cuda", "torch-eager", "ort-cuda-graph", "ort-cpu", "torch-compile")
+RUNTIME_ORDER = ("ort-cuda", "torch-eager", "ort-cuda-graph", "torch-compile", "ort-cpu")
 GPU_RUNTIMES = ("ort-cuda", "torch-eager", "ort-cuda-graph", "torch-compile")
 CPU_RUNTIMES = ("ort-cpu", "torch-eager")
+DOCS_START, DOCS_END = "<!-- onnx-latency-table:start -->", "<!-- onnx-latency-table:end -->"
+TENSORRT_NOTE = ("TensorRT EP not tried: the GPU machine has no package registry and the TensorRT wheels "
+                 "(tensorrt-cu13 and its libs) are GBs, beyond what a device call carries")
 
 
 @dataclasses.dataclass
 class Variant:
     config: str  # "dlrm:default"
-    label: str  # "dense", "width-scaled-0.5", ...
+    label: str  # "dense", "amgp-pruned-0.5", ...
     model: torch.nn.Module
     factory: Callable[[int], tuple]  # batch size -> CPU inputs
     flops: dict[int, int]
-    onnx_path: Path | None = None
+    core: bool = True  # dense and the pruned variants: timed first
     onnx_only: bool = False
+    onnx: dict[str, Path] = dataclasses.field(default_factory=dict)  # precision -> .onnx
+
+    def name(self, precision: str) -> str:
+        return self.label if precision == "fp32" else f"{self.label}-{precision}"
 
 
 def parse_args(argv):
+    gpu = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=["dlrm:default", "dlrm:mlperf", "dcn_v2:default"],
-                        help="model:preset pairs (models.build_model)")
+    parser.add_argument("--configs", nargs="+", default=["dlrm:default"],
+                        help="model:preset pairs (models.build_model); e.g. also dlrm:mlperf dcn_v2:default")
     parser.add_argument("--pruned-ratios", nargs="*", type=float, default=[0.5, 0.25],
                         help="keep ratios of the amgp-fx pruned variants (hidden units kept per group)")
+    parser.add_argument("--no-embedding-variants", dest="embedding_variants", action="store_false",
+                        help="skip amgp-emb-R (hidden + embedding groups pruned to amgp-pruned-R's FLOPs)")
     parser.add_argument("--width-ratios", nargs="*", type=float, default=[],
                         help="stand-in compact variants: MLP widths scaled by these ratios")
     parser.add_argument("--compact-from", nargs="*", default=[], metavar="CONFIG=PATH",
                         help="compact model per config, saved with torch.export.save (.pt2)")
     parser.add_argument("--no-fused-embeddings", dest="fused_embeddings", action="store_false",
                         help="skip the dense-fused-emb ONNX variant")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[256, 1024, 4096, 16384, 65536])
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS,
+                        default=["fp32", "fp16", "bf16"] if gpu else ["fp32", "fp16"],
+                        help="numeric formats (default: all on a GPU; fp32 fp16 on a CPU, whose ORT has no bf16)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int,
+                        default=[256, 1024, 4096, 16384, 65536] if gpu else [256, 1024, 4096])
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=None,
                         help=f"default: {' '.join(GPU_RUNTIMES)} with a GPU, else {' '.join(CPU_RUNTIMES)}")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--iters", type=int, default=50)
-    parser.add_argument("--tf32", action="store_true", help="TF32 matmuls in both PyTorch and ONNX Runtime")
-    parser.add_argument("--out", default="docs/results/onnx_latency.json")
-    parser.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
-    parser.add_argument("--workdir", default=None, help="where the .onnx files go (default: a temp folder)")
+    parser.add_argument("--tf32", action="store_true", help="TF32 fp32 matmuls in both PyTorch and ONNX Runtime")
+    parser.add_argument("--ort-opt-level", choices=tuple(OPT_LEVELS), default="all")
+    parser.add_argument("--compile-mode", default="reduce-overhead" if gpu else "default",
+                        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                        help="torch.compile mode (default on a GPU: reduce-overhead, torch's CUDA graphs, as ORT's "
+                             "ort-cuda-graph rows; max-autotune compiles for minutes per shape)")
     parser.add_argument("--compile-static", action="store_true",
                         help="torch.compile with automatic dynamic shapes (two compiles) instead of dynamic=True")
-    parser.add_argument("--time-budget-s", type=float, default=330.0,
+    parser.add_argument("--constants", default=None, help="device constants JSON (DeviceConstants) instead of "
+                                                           "calibrating here")
+    parser.add_argument("--out", default="docs/results/onnx_latency.json")
+    parser.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
+    parser.add_argument("--table", default=None, help="markdown summary (default: --out with .md)")
+    parser.add_argument("--from-json", default=None, metavar="RESULTS.json",
+                        help="measure nothing: render the summary table of an earlier run")
+    parser.add_argument("--docs", default=None, metavar="FILE.md",
+                        help=f"replace the text between {DOCS_START} and {DOCS_END} in FILE.md with the table")
+    parser.add_argument("--workdir", default=None, help="where the .onnx files go (default: a temp folder)")
+    parser.add_argument("--time-budget-s", type=float, default=420.0,
                         help="start no new step after this many seconds (keeps the run under ~8 min)")
     return parser.parse_args(argv)
 
 
 def say(message: str) -> None:
     print(f"[bench_onnx {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ variants
 
 
 def width_scaled_overrides(name: str, preset: str, ratio: float, keep_last: bool) -> dict:
@@ -120,8 +162,6 @@ def cpu_inputs_factory(model) -> Callable[[int], tuple]:
 def amgp_pruned(name: str, preset: str, keep_ratio: float, multiple: int = 8) -> torch.nn.Module:
     """The preset pruned by amgp-fx: every prunable hidden group keeps its ``keep_ratio`` most
     important units by L2 magnitude (rounded to a multiple of 8); returns the runnable graph module."""
-    import amgp_fx
-
     torch.manual_seed(0)
     model = models.build_model(name, preset)
     graph = amgp_fx.analyze(model, model.example_inputs(8))
@@ -130,6 +170,20 @@ def amgp_pruned(name: str, preset: str, keep_ratio: float, multiple: int = 8) ->
         count = max(multiple, int(round(len(scores) * keep_ratio / multiple)) * multiple)
         keep[group_id] = scores.argsort(descending=True)[: min(count, len(scores))].sort().values.tolist()
     amgp_fx.shrink_(graph, keep)
+    return graph.module
+
+
+def amgp_embedding_plan(name: str, preset: str, flops_target: float) -> torch.nn.Module:
+    """The preset pruned to ``flops_target`` x its FLOPs by a plan over hidden AND embedding groups
+    (:func:`amgp_fx.plan_pruning`): the embedding dim shrinks with the MLPs, and with it the gathers
+    and the interaction that hidden-only pruning leaves at full size."""
+    torch.manual_seed(0)
+    model = models.build_model(name, preset)
+    graph = amgp_fx.analyze(model, model.example_inputs(8))
+    plan = amgp_fx.plan_pruning(graph, flops_target=flops_target, kinds=("hidden", "embedding"))
+    if not any(group.kind == "embedding" for group in plan.groups):
+        raise ValueError(f"the plan for {name}:{preset} prunes no embedding group")
+    amgp_fx.apply_plan(graph, plan)
     return graph.module
 
 
@@ -152,71 +206,291 @@ def build_models(config: str, ratios, compact_paths: dict, pruned_ratios=()) -> 
     return built
 
 
-def export_variant(variant: Variant, workdir: Path, passes=None) -> None:
+def embedding_variants(config: str, args, dense: Variant, failures) -> list[Variant]:
+    """``amgp-emb-R`` at the FLOPs of each ``amgp-pruned-R`` (measured at batch 8)."""
+    name, preset = config.split(":")
+    dense_flops = count_forward_flops(dense.model, dense.factory(8))
+    variants = []
+    for keep_ratio in args.pruned_ratios:
+        target = count_forward_flops(amgp_pruned(name, preset, keep_ratio), dense.factory(8)) / dense_flops
+        try:
+            model = amgp_embedding_plan(name, preset, target)
+        except Exception as error:  # noqa: BLE001 - a model without embedding groups still runs the rest
+            failures.append(f"{config} amgp-emb-{keep_ratio:g}: {type(error).__name__}: {error}")
+            say(f"skipped {failures[-1]}")
+            continue
+        flops = {b: count_forward_flops(model, dense.factory(b)) for b in args.batch_sizes}
+        variants.append(Variant(config, f"amgp-emb-{keep_ratio:g}", model, dense.factory, flops, core=False))
+    return variants
+
+
+def export_variant(variant: Variant, workdir: Path, precisions, failures, reports, passes=None) -> None:
+    """fp32 export (parity-checked), then one converted file per precision (parity vs fp32 torch)."""
     path = workdir / f"{variant.config.replace(':', '-')}-{variant.label}.onnx"
     started = time.monotonic()
     report = export_onnx(variant.model, variant.factory(8), path, parity_provider="auto", passes=passes)
-    variant.onnx_path = Path(report.path)
+    variant.onnx["fp32"] = Path(report.path)
     say(f"{variant.config} {variant.label}: exported {report.onnx_bytes / 1e6:.1f} MB "
         f"(+{report.external_data_bytes / 1e6:.1f} MB external) in {time.monotonic() - started:.1f}s, "
         f"passes {report.passes_applied}, parity max abs diff {report.max_abs_diff:.2e} on {report.parity_provider}")
+    reports.append({"model": variant.config, "variant": variant.label, "precision": "fp32",
+                    "max_abs_diff": report.max_abs_diff, "atol": report.atol, "rtol": report.rtol,
+                    "provider": report.parity_provider, "reference": "fp32 PyTorch", "converter": report.exporter})
+    for precision in precisions:
+        if precision == "fp32":
+            continue
+        try:
+            converted = convert_precision(report.path, precision, variant.model, variant.factory(64), provider="auto")
+        except Exception as error:  # noqa: BLE001 - recorded; the other precisions still run
+            failures.append(f"{variant.config} {variant.label} {precision} ONNX: {type(error).__name__}: {error}")
+            say(f"FAILED {failures[-1]}")
+            continue
+        variant.onnx[precision] = Path(converted.path)
+        reports.append({"model": variant.config, "variant": variant.label, **converted.to_dict()})
+        say(f"{variant.config} {variant.label} {precision}: max abs diff {converted.max_abs_diff:.2e} vs fp32 torch "
+            f"(tolerance {converted.atol:g} + {converted.rtol:g}|x|), fp32 ops kept {list(converted.kept_fp32_ops)}")
 
 
-def prepare(config, args, runtimes, compact_paths, workdir, failures) -> list[Variant]:
+def prepare(config, args, runtimes, compact_paths, workdir, failures, reports) -> list[Variant]:
     built = build_models(config, args.width_ratios, compact_paths, args.pruned_ratios)
     factory = cpu_inputs_factory(built[0][1])
     variants = []
     for label, model in built:
         flops = {b: count_forward_flops(model, factory(b)) for b in args.batch_sizes}  # fake tensors: cheap
-        variants.append(Variant(config, label, model, factory, flops))
+        variants.append(Variant(config, label, model, factory, flops, core=label == "dense" or "pruned" in label))
+    if args.embedding_variants and args.pruned_ratios:
+        variants += embedding_variants(config, args, variants[0], failures)
     if args.fused_embeddings:
         dense = variants[0]
-        variants.append(Variant(config, "dense-fused-emb", dense.model, factory, dense.flops, onnx_only=True))
-    if any(runtime.startswith("ort-") for runtime in runtimes):
-        for variant in variants:
-            passes = default_passes().with_pass(FUSE_EMBEDDINGS_PASS) if variant.label.endswith("fused-emb") else None
-            try:
-                export_variant(variant, workdir, passes)
-            except Exception as error:  # noqa: BLE001 - the torch runtimes can still run
-                failures.append(f"{config} {variant.label} export: {type(error).__name__}: {error}")
-                say(f"FAILED {failures[-1]}")
+        variants.append(Variant(config, "dense-fused-emb", dense.model, factory, dense.flops, core=False,
+                                onnx_only=True))
+    for variant in variants:  # the time model reads the ONNX graph, so every variant is exported
+        passes = default_passes().with_pass(FUSE_EMBEDDINGS_PASS) if variant.label.endswith("fused-emb") else None
+        try:
+            export_variant(variant, workdir, args.precisions, failures, reports, passes)
+        except Exception as error:  # noqa: BLE001 - the torch runtimes can still run
+            failures.append(f"{config} {variant.label} export: {type(error).__name__}: {error}")
+            say(f"FAILED {failures[-1]}")
     return variants
 
 
-def cuda_graph_records(variant: Variant, args, common) -> list:
+# ---------------------------------------------------------------------------------------- time model
+
+
+def device_constants(args, device: torch.device, runtimes) -> DeviceConstants:
+    if args.constants:
+        return DeviceConstants.from_dict(json.loads(Path(args.constants).read_text(encoding="utf-8")))
+    ort_provider = None
+    if any(r.startswith("ort-cuda") for r in runtimes):
+        ort_provider = "cuda"
+    elif "ort-cpu" in runtimes:
+        ort_provider = "cpu"
+    if device.type == "cuda":
+        return calibrate(str(device), ort_provider=ort_provider, tf32=args.tf32)
+    return calibrate("cpu", ort_provider=ort_provider, matmul_size=512, copy_bytes=16 * 2**20, iters=5)
+
+
+def predictions(variants, batch_sizes, constants: DeviceConstants) -> list[dict]:
+    rows = []
+    for variant in variants:
+        for precision, path in variant.onnx.items():
+            for batch_size in batch_sizes:
+                prediction = predict_latency(path, batch_size, constants)
+                rows.append({"model": variant.config, "variant": variant.name(precision), "precision": precision,
+                             "batch_size": batch_size, "predicted_ms": prediction.ms,
+                             "ms_by_class": {k: v * 1e3 for k, v in prediction.seconds_by_class.items()},
+                             "gemm_flops": prediction.flops, "bytes": prediction.bytes, "kernels": prediction.kernels})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- summary
+
+
+def _precision_of(variant: str) -> tuple[str, str]:
+    for precision in PRECISIONS[1:]:
+        if variant.endswith(f"-{precision}"):
+            return variant[: -len(precision) - 1], precision
+    return variant, "fp32"
+
+
+def summary_rows(records, predicted: list[dict]) -> list[dict]:
+    """One row per compact record: measured speedup over dense (same model, precision, runtime, batch),
+    the time model's predicted speedup and the share reached, the FLOPs ratio and the share of it,
+    and the record's latency against torch eager (same variant, precision and batch)."""
+    by_key = {(r.model, r.variant, r.runtime, r.batch_size): r for r in records}
+    predicted_ms = {(p["model"], p["variant"], p["batch_size"]): p["predicted_ms"] for p in predicted}
+    rows = []
+    for r in records:
+        base_label, precision = _precision_of(r.variant)
+        dense_name = "dense" if precision == "fp32" else f"dense-{precision}"
+        dense = by_key.get((r.model, dense_name, r.runtime, r.batch_size))
+        eager = by_key.get((r.model, r.variant, "torch-eager", r.batch_size))
+        row = {"model": r.model, "variant": base_label, "precision": precision, "runtime": r.runtime,
+               "batch": r.batch_size, "p50_ms": r.p50_ms,
+               "vs_torch_eager": eager.p50_ms / r.p50_ms if eager and r.runtime != "torch-eager" else None}
+        if dense is not None and r.variant != dense_name:
+            measured = dense.p50_ms / r.p50_ms
+            row.update(dense_p50_ms=dense.p50_ms, speedup=measured)
+            dense_predicted = predicted_ms.get((r.model, dense_name, r.batch_size))
+            own_predicted = predicted_ms.get((r.model, r.variant, r.batch_size))
+            if dense_predicted and own_predicted:
+                row.update(predicted_speedup=dense_predicted / own_predicted,
+                           share_of_predicted=measured / (dense_predicted / own_predicted))
+            if dense.flops and r.flops:
+                row.update(flops_ratio=dense.flops / r.flops, share_of_flops_ratio=measured / (dense.flops / r.flops))
+        rows.append(row)
+    return rows
+
+
+def _x(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def render_table(rows: list[dict], metadata: dict) -> str:
+    """Markdown: compact vs dense (speedup, predicted, share) and every runtime vs torch eager."""
+    lines = ["| model | precision | runtime | variant | batch | dense p50 (ms) | p50 (ms) | speedup | predicted "
+             "speedup | share of predicted | FLOPs ratio | share of FLOPs ratio |", "|" + "---|" * 12]
+    compact = [r for r in rows if "speedup" in r]
+    for r in sorted(compact, key=lambda r: (r["model"], r["precision"], r["runtime"], r["variant"], r["batch"])):
+        lines.append(f"| {r['model']} | {r['precision']} | {r['runtime']} | {r['variant']} | {r['batch']} | "
+                     f"{r['dense_p50_ms']:.3f} | {r['p50_ms']:.3f} | {_x(r['speedup'])} | "
+                     f"{_x(r.get('predicted_speedup'))} | {_pct(r.get('share_of_predicted'))} | "
+                     f"{_x(r.get('flops_ratio'))} | {_pct(r.get('share_of_flops_ratio'))} |")
+    lines += ["", "Each runtime against torch eager (same variant, precision and batch; > 1: faster than eager):", "",
+              "| model | precision | variant | batch | " + " | ".join(f"{rt} p50 (ms)" for rt in RUNTIME_ORDER)
+              + " | best ORT vs eager | torch.compile vs eager |", "|" + "---|" * (6 + len(RUNTIME_ORDER))]
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["precision"], r["variant"], r["batch"]), {})[r["runtime"]] = r["p50_ms"]
+    for (model, precision, variant, batch), times in sorted(cells.items()):
+        eager = times.get("torch-eager")
+        ort = [times[rt] for rt in ("ort-cuda", "ort-cuda-graph", "ort-cpu") if rt in times]
+        best_ort = eager / min(ort) if eager and ort else None
+        compiled = eager / times["torch-compile"] if eager and "torch-compile" in times else None
+        lines.append(f"| {model} | {precision} | {variant} | {batch} | "
+                     + " | ".join(f"{times[rt]:.3f}" if rt in times else "-" for rt in RUNTIME_ORDER)
+                     + f" | {_x(best_ort)} | {_x(compiled)} |")
+    constants = metadata.get("device_constants") or {}
+    if constants:
+        rates = ", ".join(f"{k} {v / 1e12:.3g} TFLOP/s" for k, v in constants["gemm_flops_per_s"].items())
+        lines += ["", f"Time model constants ({constants['device']}): GEMM {rates}; copy "
+                      f"{constants['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s, gather "
+                      f"{constants['gather_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s, launch "
+                      f"{constants['launch_s'] * 1e6:.1f} us ({constants['source']})."]
+    parity = [p for p in metadata.get("precision_reports", []) if p.get("precision") != "fp32"]
+    if parity:
+        lines += ["", "| model | variant | precision | max abs diff vs fp32 torch | tolerance (atol + rtol x |y|) "
+                      "| ops kept fp32 | provider |", "|---|---|---|---|---|---|---|"]
+        for p in parity:
+            lines.append(f"| {p['model']} | {p['variant']} | {p['precision']} | {p['max_abs_diff']:.2e} | "
+                         f"{p['atol']:g} + {p['rtol']:g} | {', '.join(p.get('kept_fp32_ops') or []) or '-'} | "
+                         f"{p['provider']} |")
+    if metadata.get("failures"):
+        lines += ["", "Failures and skipped steps: " + "; ".join(metadata["failures"])]
+    return "\n".join(lines)
+
+
+def splice_docs(path: Path, table: str, command: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    if DOCS_START not in text or DOCS_END not in text:
+        raise SystemExit(f"{path} has no {DOCS_START} ... {DOCS_END} markers; add them where the table goes")
+    head, rest = text.split(DOCS_START, 1)
+    _, tail = rest.split(DOCS_END, 1)
+    path.write_text(f"{head}{DOCS_START}\nGenerated by `{command}`.\n\n{table}\n{DOCS_END}{tail}", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------- steps
+
+
+def step_order(variants, precisions, runtimes) -> list[tuple[Variant, str, str]]:
+    """(variant, precision, runtime), most important first: fp32 core variants on every runtime, then
+    the other precisions (torch.compile last among them), then the extra variants."""
+    steps = []
+    for variant in variants:
+        for precision in precisions:
+            for runtime in runtimes:
+                ort = runtime.startswith("ort-")
+                if (variant.onnx_only and not ort) or (ort and precision not in variant.onnx):
+                    continue
+                if variant.core:
+                    priority = 0 if precision == "fp32" else (1 if runtime != "torch-compile" else 3)
+                else:
+                    priority = 2 if precision == "fp32" else 4
+                steps.append((priority, precisions.index(precision), RUNTIME_ORDER.index(runtime),
+                              variants.index(variant), (variant, precision, runtime)))
+    return [step[-1] for step in sorted(steps, key=lambda s: s[:4])]
+
+
+def cuda_graph_records(variant: Variant, precision: str, args, common) -> list:
     """ORT CUDA graphs on the dynamic export with the batch dim fixed per session; when ONNX Runtime
-    refuses that (nodes left on the CPU), on one static-batch export per batch size instead."""
+    refuses that (nodes left on the CPU), on one static-batch export per batch size instead (fp32,
+    converted to ``precision`` as the dynamic one was)."""
     try:
-        return benchmark_onnx(variant.onnx_path, variant.factory, args.batch_sizes, provider="cuda",
+        return benchmark_onnx(variant.onnx[precision], variant.factory, args.batch_sizes, provider="cuda",
                               cuda_graph=True, **common)
     except Exception as error:  # noqa: BLE001
-        say(f"{variant.config} {variant.label}: CUDA graph with a fixed batch dim failed "
+        say(f"{variant.config} {variant.name(precision)}: CUDA graph with a fixed batch dim failed "
             f"({type(error).__name__}: {error}); retrying on static-batch exports")
     variant.model.cpu()
-    static = {}
+    base = variant.onnx["fp32"]
+    static, written = {}, []
     try:
         for batch_size in args.batch_sizes:
-            path = variant.onnx_path.with_name(f"{variant.onnx_path.stem}-b{batch_size}.onnx")
+            path = base.with_name(f"{base.stem}-b{batch_size}.onnx")
             export_onnx(variant.model, variant.factory(batch_size), path, dynamic_batch=False, parity=False)
+            written.append(path)
+            if precision != "fp32":
+                path = Path(convert_precision(path, precision, variant.model, variant.factory(batch_size),
+                                              provider="auto").path)
+                written.append(path)
             static[batch_size] = path
         return benchmark_onnx(static, variant.factory, args.batch_sizes, provider="cuda", cuda_graph=True, **common)
     finally:
-        for path in static.values():
+        for path in written:
             path.unlink(missing_ok=True)
             path.with_name(path.name + ".data").unlink(missing_ok=True)
 
 
-def run_step(variant: Variant, runtime: str, args, device, command) -> list:
-    common = dict(warmup=args.warmup, iters=args.iters, variant=variant.label, flops=variant.flops, command=command)
+def run_step(variant: Variant, precision: str, runtime: str, args, device, command) -> list:
+    common = dict(warmup=args.warmup, iters=args.iters, variant=variant.name(precision), flops=variant.flops,
+                  command=command)
     if runtime.startswith("ort-"):
-        common.update(model=variant.config, use_tf32=args.tf32)
+        common.update(model=variant.config, use_tf32=args.tf32, opt_level=args.ort_opt_level)
         if runtime == "ort-cuda-graph":
-            return cuda_graph_records(variant, args, common)
+            return cuda_graph_records(variant, precision, args, common)
         provider = "cpu" if runtime == "ort-cpu" else "cuda"
-        return benchmark_onnx(variant.onnx_path, variant.factory, args.batch_sizes, provider=provider, **common)
-    return benchmark_torch(variant.model, variant.factory, args.batch_sizes, mode=runtime.removeprefix("torch-"),
-                           device=device, model_name=variant.config,
-                           compile_options=None if args.compile_static else {"dynamic": True}, **common)
+        return benchmark_onnx(variant.onnx[precision], variant.factory, args.batch_sizes, provider=provider, **common)
+    compile_options = {"mode": args.compile_mode, **({} if args.compile_static else {"dynamic": True})}
+    records = benchmark_torch(cast_module(variant.model, precision), variant.factory, args.batch_sizes,
+                              mode=runtime.removeprefix("torch-"), device=device, model_name=variant.config,
+                              compile_options=compile_options, tf32=args.tf32, **common)
+    variant.model.cpu()  # benchmark_torch moved the fp32 model; exports and later steps use the CPU
+    return records
+
+
+def write_outputs(records, metadata, predicted, out: Path, table_path: Path) -> str:
+    rows = summary_rows(records, predicted)
+    save_records(records, out, {**metadata, "predictions": predicted, "summary": rows})
+    table = render_table(rows, metadata)
+    table_path.write_text(table + "\n", encoding="utf-8")
+    return table
+
+
+def render_only(args, command: str) -> int:
+    path = Path(args.from_json)
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    records = load_records(path)
+    metadata = payload.get("metadata", {})
+    table = render_table(summary_rows(records, metadata.get("predictions", [])), metadata)
+    print(table)
+    if args.docs:
+        splice_docs(Path(args.docs), table, metadata.get("command", command))
+        say(f"table -> {args.docs}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -224,6 +498,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     command = shlex.join(["python3", "tools/bench_onnx.py", *argv])
+    if args.from_json:
+        return render_only(args, command)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     chosen = args.runtimes or (GPU_RUNTIMES if device.type == "cuda" else CPU_RUNTIMES)
     runtimes = [runtime for runtime in RUNTIME_ORDER if runtime in chosen]
@@ -231,59 +507,60 @@ def main(argv=None) -> int:
         say("onnxruntime has no CUDA provider here (install onnxruntime-gpu, docs/onnx.md): dropping "
             "ort-cuda runtimes rather than timing the CPU provider at GPU batch sizes")
         runtimes = [r for r in runtimes if not r.startswith("ort-cuda")]
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    torch.backends.cudnn.allow_tf32 = args.tf32
     compact_paths = dict(item.split("=", 1) for item in args.compact_from)
     out = Path(args.out)
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
+    table_path = Path(args.table) if args.table else out.with_suffix(".md")
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_onnx."))
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
+    import onnxruntime
+
     say(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), torch "
-        f"{torch.__version__}, runtimes {runtimes}, "
-        f"batch sizes {args.batch_sizes}, TF32 {args.tf32}")
-    metadata = {"command": command, "torch": torch.__version__, "tf32": args.tf32,
-                "note": "width-scaled-* variants are stand-ins (MLP widths scaled), not AMGP-pruned models"}
-    records, failures, variants = [], [], []
+        f"{torch.__version__}, onnxruntime {onnxruntime.__version__}, runtimes {runtimes}, precisions "
+        f"{args.precisions}, batch sizes {args.batch_sizes}, TF32 {args.tf32}, ORT opt level {args.ort_opt_level}")
+    constants = device_constants(args, device, runtimes)
+    say(f"time model constants: {constants}")
+    metadata = {"command": command, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                "tf32": args.tf32, "ort_opt_level": args.ort_opt_level, "compile_mode": args.compile_mode,
+                "precisions": args.precisions, "device_constants": constants.to_dict(), "tensorrt": TENSORRT_NOTE,
+                "note": "amgp-emb-R: hidden and embedding groups pruned to amgp-pruned-R's FLOPs; width-scaled-* are "
+                        "stand-ins (MLP widths scaled), not pruned models"}
+    records, failures, variants, reports = [], [], [], []
     try:
         for config in args.configs:
+            variants += prepare(config, args, runtimes, compact_paths, workdir, failures, reports)
+        metadata["precision_reports"] = reports
+        predicted = predictions(variants, args.batch_sizes, constants)
+        for variant, precision, runtime in step_order(variants, args.precisions, runtimes):
+            step = f"{variant.config} {variant.name(precision)} {runtime}"
             if time.monotonic() - start > args.time_budget_s:
-                failures.append(f"{config}: skipped, time budget spent")
+                failures.append(f"{step}: skipped, time budget spent")
                 continue
-            variants += prepare(config, args, runtimes, compact_paths, workdir, failures)
-        for runtime in runtimes:
-            for variant in variants:
-                if variant.onnx_only and not runtime.startswith("ort-"):
-                    continue
-                if runtime.startswith("ort-") and variant.onnx_path is None:
-                    continue
-                if time.monotonic() - start > args.time_budget_s:
-                    failures.append(f"{variant.config} {variant.label} {runtime}: skipped, time budget spent")
-                    say(failures[-1])
-                    continue
-                started = time.monotonic()
-                try:
-                    new = run_step(variant, runtime, args, device, command)
-                except Exception as error:  # noqa: BLE001 - one failing step must not end the sweep
-                    failures.append(f"{variant.config} {variant.label} {runtime}: {type(error).__name__}: {error}")
-                    say(f"FAILED {failures[-1]}")
-                    continue
-                say(f"{variant.config} {variant.label} {runtime}: {time.monotonic() - started:.1f}s")
-                records.extend(new)
-                print(format_table(new), flush=True)
-                save_records(records, out, {**metadata, "failures": failures})
-            if records:
-                plot_latency(records, plot)  # after each runtime: a run cut short still has a plot
+            started = time.monotonic()
+            try:
+                new = run_step(variant, precision, runtime, args, device, command)
+            except Exception as error:  # noqa: BLE001 - one failing step must not end the sweep
+                failures.append(f"{step}: {type(error).__name__}: {error}")
+                say(f"FAILED {failures[-1]}")
+                continue
+            say(f"{step}: {time.monotonic() - started:.1f}s")
+            records.extend(new)
+            print(format_table(new), flush=True)
+            write_outputs(records, {**metadata, "failures": failures}, predicted, out, table_path)
             gc.collect()
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    save_records(records, out, {**metadata, "failures": failures, "seconds": time.monotonic() - start})
+    skipped = [f for f in failures if f.endswith("time budget spent")]
+    if skipped:
+        say(f"{len(skipped)} steps skipped for time (first: {skipped[0]})")
+    metadata.update(failures=failures, seconds=time.monotonic() - start)
+    table = write_outputs(records, metadata, predicted if variants else [], out, table_path)
     if records:
         plot_latency(records, plot)
-        ordered = sorted(records, key=lambda r: (r.model, r.runtime, r.batch_size, r.variant != "dense", r.variant))
-        print(format_table(ordered), flush=True)
-    say(f"{len(records)} records -> {out}, plot -> {plot}, {len(failures)} failures/skips, "
+    print(table, flush=True)
+    say(f"{len(records)} records -> {out}, table -> {table_path}, plot -> {plot}, {len(failures)} failures/skips, "
         f"{time.monotonic() - start:.0f}s")
     return 0 if records else 1
 
