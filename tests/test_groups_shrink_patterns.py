@@ -12,7 +12,8 @@ import torch.utils._pytree as pytree
 import amgp_fx
 from amgp_fx.export import export_onnx
 from amgp_fx.testing import assert_mask_oracle, assert_round_trip, random_keep
-from fixtures.shrink_patterns import MODELS, make_fixture
+from amgp_fx.tracing import TraceError
+from fixtures.shrink_patterns import INPUTS, MODELS, AnyMaskGRUHistory, PackedGRUHistory, make_fixture
 
 NAMES = sorted(MODELS)
 
@@ -206,3 +207,30 @@ def test_incompatible_factorisations_freeze_instead_of_looping():
         amgp_fx.shrink_(g, {group.id: random_keep(g.group(group.id), 0.5, torch.Generator().manual_seed(0))})
         assert g.module(*args).shape == (4,)
     assert np.all([g.reason for g in graph.groups if not g.prunable])
+
+
+@pytest.mark.parametrize("model_class, line, advice", [
+    (AnyMaskGRUHistory, "if mask.any():", "torch.where"),
+    (PackedGRUHistory, "self.gru(packed)", "gather at lengths - 1"),
+])
+def test_sequence_trace_errors_name_the_fixture_line_and_the_change(model_class, line, advice):
+    """Item 6: the error names the model's own file and line (was torch.export's ``<string>:1``)."""
+    torch.manual_seed(0)
+    with pytest.raises(TraceError) as info:
+        amgp_fx.analyze(model_class(), INPUTS["masked_gru_history"](4))
+    message = str(info.value)
+    assert "shrink_patterns.py:" in message and line in message and "<string>" not in message
+    assert advice in message
+
+
+def test_the_advised_rewrite_traces_and_prunes_the_recurrent_units():
+    """The same model written as the message advises keeps the GRU's hidden units one prunable group
+    (the shrink, oracles and ONNX parity run in the parametrised tests above) and computes the same
+    scores as the packed original."""
+    model, args = make_fixture("masked_gru_history")
+    graph = amgp_fx.analyze(model, args)
+    assert graph.group("gru.weight_ih_l0[0]").prunable
+    packed = PackedGRUHistory()
+    packed.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(*args), packed.eval()(*args), atol=1e-5, rtol=1e-4)
