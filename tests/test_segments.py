@@ -4,6 +4,7 @@ per-segment shares computed from the segment sizes, importance order within each
 oracle (removing equals zeroing) and the per-member size table against the real tensors."""
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -13,12 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import amgp_fx
+from amgp_fx.export import export_onnx
 from amgp_fx.importance import score
 from amgp_fx.pruning_plan import GroupKeep, PlanError, PruningPlan, apply_plan, plan_pruning, prune_
 from amgp_fx.segments import group_segments, keep_channels
-from amgp_fx.surgery import shrink_
-from amgp_fx.testing import masked_copy
-from tests.fixtures.segment_models import DCNConcat, dcn_factory
+from amgp_fx.surgery import grow_, shrink_
+from amgp_fx.testing import assert_round_trip, masked_copy
+from tests.fixtures.segment_models import DCNConcat, dcn_factory, dcn_inputs
 
 
 def analysed():
@@ -165,3 +167,79 @@ def test_balanced_split_of_a_clipped_segment_gets_no_extra_channel():
     segments = [np.arange(bounds[i], bounds[i + 1]) for i in range(len(sizes))]
     kept = keep_channels(torch.ones(int(bounds[-1])), 19, segments, "balanced")
     assert [np.intersect1d(kept, s).size for s in segments] == [4, 4, 1, 5, 3, 2]
+
+
+def _outputs(module, inputs):
+    with torch.no_grad():
+        return module.eval()(*inputs)
+
+
+def test_balanced_plan_grows_back_exactly_with_the_optimizer_state():
+    """Shrink to the balanced plan, grow with restore: outputs and Adam state bit-identical."""
+    model, inputs, graph = analysed()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    graph.module(*inputs).pow(2).sum().backward()
+    optimizer.step()
+    before, state = _outputs(graph.module, inputs), optimizer.state_dict()
+    state = {pid: {k: v.clone() for k, v in s.items()} for pid, s in state["state"].items()}
+    record = apply_plan(graph, plan_pruning(graph, 0.5, multiple=1), optimizer)
+    assert zero_size_dims(graph.module) == [] and graph.module(*inputs).shape == before.shape
+    grow_(graph, record, optimizer)
+    torch.testing.assert_close(_outputs(graph.module, inputs), before, atol=0, rtol=0)
+    for pid, entries in optimizer.state_dict()["state"].items():
+        for key, value in entries.items():
+            torch.testing.assert_close(value, state[pid][key], atol=0, rtol=0)
+
+
+def test_random_keeps_of_every_group_round_trip():
+    model, inputs, graph = analysed()
+    assert_round_trip(graph, inputs, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_balanced_pruned_model_exports_to_onnx_with_ort_parity(tmp_path):
+    import onnxruntime as ort
+
+    _, inputs, graph = analysed()
+    plan, _ = prune_(graph, 0.5, measure_flops=False)
+    assert zero_size_dims(graph.module) == []
+    report = export_onnx(graph.module, inputs, tmp_path / "dcn.onnx")
+    assert report.max_abs_diff <= report.atol
+    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    other = dcn_inputs(5, seed=7)  # another batch than the traced one
+    (actual,) = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), other)})
+    np.testing.assert_allclose(actual, _outputs(graph.module, other).numpy(), atol=1e-4, rtol=1e-3)
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_analysis():
+    """One analysis for the property test below (each example shrinks it and grows it back)."""
+    model, inputs, graph = analysed()
+    return graph, inputs, _outputs(graph.module, inputs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ratio=st.floats(0.05, 0.95), policy=st.sampled_from(["auto", "balanced", "global"]),
+       multiple=st.sampled_from([1, 2, 4, 8]), cap=st.sampled_from([0.9, 1.0]),
+       x0_only=st.booleans())
+def test_no_plan_leaves_a_zero_size_dim_on_the_dcn_pattern(ratio, policy, multiple, cap, x0_only):
+    """Over ratios, policies, roundings and layer caps: every member tensor keeps at least one channel,
+    the plan's per-member sizes are the real sizes, the model runs, and growing back restores it."""
+    graph, inputs, reference = _shared_analysis()
+    shapes = {name: tuple(p.shape) for name, p in graph.module.named_parameters()}
+    x0 = x0_group(graph)
+    requests = {"group_ratios": {x0.id: ratio}} if x0_only else {"ratio": ratio}
+    plan = plan_pruning(graph, policy=policy, multiple=multiple, max_layer_ratio=cap, **requests)
+    record = apply_plan(graph, plan)
+    try:
+        assert zero_size_dims(graph.module) == []
+        real = dict(graph.module.named_parameters())
+        for entry in plan.groups:
+            assert all(m["after"] >= 1 for m in entry.members), entry.members
+            for member in entry.members:
+                assert member["after"] == real[member["tensor"]].shape[member["dim"]], member
+                assert member["before"] == shapes[member["tensor"]][member["dim"]], member
+        assert graph.module(*inputs).shape == reference.shape
+    finally:
+        grow_(graph, record)
+    torch.testing.assert_close(_outputs(graph.module, inputs), reference, atol=0, rtol=0)
