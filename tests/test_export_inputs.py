@@ -17,7 +17,7 @@ from amgp_fx.bench import benchmark_onnx, make_ort_session, ort_feeds
 from amgp_fx.export import ExportError, export_onnx
 from amgp_fx.input_tree import METADATA_KEY, feed_order, flatten_args
 from amgp_fx.surgery import shrink_
-from amgp_fx.testing import random_keep
+from amgp_fx.testing import assert_mask_oracle, assert_round_trip, random_keep
 from tests.fixtures import input_style_models as styles
 from tests.fixtures import torchrec_like
 from tests.fixtures.capsule_models import capsule_factory, capsule_inputs
@@ -88,6 +88,42 @@ def test_pruned_keyed_jagged_model_exports_with_parity(tmp_path):
     assert_same(ort_outputs(report.path, other), torch_outputs(graph.module, other))
 
 
+def _fuxi_factory(batch_size=8):
+    torch.manual_seed(0)
+    return styles.FuxiDictDNN(), styles.fuxictr_inputs(batch_size)
+
+
+def _dlrm_factory(batch_size=8):
+    torch.manual_seed(0)
+    return torchrec_like.torchrec_dlrm(), torchrec_like.torchrec_inputs(batch_size)
+
+
+PYTREE_MODELS = {  # factory, inputs at another batch in another layout
+    "dict": (_fuxi_factory, lambda: (shuffled(styles.fuxictr_inputs(5, seed=3)[0]),)),
+    "keyed_jagged": (_dlrm_factory, lambda: torchrec_like.torchrec_inputs(5, seed=9)),
+}
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("name", sorted(PYTREE_MODELS))
+def test_pytree_input_models_pass_every_oracle(name, tmp_path):
+    """Dict and KeyedJaggedTensor inputs: every group shrinks with the same output shapes, removing
+    equals zeroing, grow restores exactly, and the shrunk model exports with ORT parity."""
+    factory, other = PYTREE_MODELS[name]
+    model, inputs = factory()
+    graph = amgp_fx.analyze(model, inputs)
+    assert graph.prunable_groups()
+    assert assert_mask_oracle(factory)
+    reference = [o.shape for o in pytree.tree_leaves(graph.module(*inputs))]
+    assert_round_trip(graph, inputs, torch.optim.Adam(model.parameters()))
+    keep = {g.id: random_keep(g, 0.5, torch.Generator().manual_seed(0)) for g in graph.prunable_groups()}
+    shrink_(graph, keep)
+    assert [o.shape for o in pytree.tree_leaves(graph.module(*inputs))] == reference
+    report = export_onnx(graph.module, inputs, tmp_path / f"{name}.onnx")
+    assert report.max_abs_diff <= report.atol
+    assert_same(ort_outputs(report.path, other()), torch_outputs(graph.module, other()))
+
+
 def test_benchmark_feeds_pytree_inputs_from_the_recorded_paths(tmp_path):
     torch.manual_seed(0)
     path = export_onnx(styles.FuxiDictDNN(), styles.fuxictr_inputs(8), tmp_path / "fuxi.onnx").path
@@ -150,3 +186,19 @@ def test_pruned_capsule_model_exports_with_parity(tmp_path):
     assert report.max_abs_diff <= report.atol
     other = capsule_inputs(6, seed=2)
     assert_same(ort_outputs(report.path, other), torch_outputs(graph.module, other))
+
+
+def test_capsule_model_shrinks_with_the_same_shapes_and_passes_the_oracles():
+    """Item 7's model beyond export: every group shrinks with the same output shape, removing equals
+    zeroing for every mask-equivalent group, and grow restores outputs and Adam state exactly."""
+    model, inputs = capsule_factory()
+    graph = amgp_fx.analyze(model, inputs)
+    assert graph.prunable_groups() and not graph.unknown_ops
+    assert assert_mask_oracle(capsule_factory)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    graph.module(*inputs).pow(2).sum().backward()
+    optimizer.step()
+    assert_round_trip(graph, inputs, optimizer)
+    reference, before = graph.module(*inputs).shape, sum(p.numel() for p in model.parameters())
+    shrink_(graph, {g.id: random_keep(g, 0.5, torch.Generator().manual_seed(2)) for g in graph.prunable_groups()})
+    assert graph.module(*inputs).shape == reference and sum(p.numel() for p in model.parameters()) < before

@@ -165,3 +165,24 @@ def test_glu_halves_are_one_channel():
     amgp_fx.shrink_(graph, {group.id: [1, 6]})
     assert model.a.weight.shape == (4, 6) and model.b.weight.shape == (1, 2)
     torch.testing.assert_close(model.a.bias, FAMILIES["glu"]()[0].a.bias[[1, 6, 9, 14]])
+
+
+ISSUE13_FAMILIES = ("mask_and", "in_place", "softmax_transpose", "glu", "gru_lstm", "lstm_bidirectional")
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("family", ISSUE13_FAMILIES)
+def test_new_op_families_shrink_every_group_and_export_with_ort_parity(family, tmp_path):
+    """Every prunable group of the op families that got a rule shrinks at once, the model keeps its
+    output shape, and the shrunk model exports to ONNX with ONNX Runtime parity."""
+    from amgp_fx.export import export_onnx
+
+    model, args = FAMILIES[family]()
+    graph = amgp_fx.analyze(model, args)
+    reference, before = graph.module(*args).shape, sum(p.numel() for p in model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    amgp_fx.shrink_(graph, {g.id: random_keep(g, 0.5, generator) for g in graph.prunable_groups()})
+    assert graph.module(*args).shape == reference
+    assert sum(p.numel() for p in model.parameters()) < before
+    report = export_onnx(graph.module.eval(), args, tmp_path / f"{family}.onnx")
+    assert report.max_abs_diff is not None and report.max_abs_diff <= report.atol
