@@ -8,6 +8,7 @@ each test then checks its own command's output.
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 import os
 import re
@@ -226,3 +227,67 @@ def test_wrote_count_is_the_number_of_files_in_the_folder(results, workspace, na
     count = re.search(r"wrote (\d+) files", result.stdout)
     assert count, result.stdout
     assert int(count.group(1)) == len(files(workspace / name))
+
+
+# -- the Progress helper, in-process -------------------------------------------------------------------------
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_stage_lines_parts_and_bars_in_a_log():
+    from amgp_fx.cli.progress import Progress
+
+    log = io.StringIO()
+    progress = Progress(2, quiet=False, stream=log)
+    progress.stage("exporting")
+    progress.part("tracing")
+    progress.part("checker")
+    progress.done("40 bytes")
+    progress.stage("training for 20 steps")
+    bar = progress.bar(20)
+    for step in range(20):
+        bar.update(1, f"loss {step}")
+    bar.close()
+    progress.done("loss 19")
+    lines = log.getvalue().splitlines()
+    assert re.fullmatch(r"\[1/2\] exporting \.\.\. tracing, checker\. 40 bytes \(\d+\.\d s\)", lines[0])
+    assert lines[1] == "[2/2] training for 20 steps ..."
+    assert lines[2:12] == [f"[2/2] step {n}/20: loss {n - 1}" for n in range(2, 21, 2)]  # a line per tenth
+    assert re.fullmatch(r"\[2/2\] training for 20 steps \.\.\. loss 19 \(\d+\.\d s\)", lines[12])
+    assert len(lines) == 13
+
+
+def test_progress_bar_on_a_terminal_is_tqdm_and_clears_itself():
+    from amgp_fx.cli.progress import Progress
+
+    terminal = Terminal()
+    progress = Progress(1, quiet=False, stream=terminal)
+    progress.stage("training")
+    with progress.bar(5) as bar:
+        for _ in range(5):
+            bar.update(1, "loss 0.5")
+    progress.done("ok")
+    text = terminal.getvalue()
+    assert "\r[1/1] training:   0%|" in text and "0/5" in text  # tqdm draws over the stage line
+    assert "\n" not in text[:-1]  # one line on the terminal: the bar cleared itself, the stage line came back
+    assert re.search(r"\r +\r\[1/1\] training \.\.\. ok \(\d+\.\d s\)\n$", text), repr(text)
+
+
+def test_quiet_progress_writes_nothing_and_a_note_gets_its_own_line():
+    from amgp_fx.cli.progress import Progress
+
+    log = io.StringIO()
+    quiet = Progress(1, quiet=True, stream=log)
+    quiet.stage("x")
+    quiet.bar(10).update(10, "loss 1")
+    quiet.done("y")
+    assert log.getvalue() == ""
+    loud = Progress(1, quiet=False, stream=log)
+    loud.stage("loading")
+    Progress.make_room()  # what common.note does before its line
+    log.write("amgp-compress: note: something\n")
+    loud.done("done")
+    assert log.getvalue().splitlines() == ["[1/1] loading ...", "amgp-compress: note: something",
+                                           log.getvalue().splitlines()[2]]
+    assert log.getvalue().splitlines()[2].startswith("[1/1] loading ... done (")

@@ -54,10 +54,17 @@ class Progress:
         self._set_open(False)
 
     def bar(self, total: int, unit: str = "step", initial: int = 0) -> Bar:
-        """A bar for a loop of ``total`` units inside the current stage (a no-op one with --quiet)."""
-        if not self.quiet:
+        """A bar for a loop of ``total`` units inside the current stage (a no-op one with --quiet). On a
+        terminal the bar takes the stage line's place (and clears itself); in a log it starts below."""
+        if self.quiet:
+            return Bar(total, unit, initial, None, self._prefix())
+        terminal = _is_terminal(self.stream)
+        if terminal and Progress._open_line:
+            self._set_open(False)  # tqdm's carriage return overwrites the stage line; `done` repeats it
+            self._broken = True
+        else:
             self.break_line()
-        return Bar(total, unit, initial, None if self.quiet else self.stream, self._prefix())
+        return Bar(total, unit, initial, self.stream, f"{self._prefix()} {self._text}" if terminal else self._prefix())
 
     def break_line(self) -> None:
         """End the open stage line here, so other output starts on a line of its own; ``done``
