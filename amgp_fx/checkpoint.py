@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .fileio import atomic_open
+from .fileio import atomic_write_with
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
     "checkpoint_path",
@@ -34,6 +35,11 @@ __all__ = [
 CHECKPOINT_FORMAT = 1
 _NAME = re.compile(r"checkpoint_(\d+)\.pt")
 _SAFE_SCALARS = (bool, int, float, str, type(None), torch.dtype, torch.device)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: truncated, corrupt, of another format, or holding
+    pickled objects (which are never unpickled)."""
 
 
 def check_weights_only_safe(value: Any, where: str = "checkpoint") -> None:
@@ -75,20 +81,30 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """
     check_weights_only_safe(state)
     path = Path(path)
-    with atomic_open(path, "wb") as handle:
-        torch.save(state, handle)
+    atomic_write_with(path, lambda buffer: torch.save(state, buffer))  # a full disk raises, never aborts
     return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with `weights_only=True`.
+    """Load a checkpoint with `weights_only=True`: a checkpoint never runs code, so one holding pickled
+    objects is refused rather than unpickled.
 
     Raises:
-        ValueError: for a checkpoint of another format version.
+        CheckpointError: truncated or corrupt, pickled objects, not a checkpoint, or another format version.
     """
-    state = torch.load(Path(path), map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(Path(path), map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - UnpicklingError, RuntimeError (zip), EOFError, ...
+        text = " ".join(str(error).split())
+        if "weights_only" in text or "Weights only load failed" in text:
+            raise CheckpointError(f"checkpoint {path} holds pickled Python objects, which are not loaded (loading "
+                                  "them could execute arbitrary code); it was not written by amgp-fx") from None
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(error).__name__}: "
+                              f"{text.split('. ')[0][:150]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not an amgp-fx training checkpoint (it holds a {type(state).__name__})")
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this code reads {CHECKPOINT_FORMAT}")
+        raise CheckpointError(f"{path}: checkpoint format {state.get('format')!r}, this code reads {CHECKPOINT_FORMAT}")
     return state
 
 

@@ -17,8 +17,10 @@ code   class               meaning
 8      OutputPathError     the output path cannot be written
 9      DataError           a data file has malformed rows, NaNs or the wrong columns
 10     ExportFailure       ONNX export, the ONNX checker or the parity check failed
-11     TrainingFailure     training diverged (NaN loss) or the training stage is unavailable
-130    (interrupted)       Ctrl-C
+11     TrainingFailure     training diverged (NaN loss), the model's weights are not finite, or the
+                           training stage is unavailable
+130    (interrupted)       Ctrl-C (SIGINT)
+143    (terminated)        SIGTERM
 =====  ==================  =========================================================================
 
 Library modules do not import this one; :func:`as_cli_error` recognises their exceptions by class
@@ -33,14 +35,21 @@ Example:
 """
 from __future__ import annotations
 
+import errno
 import re
 
 __all__ = ["CliError", "DataError", "ExportFailure", "FactoryError", "InputSpecError", "ModelFileError",
-           "OutputPathError", "PruneRequestError", "TraceFailure", "TrainingFailure", "UsageError",
+           "OutputPathError", "PruneRequestError", "Terminated", "TraceFailure", "TrainingFailure", "UsageError",
            "EXIT_CODES", "as_cli_error", "exit_code_of"]
 
 INTERNAL_ERROR_CODE = 1
 INTERRUPTED_CODE = 130
+TERMINATED_CODE = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every ``finally`` and ``__exit__`` that
+    cleans up after an interrupt also cleans up after a ``kill`` (``amgp_fx.cli.signals`` raises it)."""
 
 
 class CliError(Exception):
@@ -115,6 +124,18 @@ _LIBRARY_ERRORS: dict[str, tuple[type[CliError], str]] = {
     "PassError": (ExportFailure, "Retry export with --no-passes to skip the FX rewrites"),
     "ConfigError": (UsageError, "Check the option values against 'amgp-compress train --help'"),
     "InputMapError": (InputSpecError, "Pass --input-map with a source for every model input (docs/cli.md#input-maps)"),
+    "CheckpointError": (ModelFileError, "Delete that checkpoint to resume from the one before it, or start afresh "
+                                        "with --force"),
+}
+
+# errno of an OSError -> (CLI error class, what went wrong, the fix): failures of the system rather
+# than of the program (a full disk, a read-only mount, a name the filesystem refuses)
+_OS_ERRORS: dict[int, tuple[type[CliError], str]] = {
+    errno.ENOSPC: (OutputPathError, "Free some space, or pass another folder with --output-dir"),
+    errno.EDQUOT: (OutputPathError, "Free some space within your quota, or pass another folder with --output-dir"),
+    errno.EFBIG: (OutputPathError, "Pass a folder on a filesystem that takes large files with --output-dir"),
+    errno.EROFS: (OutputPathError, "Pass a writable folder with --output-dir"),
+    errno.ENAMETOOLONG: (UsageError, "Use a shorter file or folder name (at most 255 bytes per name)"),
 }
 
 
@@ -136,6 +157,8 @@ def as_cli_error(error: BaseException) -> CliError | None:
     """
     if isinstance(error, CliError):
         return error
+    if isinstance(error, OSError) and error.errno in _OS_ERRORS:
+        return _os_error(error)
     for cls in type(error).__mro__:
         mapped = _LIBRARY_ERRORS.get(cls.__name__)
         if mapped is not None and cls.__module__.startswith("amgp_fx"):
@@ -146,8 +169,21 @@ def as_cli_error(error: BaseException) -> CliError | None:
     return None
 
 
+def _os_error(error: OSError) -> CliError:
+    """A full disk, a read-only filesystem or an over-long name: one line naming the file."""
+    target, fix = _OS_ERRORS[error.errno]
+    what = error.strerror or errno.errorcode.get(error.errno, "OS error")
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno == errno.ENAMETOOLONG and error.filename:
+        where = f" ({str(error.filename)[:60]}...)"
+    verb = "writing" if target is OutputPathError else "opening"
+    return target(f"{what} {verb} a file{where}" if where else what, fix)
+
+
 def exit_code_of(error: BaseException) -> int:
-    """The process exit code for ``error`` (1 for unexpected errors, 130 for Ctrl-C)."""
+    """The process exit code for ``error`` (1 for unexpected errors, 130 for Ctrl-C, 143 for SIGTERM)."""
+    if isinstance(error, Terminated):
+        return TERMINATED_CODE
     if isinstance(error, KeyboardInterrupt):
         return INTERRUPTED_CODE
     mapped = as_cli_error(error)

@@ -46,15 +46,15 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from amgp_fx.errors import FactoryError, InputSpecError, ModelFileError, TraceFailure, UsageError
-from amgp_fx.fileio import atomic_open, atomic_write_bytes
+from amgp_fx.errors import FactoryError, InputSpecError, ModelFileError, TraceFailure, TrainingFailure, UsageError
+from amgp_fx.fileio import atomic_write_bytes, atomic_write_with
 from amgp_fx.model_inputs import (batch_size_of, check_inputs, load_example_batch, make_inputs, parse_input_spec,
                                   resize_batch)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadedModel", "build_from_factory", "check_pt2_archive", "infer_inputs", "load_model", "save_pt2",
-           "save_state_dict"]
+__all__ = ["LoadedModel", "build_from_factory", "check_finite_weights", "check_pt2_archive", "infer_inputs",
+           "load_model", "save_pt2", "save_state_dict"]
 
 META_FILE = "amgp_fx.json"  # extra file in a .pt2; the same JSON under this key in safetensors metadata
 META_FORMAT, META_VERSION = "amgp-fx-model", 1
@@ -235,9 +235,13 @@ def save_pt2(module: nn.Module, example_inputs: tuple, path: str | os.PathLike,
     the pruning plan, the factory) goes into the archive's ``extra/amgp_fx.json``.
     """
     program = _export(module, tuple(example_inputs), dynamic_batch)
-    with atomic_open(path, "wb") as handle, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="No complete tensor found")  # buffers sharing storage
-        torch.export.save(program, handle, extra_files={META_FILE: _meta(metadata)})
+
+    def write(buffer) -> None:  # in memory: a full disk then raises OSError, never aborts in torch's writer
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="No complete tensor found")  # buffers sharing storage
+            torch.export.save(program, buffer, extra_files={META_FILE: _meta(metadata)})
+
+    atomic_write_with(path, write)
 
 
 # -- state dicts ------------------------------------------------------------------------------------------
@@ -256,8 +260,7 @@ def save_state_dict(module: nn.Module, path: str | os.PathLike, metadata: Mappin
 
         atomic_write_bytes(path, save_safetensors(state, metadata={META_FILE: _meta(metadata)}))
     else:
-        with atomic_open(path, "wb") as handle:
-            torch.save(state, handle)
+        atomic_write_with(path, lambda buffer: torch.save(state, buffer))
 
 
 def _load_tensor_file(path: Path, trust_pickle: bool) -> tuple[dict | nn.Module, dict]:
@@ -328,6 +331,9 @@ def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn
             module = importlib.import_module(module_part)
     except FactoryError:
         raise
+    except SystemExit as error:  # a script's sys.exit() at import: not a success of amgp-compress
+        raise FactoryError(f"importing {module_part!r} for --factory called sys.exit({error.code!r})",
+                           "Put the module's script code under 'if __name__ == \"__main__\":'") from None
     except Exception as error:  # noqa: BLE001 - import-time failures of any kind are the factory's
         raise FactoryError(f"cannot import {module_part!r} for --factory: {type(error).__name__}: {error}",
                            fix + "; check the module is on PYTHONPATH and imports cleanly") from error
@@ -340,6 +346,9 @@ def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn
         raise FactoryError(f"factory {spec!r} is a {type(target).__name__}, not a callable", fix)
     try:
         model = target(**dict(kwargs or {}))
+    except SystemExit as error:
+        raise FactoryError(f"factory {spec} called sys.exit({error.code!r})",
+                           "Make it return the model instead of exiting") from None
     except Exception as error:  # noqa: BLE001
         raise FactoryError(f"factory {spec}(**{dict(kwargs or {})}) failed: {type(error).__name__}: {error}",
                            "Check --factory-kwargs against the factory's signature") from error
@@ -348,7 +357,37 @@ def build_from_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn
     return model
 
 
+def _check_dtypes(module: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
+    """Refuse a tensor whose dtype differs from the model's: ``load_state_dict`` would cast it
+    silently (float64 weights rounded, integer weights made float, float ids truncated)."""
+    expected = module.state_dict()
+    for name, tensor in state.items():
+        want = expected.get(name)
+        if isinstance(want, torch.Tensor) and isinstance(tensor, torch.Tensor) and tensor.dtype != want.dtype:
+            raise ModelFileError(f"tensor {name!r} in {source} is {str(tensor.dtype).removeprefix('torch.')} but the "
+                                 f"factory's model expects {str(want.dtype).removeprefix('torch.')}",
+                                 f"Save the state dict with the model's dtypes (e.g. tensor.to(torch."
+                                 f"{str(want.dtype).removeprefix('torch.')})), or build the model in that dtype")
+
+
+def check_finite_weights(module: nn.Module, description: str) -> None:
+    """Refuse a model whose parameters hold NaN or infinity (a diverged training): its outputs
+    are NaN, so its AUC, pruning importances and ONNX parity would be meaningless.
+
+    Raises:
+        TrainingFailure: naming the first such parameter and how many values are not finite.
+    """
+    for name, parameter in module.named_parameters():
+        if parameter.dtype.is_floating_point or parameter.dtype.is_complex:
+            bad = int((~torch.isfinite(parameter.detach())).sum())
+            if bad:
+                raise TrainingFailure(f"the weights of {description} are not finite: {name} holds {bad} NaN or "
+                                      "infinite values (a diverged training?)",
+                                      "Use the weights of an earlier checkpoint, or retrain with a lower --lr")
+
+
 def _load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
+    _check_dtypes(module, state, source)
     try:
         module.load_state_dict(dict(state), strict=True)
     except RuntimeError as error:
@@ -426,6 +465,7 @@ def load_model(path: str | os.PathLike | None = None, *, factory: str | None = N
         meta = {**meta, "plan": plan if isinstance(plan, dict) else plan.to_dict()}
     if state is not None:
         _load_into(module, state, source)
+    check_finite_weights(module, str(source) if source is not None else description)
     check_inputs(module, inputs, description)
     if factory is not None:
         meta = {**meta, "factory": factory, "factory_kwargs": dict(factory_kwargs or {})}

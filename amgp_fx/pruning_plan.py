@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -131,11 +130,14 @@ class PruningPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PruningPlan:
+        from amgp_fx.fileio import JsonFileError, read_json_file
+
         try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except (OSError, json.JSONDecodeError) as error:
-            raise PlanError(f"cannot read pruning plan {path}: {error}") from error
+            data = read_json_file(path, "pruning plan")
+        except JsonFileError as error:  # binary, not JSON or nested too deeply: one line, not a crash
+            raise PlanError(str(error)) from None
+        if not isinstance(data, dict):
+            raise PlanError(f"pruning plan {path} holds a JSON {type(data).__name__}, not an object")
         return cls.from_dict(data)
 
 

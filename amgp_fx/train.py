@@ -34,6 +34,7 @@ from .checkpoint import (
     capture_rng_state,
     checkpoint_path,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     restore_rng_state,
@@ -359,8 +360,11 @@ def train(
         _restore(saved, hooks, model, optimizers)
         metrics_logger.truncate_after(saved["step"])
         window = dict(saved["log_window"])
-    elif config.metrics_path is not None and env.is_main:
-        metrics_logger.truncate_after(-1)  # a fresh run starts a fresh metrics file
+    elif env.is_main:
+        if config.metrics_path is not None:
+            metrics_logger.truncate_after(-1)  # a fresh run starts a fresh metrics file
+        for stale in list_checkpoints(config.checkpoint_dir) if config.checkpoint_dir is not None else []:
+            stale.unlink(missing_ok=True)  # an earlier run's: a resume would pick its higher step
 
     step, last_checkpoint, eval_metrics, train_loss = ctx.step, None, {}, float("nan")
     epoch, batch_index = divmod(step, steps_per_epoch)

@@ -137,7 +137,8 @@ def outcomes(broken):
             if item.name != "cases":
                 (cwd / item.name).symlink_to(item)
         before = {p.name for p in cwd.iterdir()}
-        result = run_cli([*args, *([] if "-o" in args or args[0] == "analyze" else ["-o", "out"])], cwd)
+        # -q: progress lines go to stderr too; the one line checked here is the error
+        result = run_cli([*args, "-q", *([] if "-o" in args or args[0] == "analyze" else ["-o", "out"])], cwd)
         return result, {p.name for p in cwd.iterdir()} - before, list(cwd.rglob(".amgp-staging-*"))
 
     with ThreadPoolExecutor(max_workers=3) as pool:

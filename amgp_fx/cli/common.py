@@ -8,10 +8,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from amgp_fx.cli.output import OutputDir, check_output_path
-from amgp_fx.cli.values import parse_batch_sizes, parse_factory_kwargs, parse_group_ratio, parse_ratio
+from amgp_fx.cli.output import OutputDir, check_output_path, check_overwrite
+from amgp_fx.cli.values import (check_batch, check_path_name, parse_batch_sizes, parse_factory_kwargs,
+                                parse_group_ratio, parse_ratio)
 from amgp_fx.devices import parse_device
-from amgp_fx.errors import ModelFileError, PruneRequestError, UsageError
+from amgp_fx.errors import ModelFileError, PruneRequestError, TrainingFailure, UsageError
 
 __all__ = ["args_for_export", "check_source", "export_model", "load", "model_label", "model_metadata", "precheck",
            "prune_graph", "prune_request", "runtime_devices", "save_model", "stats_line"]
@@ -167,11 +168,16 @@ def stats_line(stats: dict) -> str:
 
 def precheck(args: argparse.Namespace) -> None:
     """Checks that need no torch, run before it is imported so that these mistakes fail at once:
-    the model options, the model file, the numeric options and the output folder."""
+    the file names, the model options, the model file, the numeric options and the output folder
+    (and whether it holds an earlier command's results)."""
+    _check_path_names(args)
+    _check_batches(args)
     if args.command == "bench":
         for path in args.onnx:
             if not Path(path).is_file():
                 raise UsageError(f"ONNX file {path} does not exist", "Check the path")
+        for path in [*args.onnx, *([args.model_file] if str(args.model_file or "").endswith(".onnx") else [])]:
+            check_onnx_file(Path(path))
     elif args.command in ("prune", "run"):
         prune_request(args)
     if args.command in ("bench", "run"):
@@ -185,8 +191,53 @@ def precheck(args: argparse.Namespace) -> None:
         raise ModelFileError(f"model file {args.model_file} does not exist", "Check the path")
     if getattr(args, "output_dir", None):
         check_output_path(Path(args.output_dir))
+        check_overwrite(args.command, Path(args.output_dir), getattr(args, "force", False),
+                        getattr(args, "resume", False))
     if getattr(args, "json", None):
         check_output_path(Path(args.json).parent)
+
+
+_PATH_OPTIONS = (("model_file", "MODEL"), ("data", "--data"), ("columns", "--columns"),
+                 ("example_inputs", "--example-inputs"), ("plan", "--plan"), ("apply_plan", "--apply-plan"),
+                 ("json", "--json"), ("output_dir", "--output-dir"), ("factory", "--factory"))
+
+
+def _check_path_names(args: argparse.Namespace) -> None:
+    """Over-long names fail here with the option's name, not as an OSError deep inside a reader."""
+    for attribute, option in _PATH_OPTIONS:
+        value = getattr(args, attribute, None)
+        if value and not (attribute == "data" and value == "synthetic"):
+            check_path_name(str(value).rpartition(":")[0] if attribute == "factory" and ":" in str(value) else value,
+                            option)
+    for value in getattr(args, "onnx", None) or []:
+        check_path_name(value, "--onnx")
+
+
+def _check_batches(args: argparse.Namespace) -> None:
+    """Batch sizes that would ask for terabytes fail at once (exit 2) instead of as an allocation."""
+    for attribute, option in (("batch_size", "--batch-size"), ("train_batch", "--train-batch")):
+        if getattr(args, attribute, None) is not None:
+            check_batch(getattr(args, attribute), option)
+    if getattr(args, "batch_sizes", None):
+        parse_batch_sizes(args.batch_sizes)  # checks each against MAX_BATCH
+
+
+def check_onnx_file(path: Path) -> None:
+    """A file ONNX Runtime could load: parsed as an ONNX model (weights stored beside it are not read).
+
+    Raises:
+        ModelFileError: it does not parse, or parses to an empty model (what random bytes often give).
+    """
+    import onnx
+
+    fix = "Pass a file written by 'amgp-compress export' or torch.onnx.export, or export it again"
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # noqa: BLE001 - DecodeError and friends: not an ONNX file
+        raise ModelFileError(f"{path} is not a readable ONNX model ({type(error).__name__}: "
+                             f"{' '.join(str(error).split())[:100]})", fix) from None
+    if not model.ir_version or not model.graph.node or not model.graph.output:
+        raise ModelFileError(f"{path} is not a readable ONNX model (it parses to an empty graph)", fix)
 
 
 def check_nproc(nproc: int, batch: int) -> None:
@@ -196,6 +247,27 @@ def check_nproc(nproc: int, batch: int) -> None:
     if batch % nproc:
         raise UsageError(f"--train-batch {batch} does not split evenly over --nproc {nproc} processes",
                          f"Pass a --train-batch divisible by {nproc}, e.g. {max(nproc, batch // nproc * nproc)}")
+
+
+def raise_if_diverged(module, result=None) -> None:
+    """TrainingFailure (exit 11) when training left NaN or infinite weights, or its last logged loss
+    is not finite; a resumed run that had no steps left (no loss of its own) is not a divergence."""
+    import math
+
+    import torch
+
+    bad = next((name for name, p in module.named_parameters() if p.dtype.is_floating_point
+                and not bool(torch.isfinite(p.detach()).all())), None)
+    if bad is not None:
+        raise TrainingFailure(f"training diverged: parameter {bad} holds NaN or infinite values",
+                              "Lower --lr or check the data")
+    if result is None:
+        return
+    losses = [r.get("loss") for r in result.history if r.get("kind") == "train"]
+    last = losses[-1] if losses else result.train_loss
+    if last is None or not math.isfinite(last):
+        raise TrainingFailure(f"training diverged: the loss is {last if last is not None else 'nan'} at step "
+                              f"{result.step}", "Lower --lr or check the data")
 
 
 def model_label(loaded) -> str:

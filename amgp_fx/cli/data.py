@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 
 from amgp_fx.errors import DataError, UsageError
 
-__all__ = ["data_shape", "load_data"]
+__all__ = ["check_synthetic_memory", "data_shape", "load_data", "physical_memory"]
 
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,26 @@ def data_shape(loaded) -> dict[str, Any]:
     return {"num_dense": int(inputs[0].shape[1]), "table_sizes": [int(s) for s in table_sizes], "num_tasks": tasks}
 
 
+def physical_memory() -> int:
+    """Bytes of RAM of this machine (16 GiB where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 16 << 30
+
+
+def check_synthetic_memory(rows: int, shape: dict[str, Any]) -> None:
+    """Refuse (exit 2) a ``--rows`` whose synthetic data would not fit in memory, before generating
+    it: each row holds the dense floats, the int64 ids, the labels and the teacher's float64 logits,
+    about three times over while the blocks are joined and split."""
+    per_row = 4 * shape["num_dense"] + 8 * len(shape["table_sizes"]) + 12 * shape["num_tasks"]
+    need, have = 3 * rows * per_row, physical_memory()
+    if need > have // 2:
+        most = max(1, have // 2 // (3 * per_row))
+        raise UsageError(f"--rows {rows:,} of synthetic data would need about {need / 2**30:,.1f} GiB of memory; this "
+                         f"machine has {have / 2**30:,.1f} GiB", f"Pass --rows {min(most, 1_000_000)} or fewer")
+
+
 def load_data(args: argparse.Namespace, shape: dict[str, Any]):
     """(train rows, eval rows), 10% held out: synthetic data shaped like the model, a CSV/TSV/Parquet
     file read with the column spec of ``--columns``/``--label``/``--dense``/``--categorical`` (the
@@ -60,6 +81,7 @@ def load_data(args: argparse.Namespace, shape: dict[str, Any]):
                              "--data is synthetic", "Pass --data FILE, or leave the column options out")
         from amgp_fx.config import SyntheticConfig
 
+        check_synthetic_memory(args.rows, shape)
         config = SyntheticConfig(num_dense=shape["num_dense"], table_sizes=tuple(shape["table_sizes"]),
                                  num_tasks=shape["num_tasks"], seed=args.seed)
         rows = SyntheticCriteo(config).rows(0, args.rows)

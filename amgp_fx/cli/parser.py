@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from amgp_fx.cli.values import DEFAULT_OUTPUT, MODEL_NAMES, PROG, _positive_int
+from amgp_fx.cli.values import DEFAULT_OUTPUT, MODEL_NAMES, PROG, _non_negative_float, _positive_float, _positive_int
 from amgp_fx.errors import UsageError
 from amgp_fx.schedule import RECIPES, SELECTIONS  # no torch: the parser stays light
 
@@ -61,6 +61,9 @@ def _output_dir(parser: argparse.ArgumentParser, default: str = DEFAULT_OUTPUT) 
     parser.add_argument("-o", "--output-dir", default=default,
                         help="folder for the output files (default: %(default)s); files appear only if the "
                              "command succeeds")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite the results of an earlier command in the output folder (without it, such "
+                             "a folder is refused)")
 
 
 def _prune_options(parser: argparse.ArgumentParser, default_ratio: float | None = None) -> None:
@@ -118,8 +121,9 @@ def _export_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default: %(default)s)")
     group.add_argument("--static-batch", action="store_true", help="bake the batch size in (for CUDA graphs)")
     group.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
-    group.add_argument("--atol", type=float, help="parity tolerance (default 1e-4 absolute, 1e-3 relative)")
-    group.add_argument("--rtol", type=float)
+    group.add_argument("--atol", type=_non_negative_float,
+                       help="parity tolerance (default 1e-4 absolute, 1e-3 relative)")
+    group.add_argument("--rtol", type=_non_negative_float)
     group.add_argument("--no-passes", action="store_true", help="skip the FX rewrites (EmbeddingBag, fusion)")
 
 
@@ -146,7 +150,8 @@ def _train_options(parser: argparse.ArgumentParser, steps: int) -> None:
                        help="skip (and count) malformed rows of a data file instead of stopping")
     group.add_argument("--steps", type=int, default=steps, help="training steps (default: %(default)s)")
     group.add_argument("--train-batch", type=_positive_int, default=256, help="training batch size")
-    group.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's preset)")
+    group.add_argument("--lr", type=_positive_float, default=None,
+                       help="learning rate, > 0 (default: the optimizer's preset)")
     group.add_argument("--amgp", action="store_true", help="train with alternate growth and pruning")
     group.add_argument("--amgp-recipe", default="amgp-half", choices=sorted(RECIPES),
                        help="AMGP schedule with --amgp (default: %(default)s: 60%% of the steps at half width)")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import re
 import subprocess
@@ -17,10 +16,11 @@ from typing import Any
 
 import torch
 
-from amgp_fx.cli.common import check_source, load, metrics_text, model_metadata, note, runtime_devices, save_model
+from amgp_fx.cli.common import (check_source, load, metrics_text, model_metadata, note, raise_if_diverged,
+                                runtime_devices, save_model)
 from amgp_fx.cli.data import data_shape, load_data
 from amgp_fx.cli.plots import plot_hint, save_curve
-from amgp_fx.cli.output import OutputDir, Progress, write_json, written_count
+from amgp_fx.cli.output import OutputDir, Progress, keep_resumable, write_json, written_count
 from amgp_fx.errors import CliError, TrainingFailure, UsageError
 
 __all__ = ["bind_model_inputs", "command", "positional_view", "saved_map", "static_rows", "train_model",
@@ -226,8 +226,9 @@ def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: boo
         bar = (progress or Progress(1, quiet=True)).bar(steps)
         result = train(trainable(module), data[0], data[1], config, hooks=[*hooks, _ProgressHook(bar)],
                        progress=False, forward=forward)
-    except ValueError as error:
-        if not str(error).startswith("cannot resume"):
+    except Exception as error:  # noqa: BLE001 - NaN weights fail the evaluation (AUC) with a ValueError
+        if not (isinstance(error, ValueError) and str(error).startswith("cannot resume")):
+            raise_if_diverged(module)
             raise
         raise UsageError(str(error), "Resume with the same options, or start afresh in a new -o folder") from error
     finally:
@@ -235,9 +236,7 @@ def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: boo
     if meter is not None:
         result.amgp = _amgp_summary(meter, args.amgp_recipe)
     module.to("cpu")  # saving, export and pruning run on the CPU, with the CPU example inputs
-    if not math.isfinite(result.train_loss):
-        raise TrainingFailure(f"training diverged: the loss is {result.train_loss} at step {result.step}",
-                              "Lower --lr or check the data")
+    raise_if_diverged(module, result)
     return module, result
 
 
@@ -316,7 +315,7 @@ def command(args: argparse.Namespace) -> int:
         args.train_device = str(env.device)  # cuda:LOCAL_RANK on GPUs
     try:
         if env is None or env.is_main:
-            with OutputDir(Path(args.output_dir)) as out:
+            with OutputDir(Path(args.output_dir)) as out, keep_resumable(out.path):
                 _train_and_save(args, out, Progress(3, args.quiet))
             written_count(out, args.quiet, _written_directly(out.path, started))
         else:

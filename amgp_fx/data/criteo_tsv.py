@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -129,7 +130,7 @@ class CriteoTsvReader:
         with opener(self.path, "rb") as handle:
             first_line = 1
             while True:
-                lines = list(itertools.islice(handle, self.chunk_rows))
+                lines = self._read_lines(handle, first_line)
                 if not lines:
                     break
                 batch = self._parse_chunk(lines, first_line)
@@ -139,6 +140,17 @@ class CriteoTsvReader:
                     yield batch
         if self.stats.skipped:
             logger.warning("%s: skipped %d malformed rows; first: %s", self.path, self.stats.skipped, self.stats.first_errors[:3])
+
+    def _read_lines(self, handle, first_line: int) -> list[bytes]:
+        """The next chunk of lines; a truncated or damaged .gz file (EOFError, BadGzipFile, zlib.error)
+        is a DataFormatError at the line where it breaks, not a crash."""
+        try:
+            return list(itertools.islice(handle, self.chunk_rows))
+        except (EOFError, OSError, zlib.error) as error:
+            what = "is truncated" if isinstance(error, EOFError) else "cannot be decompressed"
+            raise DataFormatError(self.path, first_line, f"the compressed file {what} near this line "
+                                  f"({' '.join(str(error).split())}). Use a complete copy of the "
+                                  "file") from None
 
     def _parse_chunk(self, lines: list[bytes], first_line: int) -> Batch:
         rows = [line.rstrip(b"\r\n") for line in lines]

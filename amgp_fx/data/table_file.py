@@ -469,7 +469,10 @@ def _delimiter_name(delimiter: str) -> str:
 
 
 def _arrow_message(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300] or type(error).__name__
+    text = " ".join(str(error).split())[:300] or type(error).__name__
+    if "compressed" in text.lower() or isinstance(error, EOFError):  # a cut-off .gz: no row to fix or skip
+        text += ". The file is truncated or damaged: use a complete copy of it"
+    return text
 
 
 def _show(text: str) -> str:
