@@ -13,7 +13,6 @@ import torch
 from amgp_fx.cli.common import args_for_export, export_model, load, model_label, note, runtime_devices
 from amgp_fx.cli.output import OutputDir, written_count
 from amgp_fx.cli.plots import save_latency_plot
-from amgp_fx.cli.plots import save_latency_plot
 from amgp_fx.cli.values import parse_batch_sizes
 from amgp_fx.errors import UsageError
 from amgp_fx.model_inputs import make_inputs, resize_batch
@@ -209,7 +208,6 @@ def command(args: argparse.Namespace) -> int:
             records += bench_variant(path, module, inputs, name, variant, args, runtimes,
                                      loaded.static_batch if loaded is not None else None, precision_reports)
         table = save_latency(out, records, records[0].variant)
-        save_latency_plot(out, records)  # latency.png, with matplotlib (the plot extra)
         save_latency_plot(out, records)  # latency.png, with matplotlib (the plot extra)
         if precision_reports:
             import json
