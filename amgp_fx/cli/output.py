@@ -124,11 +124,13 @@ def _discard_unresumable(folder: Path) -> None:
 # any of them is refused without --force (train: without --resume either)
 OUTPUT_FILES = {
     "prune": ("pruned.pt2", "pruned.safetensors", "plan.json", "prune_report.json"),
-    "train": ("trained.pt2", "trained.safetensors", "train_summary.json", "train_metrics.jsonl", "checkpoints/"),
+    "train": ("trained.pt2", "trained.safetensors", "train_summary.json", "train_metrics.jsonl", "checkpoints/",
+              "train_curve.png"),
     "export": ("model.onnx", "export_report.json"),
-    "bench": ("latency.json", "latency.md"),
+    "bench": ("latency.json", "latency.md", "latency.png"),
     "run": ("dense.pt2", "dense.safetensors", "compact.pt2", "compact.safetensors", "plan.json", "groups.json",
-            "dense.onnx", "compact.onnx", "latency.json", "latency.md", "summary.json", "report.md"),
+            "dense.onnx", "compact.onnx", "latency.json", "latency.md", "summary.json", "report.md",
+            "train_curve.png", "latency.png"),
 }
 
 
