@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from amgp_fx.cli.common import args_for_export, export_model, load, model_label, note, runtime_devices
-from amgp_fx.cli.output import OutputDir, written_count
+from amgp_fx.cli.output import OutputDir, Progress, written_count
 from amgp_fx.cli.plots import save_latency_plot
 from amgp_fx.cli.values import parse_batch_sizes
 from amgp_fx.errors import UsageError
@@ -186,15 +186,22 @@ def command(args: argparse.Namespace) -> int:
             raise UsageError(f"ONNX file {path} does not exist", "Check the path")
     _check_serving(args, runtimes)
     records, precision_reports = [], []
+    scratch_export = has_model and "ort" in runtimes and not onnx_files
+    progress = Progress(has_model + scratch_export + max(len(onnx_files), 1), args.quiet)
     with OutputDir(args.output_dir) as out, tempfile.TemporaryDirectory() as scratch:
         loaded = None
         if has_model:
             args.model_file = None if model_file in onnx_files else model_file
+            progress.stage("loading the model")
             loaded = load(args)
-            if "ort" in runtimes and not onnx_files:
+            progress.done(loaded.description)
+            if scratch_export:
                 # a scratch file to time (checked, not parity-tested: `export` is for files you keep)
+                progress.stage("exporting a scratch ONNX file to time")
                 onnx_files = [str(export_model(loaded.module, loaded.example_inputs, Path(scratch) / "model.onnx",
-                                               args_for_export(no_parity=True), loaded.static_batch).path)]
+                                               args_for_export(no_parity=True), loaded.static_batch,
+                                               progress=progress).path)]
+                progress.done()
         # one model column for all rows (speedups compare rows of one model), one variant per file
         name = model_label(loaded) if loaded else (Path(onnx_files[0]).stem if len(onnx_files) == 1 else "onnx")
         labels = _labels(onnx_files) if len(onnx_files) > 1 else ["model"]
@@ -205,8 +212,10 @@ def command(args: argparse.Namespace) -> int:
             variant = args.variant or labels[index]
             module = loaded.module if loaded is not None and index == 0 else None
             inputs = loaded.example_inputs if loaded is not None else None
+            progress.stage(f"timing {variant} ({', '.join(runtimes)}) at batch sizes {args.batch_sizes}")
             records += bench_variant(path, module, inputs, name, variant, args, runtimes,
                                      loaded.static_batch if loaded is not None else None, precision_reports)
+            progress.done()
         table = save_latency(out, records, records[0].variant)
         save_latency_plot(out, records)  # latency.png, with matplotlib (the plot extra)
         if precision_reports:
