@@ -145,6 +145,15 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _batch_size(inputs) -> int:
+    """Dim 0 of the first tensor input: the batch the FLOPs were counted at. Inputs may be any
+    pytree (a dict of features, a KeyedJaggedTensor), so ``inputs[0].shape`` is not enough."""
+    from torch.utils import _pytree as pytree
+
+    leaf = next((t for t in pytree.tree_leaves(inputs) if isinstance(t, torch.Tensor) and t.dim() > 0), None)
+    return int(leaf.shape[0]) if leaf is not None else 1
+
+
 def _round_width(raw: float, full: int, multiple: int) -> int:
     """``raw`` channels rounded half-up to a multiple of ``multiple`` within [multiple, full] (whole
     channels within [1, full] when ``full <= multiple``)."""
@@ -342,7 +351,7 @@ def _solve_flops(graph, chosen, choice: _Choice, target, overrides, multiple, ca
         middle = (low + high) // 2
         low, high = (low, middle) if flops_of(middle) <= target * dense else (middle, high)
     return candidates[high][0], {"flops_before": dense, "flops_after": flops_of(high),
-                                 "flops_batch": int(inputs[0].shape[0])}
+                                 "flops_batch": _batch_size(inputs)}
 
 
 def apply_plan(graph: DependencyGraph, plan: PruningPlan | Mapping[str, Any], optimizers=None) -> SurgeryRecord:
@@ -390,7 +399,7 @@ def prune_(graph: DependencyGraph, ratio: float | None = None, *, optimizers=Non
     inputs = options.get("example_inputs") or graph.traced.args
     stats = dict(plan.stats)
     if measure_flops and "flops_before" not in stats:
-        stats.update(flops_before=count_forward_flops(graph.module, inputs), flops_batch=int(inputs[0].shape[0]))
+        stats.update(flops_before=count_forward_flops(graph.module, inputs), flops_batch=_batch_size(inputs))
     record = apply_plan(graph, plan, optimizers)
     if measure_flops and "flops_after" not in stats:
         stats["flops_after"] = count_forward_flops(graph.module, inputs)

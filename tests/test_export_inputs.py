@@ -124,6 +124,18 @@ def test_pytree_input_models_pass_every_oracle(name, tmp_path):
     assert_same(ort_outputs(report.path, other()), torch_outputs(graph.module, other()))
 
 
+@pytest.mark.parametrize("request_", [{"ratio": 0.5}, {"flops_target": 0.6}])
+def test_prune_records_the_flops_batch_of_dict_inputs(request_):
+    """prune_ read the batch as ``inputs[0].shape[0]``: AttributeError on a dict of features."""
+    from amgp_fx.pruning_plan import prune_
+
+    model, inputs = _fuxi_factory(batch_size=6)
+    graph = amgp_fx.analyze(model, inputs)
+    plan, _ = prune_(graph, **request_, multiple=1)
+    assert plan.stats["flops_batch"] == 6 and plan.stats["flops_after"] < plan.stats["flops_before"]
+    assert [o.shape for o in pytree.tree_leaves(graph.module(*inputs))] == [(6, 1)]
+
+
 def test_benchmark_feeds_pytree_inputs_from_the_recorded_paths(tmp_path):
     torch.manual_seed(0)
     path = export_onnx(styles.FuxiDictDNN(), styles.fuxictr_inputs(8), tmp_path / "fuxi.onnx").path
