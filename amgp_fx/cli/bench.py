@@ -111,10 +111,18 @@ def bench_variant(onnx_path, module, inputs, name: str, variant: str, args, runt
             if precision != "fp32":
                 timed_path = _convert(onnx_path, precision, fp32_module, factory, provider, scratch,
                                       precision_reports)
-            records += benchmark_onnx(timed_path, factory, sizes, provider=provider, warmup=args.warmup,
-                                      iters=args.iters, model=name, variant=label, flops=flops,
-                                      cuda_graph=serving["cuda_graph"], use_tf32=serving["tf32"],
-                                      opt_level=serving["opt_level"])
+            try:
+                records += benchmark_onnx(timed_path, factory, sizes, provider=provider, warmup=args.warmup,
+                                          iters=args.iters, model=name, variant=label, flops=flops,
+                                          cuda_graph=serving["cuda_graph"], use_tf32=serving["tf32"],
+                                          opt_level=serving["opt_level"])
+            except Exception as error:  # noqa: BLE001 - onnxruntime's errors are not RuntimeErrors
+                if not serving["cuda_graph"]:
+                    raise
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise UsageError(f"ONNX Runtime could not run {Path(onnx_path).name} with CUDA graphs ({first})",
+                                 "Export it with 'amgp-compress export --static-batch --batch-size N' and bench "
+                                 "that file, or drop --cuda-graphs") from error
     return records
 
 
