@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import json
 
+from safetensors.torch import load_file
+
 from amgp_fx.cli import main
 
 MODEL = ["--factory", "tests.fixtures.segment_models:DCNConcat", "--input-shape", "float32[B,13];int64[B,5]:0..5"]
+
+
+def _printed_member_rows(printed: str) -> dict[tuple[str, int], tuple[int, int]]:
+    """The summary's member table (| group | tensor | dim | role | before | after |), parsed."""
+    rows = {}
+    for line in printed.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[2].isdigit() and cells[4].isdigit():
+            rows[(cells[1], int(cells[2]))] = (int(cells[4]), int(cells[5]))
+    return rows
 
 
 def _sizes(report: dict) -> dict[tuple[str, int], tuple[int, int]]:
@@ -23,6 +35,10 @@ def test_prune_summary_lists_every_member_tensor_and_empties_none(tmp_path, caps
         before, after = sizes[(f"emb.{table}.weight", 1)]
         assert before == 16 and 0 < after < before
     assert all(after > 0 for _, after in sizes.values())
+    assert _printed_member_rows(printed) == {(t, d): s for (t, d), s in sizes.items()}  # the summary lists them all
+    saved = load_file(str(tmp_path / "pruned.safetensors"))
+    for (tensor, dim), (_, after) in sizes.items():  # the sizes reported are the saved tensors' sizes
+        assert saved[tensor].shape[dim] == after, tensor
 
 
 def test_allow_empty_members_with_global_policy_may_drop_whole_tables(tmp_path, capsys, monkeypatch):
