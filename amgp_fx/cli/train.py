@@ -432,11 +432,15 @@ def launch_workers(args: argparse.Namespace) -> int:
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
     lines: list[str] = []
     with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, errors="replace") as process:
-        for line in process.stderr:
-            lines.append(line)
-            if args.verbose:
-                sys.stderr.write(line)
-                sys.stderr.flush()
+        try:
+            for line in process.stderr:
+                lines.append(line)
+                if args.verbose:
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+        except KeyboardInterrupt:  # SIGINT/SIGTERM here: torchrun passes SIGTERM on, each worker cleans up
+            process.terminate()
+            raise
     if process.returncode == 0:
         return 0
     output = "".join(lines)
