@@ -195,6 +195,15 @@ def test_export_shows_its_stages_on_stderr(results):
     assert "tracing" not in result.stdout
 
 
+def test_bench_shows_loading_export_and_timing_on_stderr(results):
+    result = succeeded(results, "bench")
+    lines = [line for line in result.stderr.splitlines() if line.startswith("[")]
+    assert [line.split(" ...")[0] for line in lines] == [
+        "[1/3] loading the model", "[2/3] exporting a scratch ONNX file to time",
+        "[3/3] timing model (ort, torch-eager) at batch sizes 1,4"]
+    assert re.search(r"\(\d+\.\d s\)$", lines[-1])
+
+
 @pytest.mark.parametrize("name", ["train-quiet", "export-quiet"])
 def test_quiet_silences_progress(results, workspace, name):
     result = succeeded(results, name)
