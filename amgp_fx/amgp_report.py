@@ -150,11 +150,11 @@ def plot_run(records: Iterable[Mapping[str, Any]] | str | os.PathLike, path: str
 
     records = _read_lines(records) if isinstance(records, (str, os.PathLike)) else list(records)
     kinds = {r.get("kind") for r in records}
-    panels = [kind for kind in ("width", "flops", "train", "eval") if {"width": "amgp_phase", "flops": "amgp_phase",
-                                                                        "train": "train", "eval": "eval"}[kind] in kinds]
+    source = {"width": "amgp_phase", "flops": "amgp_phase", "train": "train", "eval": "eval"}  # panel -> records
+    panels = [panel for panel, kind in source.items() if kind in kinds]
     if not panels:
         raise ValueError("no amgp_phase, train or eval records to plot; pass the metrics log of a training run")
-    labels = list(dict.fromkeys(r.get("label", "") for r in records if r.get("kind") in ("amgp_phase", "train", "eval")))
+    labels = list(dict.fromkeys(r.get("label", "") for r in records if r.get("kind") in set(source.values())))
     named = [label for label in labels if label]
     if len(named) == 1:  # one run: the trainer's unlabelled loss and eval records belong to the hook's label
         records, labels = [{**r, "label": r.get("label") or named[0]} for r in records], named

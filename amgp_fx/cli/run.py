@@ -39,7 +39,8 @@ FILES = {  # what each output file is, for the report's file list (only those wr
     "latency.png": "p50 latency against batch size, both models", "latency.json": "latency records",
     "latency.md": "latency table", "dense.pt2": "full-size model (torch.export program)",
     "dense.safetensors": "full-size model weights", "dense.onnx": "full-size model, ONNX",
-    "compact.pt2": "compact model (torch.export program)", "compact.safetensors": "compact model weights (with the plan)",
+    "compact.pt2": "compact model (torch.export program)",
+    "compact.safetensors": "compact model weights (with the plan)",
     "compact.onnx": "compact model, ONNX", "plan.json": "pruning plan: the channels kept in each group",
     "groups.json": "the full-size model's groups of channels (what could be pruned)",
 }
