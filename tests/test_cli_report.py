@@ -300,3 +300,15 @@ def test_quiet_progress_writes_nothing_and_a_note_gets_its_own_line():
     assert log.getvalue().splitlines() == ["[1/1] loading ...", "amgp-compress: note: something",
                                            log.getvalue().splitlines()[2]]
     assert log.getvalue().splitlines()[2].startswith("[1/1] loading ... done (")
+
+
+@pytest.mark.parametrize("training, label", [
+    (None, "full-size (untrained here)"), ({"steps": 5}, "full-size (dense-trained)"),
+    ({"amgp": {"method": "amgp", "final": "full"}}, "full-size (AMGP-trained)"),
+    ({"amgp": {"method": "amgp", "final": "compact"}}, "AMGP-trained (ends compact)"),
+    ({"amgp": {"method": "prune_only", "final": "compact"}}, "prune-only-trained (ends compact)"),
+    ({"amgp": {"method": "dense", "final": "full"}}, "full-size (dense-trained)")])
+def test_the_model_before_pruning_is_named_by_its_training(training, label):
+    from amgp_fx.cli.run import full_size_label
+
+    assert full_size_label(training) == label

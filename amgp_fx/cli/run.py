@@ -49,9 +49,10 @@ FILES = {  # what each output file is, for the report's file list (only those wr
 def full_size_label(training: dict | None) -> str:
     """What to call the model before pruning: by how it was trained, never "dense" after AMGP."""
     amgp = (training or {}).get("amgp")
-    if amgp is None:
+    if amgp is None or amgp.get("method") == "dense":  # --amgp-recipe dense: the dense baseline
         return f"{FULL} (dense-trained)" if training else f"{FULL} (untrained here)"
-    return f"{FULL} (AMGP-trained)" if amgp.get("final") == "full" else "AMGP-trained (ends compact)"
+    method = "AMGP" if amgp.get("method") == "amgp" else "prune-only"
+    return f"{FULL} ({method}-trained)" if amgp.get("final") == "full" else f"{method}-trained (ends compact)"
 
 
 def _recipe_text(name: str) -> str:
