@@ -312,3 +312,12 @@ def test_the_model_before_pruning_is_named_by_its_training(training, label):
     from amgp_fx.cli.run import full_size_label
 
     assert full_size_label(training) == label
+
+
+@pytest.mark.parametrize("module_name", ["amgp_fx.report_format", "amgp_fx.latency_report", "amgp_fx.amgp_report"])
+def test_report_module_examples_run(module_name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module_name))
+    assert result.attempted > 0 and result.failed == 0
