@@ -1,8 +1,15 @@
 """Coverage benchmark: on how many models does a 25% structured prune give a runnable, actually
 smaller model? amgp-fx (dependency groups + physical surgery, checked with the mask oracle) against
 torch-pruning's MetaPruner with magnitude importance, on the reference models, the
-third-party-style fixtures under tests/fixtures and the patterns that used to break a shrink
-(tests/fixtures/shrink_patterns.py: unsqueeze + cat, shared parameters, sequence-first attention, GRU/LSTM).
+third-party-style fixtures under tests/fixtures and the fixtures of issue 13: the patterns that used to
+break a shrink (tests/fixtures/shrink_patterns.py: unsqueeze + cat, shared parameters, sequence-first
+attention, GRU/LSTM, a padded-sequence GRU), the DCN model whose x0 group spans six segments
+(segment_models.py), the capsule multi-interest model (capsule_models.py) and the op families that
+got a rule (tests/op_family_models.py: __and__, tanh_/unsqueeze_, softmax.int + numpy_T, glu, gru/lstm).
+Dict and KeyedJaggedTensor inputs are the 3p:fuxictr_dict_dnn and 3p:torchrec_dlrm fixtures.
+
+amgp-fx keeps the first 75% of every prunable group, split over a group's segments as the planner
+does (never a member tensor emptied); a run that leaves any parameter with a zero-size dim fails.
 
     python tools/bench_prune_coverage.py --out docs/results/prune_coverage.json
 
@@ -32,7 +39,37 @@ def _cases() -> dict:
              for n in models.MODEL_NAMES}
     cases.update({f"3p:{n}": f for n, f in FIXTURES.items()})
     cases.update({f"pattern:{n}": (lambda n=n: shrink_patterns.make_fixture(n)) for n in shrink_patterns.MODELS})
+    cases.update(_issue13_cases())
     return cases
+
+
+ISSUE13_FAMILIES = ("mask_and", "in_place", "softmax_transpose", "glu", "gru_lstm", "lstm_bidirectional")
+
+
+def _issue13_cases() -> dict:
+    """The DCN segment model, the capsule model and the op families of issue 13 (the patterns are above)."""
+    from fixtures.capsule_models import capsule_factory
+    from fixtures.segment_models import dcn_factory
+    from op_family_models import FAMILIES
+
+    cases = {"segment:dcn_concat": dcn_factory, "capsule:capsule_multi_interest": capsule_factory}
+    cases.update({f"family:{n}": FAMILIES[n] for n in ISSUE13_FAMILIES})
+    return cases
+
+
+def _keep_first(group, fraction: float) -> list[int]:
+    """The first ``fraction`` of the group's channels, split over its segments as the planner would
+    (so a concatenated group keeps part of every table instead of emptying the last ones)."""
+    from amgp_fx.segments import group_segments, keep_channels, resolve_policy
+
+    segments = group_segments(group)
+    order = -torch.arange(group.size, dtype=torch.float32)  # earlier channels score higher
+    return keep_channels(order, max(1, int(group.size * fraction)), segments,
+                         resolve_policy("auto", group, segments))
+
+
+def _zero_size(model) -> list[str]:
+    return [f"{n} {tuple(p.shape)}" for n, p in model.named_parameters() if 0 in p.shape]
 
 
 def _param_count(model) -> int:
@@ -56,7 +93,7 @@ def run_amgp(name: str) -> dict:
     start = time.perf_counter()
     try:
         graph = amgp_fx.analyze(model, args)
-        keep = {g.id: list(range(max(1, int(g.size * 0.75)))) for g in graph.prunable_groups()}
+        keep = {g.id: _keep_first(g, 0.75) for g in graph.prunable_groups()}
         if not keep:
             return {"ok": False, "why": "no prunable group", "seconds": time.perf_counter() - start}
         amgp_fx.shrink_(graph, keep)
@@ -64,6 +101,9 @@ def run_amgp(name: str) -> dict:
         with torch.no_grad():
             _outputs(graph.module(*args))
         after = _param_count(model)
+        if _zero_size(model):
+            return {"ok": False, "why": f"zero-size dims: {_zero_size(model)}"[:300],
+                    "seconds": time.perf_counter() - start}
 
         def fresh():
             torch.manual_seed(0)
@@ -93,10 +133,11 @@ def _tp_worker(name: str, queue) -> None:
         with torch.no_grad():
             outputs = _outputs(model.eval()(*args))
         same_shape = [o.shape for o in outputs] == [r.shape for r in reference]
-        after = _param_count(model)
-        queue.put({"ok": same_shape and after < before, "params_before": before, "params_after": after,
-                   "seconds": time.perf_counter() - start,
-                   "why": None if same_shape else "output shape changed"})
+        after, empty = _param_count(model), _zero_size(model)
+        why = None if same_shape else "output shape changed"
+        why = why or (f"zero-size dims: {empty}"[:300] if empty else None)
+        queue.put({"ok": same_shape and not empty and after < before, "params_before": before, "params_after": after,
+                   "seconds": time.perf_counter() - start, "why": why or (None if after < before else "not smaller")})
     except Exception as e:  # noqa: BLE001
         queue.put({"ok": False, "why": f"{type(e).__name__}: {e}"[:300], "seconds": time.perf_counter() - start})
 
