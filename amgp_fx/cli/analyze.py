@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from amgp_fx.cli.common import input_line, load
-from amgp_fx.cli.output import render_table, write_json
+from amgp_fx.cli.output import Progress, render_table, write_json
 
 __all__ = ["command"]
 
@@ -31,8 +31,13 @@ def _member_rows(graph, groups) -> list[list]:
 def command(args: argparse.Namespace) -> int:
     from amgp_fx.groups.analyze import analyze as analyze_model
 
+    progress = Progress(2, args.quiet)  # tracing a large model takes seconds: say so on stderr
+    progress.stage("loading the model")
     loaded = load(args)
+    progress.done(loaded.description)
+    progress.stage("tracing and grouping the channels")
     graph = analyze_model(loaded.module, loaded.example_inputs)
+    progress.done(f"{len(graph.groups)} groups")
     rows = graph.table(prunable_only=args.prunable_only)
     print(render_table([[r["id"], r["name"], r["kind"], f"{r['size']}", "yes" if r["prunable"] else "no",
                    r["reason"][:70]] for r in rows], ["group", "name", "kind", "size", "prunable", "why not"]))
