@@ -83,8 +83,8 @@ def _read_meta(text: str | None, source: Path) -> dict:
         return {}
     try:
         meta = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ModelFileError(f"{source}: its amgp-fx metadata is not valid JSON ({error})", _RESAVE) from error
+    except (json.JSONDecodeError, RecursionError) as error:  # RecursionError: nested too deeply
+        raise ModelFileError(f"{source}: its amgp-fx metadata is not valid JSON ({error})", _RESAVE) from None
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
         return {}
     if meta.get("version") != META_VERSION:
@@ -124,8 +124,11 @@ def check_pt2_archive(path: Path, trust_pickle: bool = False) -> None:
                         torch.load(io.BytesIO(archive.read(name)), weights_only=True, map_location="cpu")
                     except Exception:  # noqa: BLE001 - anything weights_only refuses needs pickle
                         unsafe.append(name)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
-        raise ModelFileError(f"{path} is not a readable torch.export archive ({error})", _RESAVE) from error
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RecursionError, AttributeError) as error:
+        # ValueError: also bad JSON or text; RecursionError: JSON nested too deeply; AttributeError: JSON
+        # of another shape (a list where an object belongs)
+        raise ModelFileError(f"{path} is not a readable torch.export archive ({type(error).__name__}: "
+                             f"{' '.join(str(error).split())[:150]})", _RESAVE) from None
     if unsafe and not trust_pickle:
         raise ModelFileError(f"{path} holds pickled Python objects or compiled code ({', '.join(unsafe[:3])}); "
                              "loading it can execute arbitrary code",

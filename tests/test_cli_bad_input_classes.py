@@ -122,6 +122,8 @@ CASES: dict[str, tuple] = {
                        r"pruning plan deep.json is nested too deeply"),
     "binary-json-plan": (["prune", "dense.safetensors", "--model", "dlrm", "--plan", "binary.json", "--ratio", "0.5"],
                          "PruneRequestError", r"pruning plan binary.json is not UTF-8 text"),
+    "deep-json-model-metadata": (["prune", "deep-meta.safetensors", "--model", "dlrm", "--ratio", "0.5"],
+                                 "ModelFileError", r"deep-meta.safetensors: its amgp-fx metadata is not valid JSON"),
     "deep-factory-kwargs": (["analyze", "--factory", "my_models.py:build", "--factory-kwargs", "[" * 5000 + "]" * 5000],
                             "UsageError", r"--factory-kwargs is nested too deeply"),
     # non-finite or negative numbers
@@ -163,6 +165,7 @@ def inputs(tmp_path_factory) -> Path:
     nan = {k: v.clone() for k, v in state.items()}
     nan["bottom_mlp.0.weight"][0, 0] = float("nan")
     save_file(nan, folder / "nan.safetensors")
+    save_file(state, folder / "deep-meta.safetensors", metadata={"amgp_fx.json": DEEP})
     with torch.no_grad():
         broken = models.build_model("dlrm")
         broken.load_state_dict(state)
@@ -372,6 +375,20 @@ def test_internal_error_is_one_line_and_its_traceback_needs_verbose(monkeypatch,
         "and report the traceback."]
     code, err = _main(["analyze", "--model", "dlrm", "-v"], capsys)
     assert code == 1 and "Traceback" in err and err.strip().splitlines()[-1].startswith("amgp-compress: error:")
+
+
+def test_sys_exit_in_model_code_is_an_error_not_a_success(monkeypatch, capsys):
+    """sys.exit(0) from code amgp-compress runs (a model's forward, a factory) must not end as exit 0."""
+    import amgp_fx.cli.analyze as analyze
+
+    def exits(args):
+        sys.exit(0)
+
+    monkeypatch.setattr(analyze, "command", exits)
+    code, err = _main(["analyze", "--model", "dlrm"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "called sys.exit(0)" in lines[0] and lines[0].endswith(".")
+    assert _main(["analyze", "--help"], capsys)[0] == 0  # argparse's own exit for --help stays a success
 
 
 def test_reports_name_final_paths_not_the_staging_folder(tmp_path):

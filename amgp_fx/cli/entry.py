@@ -92,7 +92,7 @@ def _main(argv: list[str]) -> int:
         if verbose:
             traceback.print_exc()
         _fail(f"the model's code called sys.exit({exit_request.code!r}) while amgp-compress ran it; nothing was "
-              "written. Remove the sys.exit call (e.g. put script code under 'if __name__ == \"__main__\":')")
+              "written. Remove the sys.exit call (e.g. put script code under 'if __name__ == \"__main__\":').")
         return INTERNAL_ERROR_CODE
     except Exception as error:  # noqa: BLE001 - the one place errors become exit codes
         _close_progress_line()
