@@ -15,8 +15,8 @@ shape inference at a concrete batch size) and charges each node by its class:
 
 Every non-free node costs at least one kernel launch: its time is ``max(launch, work)`` (launches are
 pipelined with the work of the kernel before, so a stream of tiny kernels runs at the launch rate and
-a big one at its roofline). Nodes run one after another. The constants (:class:`DeviceConstants`) come
-from :func:`calibrate` (a big matmul, a big copy, a big gather and a chain of tiny ONNX Runtime nodes,
+a big one at its roofline). Nodes run one after another, and a call adds the runtime's fixed cost. The constants (:class:`DeviceConstants`) come
+from :func:`calibrate` (a big matmul, a big copy, a big gather and chains of tiny ONNX Runtime nodes,
 timed on the target device) and are stored with the benchmark results; tests pass fixed constants.
 
 Dim letters: B batch.
@@ -63,10 +63,12 @@ class DeviceConstants:
     gather_bandwidth_bytes_per_s: float  # row gather from a large table
     launch_s: float  # per kernel (the runtime's per-node overhead)
     source: str = "fixed"  # how the numbers were obtained (calibration command, or "fixed")
+    call_s: float = 0.0  # per call of the whole graph (the runtime's fixed cost of one Run)
 
     def __post_init__(self) -> None:
         rates = [*self.gemm_flops_per_s.values(), self.bandwidth_bytes_per_s, self.gather_bandwidth_bytes_per_s]
-        if not self.gemm_flops_per_s or any(not rate > 0 for rate in rates) or not self.launch_s >= 0:
+        if (not self.gemm_flops_per_s or any(not rate > 0 for rate in rates) or not self.launch_s >= 0
+                or not self.call_s >= 0):
             raise ValueError(f"device constants need positive rates and a launch time >= 0, got {self}")
         object.__setattr__(self, "gemm_flops_per_s", dict(self.gemm_flops_per_s))
 
@@ -290,6 +292,7 @@ def predict_latency(model, batch_size: int, constants: DeviceConstants,
     unshaped = sum(not cost.shaped for cost in costs)
     if unshaped:
         logger.warning("%d nodes without inferred shapes are charged a launch only", unshaped)
+    by_class["call"] = constants.call_s
     return LatencyPrediction(batch_size=batch_size, seconds=sum(by_class.values()), seconds_by_class=by_class,
                              flops=sum(c.flops for c in costs), bytes=sum(c.bytes for c in costs),
                              kernels=sum(c.op_class != "free" for c in costs), unshaped_nodes=unshaped)
@@ -318,30 +321,47 @@ def _median_seconds(function, sync, warmup: int, iters: int) -> float:
     return float(np.median(times))
 
 
-def _ort_launch_seconds(provider: str, nodes: int = 200, iters: int = 20) -> float | None:
-    """Per-node overhead of ONNX Runtime on ``provider``: a chain of ``nodes`` tiny Adds, one run, / nodes."""
-    try:
-        import onnx
-        from onnx import TensorProto, helper
+def _ort_chain_seconds(provider: str, nodes: int, iters: int) -> float:
+    """Median time of one IOBinding run (as the benchmark runs) of a chain of ``nodes`` tiny Adds."""
+    import tempfile
 
-        from amgp_fx.bench import make_ort_session
-    except ImportError:
-        return None
+    import onnx
+    from onnx import TensorProto, helper
+
+    from amgp_fx.bench import _load_onnxruntime, make_ort_session
+
     chain = [helper.make_node("Add", [f"x{i}", "one"], [f"x{i + 1}"], name=f"add{i}") for i in range(nodes)]
     graph = helper.make_graph(chain, "launch_chain", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info(f"x{nodes}", TensorProto.FLOAT, [1])],
                               [helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
-    import tempfile
-
+    ort = _load_onnxruntime(cuda=provider == "cuda")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "chain.onnx"
         onnx.save(model, str(path))
         session = make_ort_session(path, provider)
-        feeds = {"x0": np.zeros(1, dtype=np.float32)}
-        seconds = _median_seconds(lambda: session.run(None, feeds), lambda: None, 3, iters)
-    return seconds / nodes
+        binding = session.io_binding()
+        value = ort.OrtValue.ortvalue_from_numpy(np.zeros(1, dtype=np.float32), provider, 0)
+        binding.bind_ortvalue_input("x0", value)
+        binding.bind_output(f"x{nodes}", provider)
+
+        def call():
+            session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        return _median_seconds(call, lambda: None, 3, iters)
+
+
+def _ort_overheads(provider: str, nodes: int = 200, iters: int = 20) -> tuple[float, float] | None:
+    """``(per node, per call)`` of ONNX Runtime on ``provider``: chains of 1 and ``nodes + 1`` tiny nodes."""
+    try:
+        one = _ort_chain_seconds(provider, 1, iters)
+        many = _ort_chain_seconds(provider, nodes + 1, iters)
+    except ImportError:
+        return None
+    per_node = max((many - one) / nodes, 1e-9)
+    return per_node, max(one - per_node, 0.0)
 
 
 def calibrate(device: str = "cpu", *, ort_provider: str | None = None, tf32: bool = False,
@@ -390,14 +410,15 @@ def calibrate(device: str = "cpu", *, ort_provider: str | None = None, tf32: boo
     gather_rate = gather_bytes / _median_seconds(lambda: torch.index_select(table, 0, index, out=gathered), sync, 2,
                                                  iters)
     del source_buffer, destination, table, index, gathered
-    launch = _ort_launch_seconds(ort_provider) if ort_provider else None
-    how = f"ONNX Runtime {ort_provider} node chain"
-    if launch is None:
+    overheads = _ort_overheads(ort_provider) if ort_provider else None
+    how = f"ONNX Runtime {ort_provider} IOBinding runs of 1 and 201 tiny nodes"
+    if overheads is None:
         tiny = torch.zeros(1, device=target)
-        launch = _median_seconds(lambda: [tiny.add_(1.0) for _ in range(200)], sync, 2, iters) / 200
-        how = "torch op chain"
+        overheads = _median_seconds(lambda: [tiny.add_(1.0) for _ in range(200)], sync, 2, iters) / 200, 0.0
+        how = "a torch op chain"
+    launch, call = overheads
     name = torch.cuda.get_device_name(target) if cuda else "cpu"
     return DeviceConstants(
         device=name, gemm_flops_per_s=rates, bandwidth_bytes_per_s=copy_rate, gather_bandwidth_bytes_per_s=gather_rate,
-        launch_s=launch, source=f"calibrate(device={device!r}): {size}^3 matmul (TF32 {tf32}), "
-                                f"{total / 2**20:.0f} MiB copy and row gather, launch from a {how}")
+        launch_s=launch, call_s=call, source=f"calibrate(device={device!r}): {size}^3 matmul (TF32 {tf32}), "
+                                            f"{total / 2**20:.0f} MiB copy and row gather, launch and call from {how}")

@@ -54,6 +54,8 @@ def test_launch_overhead_and_bytes_enter_the_prediction_as_stated():
     assert prediction.bytes == bytes_
     assert prediction.seconds == pytest.approx(bytes_ / 1e9)
     assert prediction.kernels == 3 and prediction.unshaped_nodes == 0
+    with_call = DeviceConstants("fixed", {"float32": 1e30}, 1e9, 5e8, 0.0, call_s=2e-3)
+    assert predict_latency(mlp_graph(32), batch, with_call).seconds == pytest.approx(bytes_ / 1e9 + 2e-3)
 
 
 def test_gather_bytes_are_the_rows_read_not_the_table():
@@ -118,7 +120,7 @@ def test_pruned_dlrm_speedup_is_between_one_and_its_flops_ratio(dlrm_pair):
 def test_calibrate_on_cpu_gives_usable_constants():
     constants = calibrate("cpu", ort_provider="cpu", matmul_size=64, copy_bytes=2**20, iters=2)
     assert set(constants.gemm_flops_per_s) == {"float32"}
-    assert constants.launch_s > 0 and constants.bandwidth_bytes_per_s > 0
+    assert constants.launch_s > 0 and constants.call_s >= 0 and constants.bandwidth_bytes_per_s > 0
     assert "ONNX Runtime cpu" in constants.source
     assert DeviceConstants.from_dict(constants.to_dict()) == constants
     assert constants.gemm_rate("bfloat16") == constants.gemm_flops_per_s["float32"]
