@@ -321,3 +321,22 @@ def test_report_module_examples_run(module_name):
 
     result = doctest.testmod(importlib.import_module(module_name))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_resumed_loop_counts_on_from_where_it_stopped():
+    from amgp_fx.cli.progress import Progress
+
+    for stream in (io.StringIO(), Terminal()):
+        progress = Progress(1, quiet=False, stream=stream)
+        progress.stage("training")
+        bar = progress.bar(10)
+        bar.start_at(6)
+        for _ in range(4):
+            bar.update(1)
+        bar.close()
+        progress.done()
+        text = stream.getvalue()
+        if isinstance(stream, Terminal):
+            assert "6/10" in text and "0/10" not in text.split("6/10")[-1]  # tqdm drawn from 6 on
+        else:
+            assert "step 7/10" in text and "step 6/10" not in text and text.count("step ") == 4

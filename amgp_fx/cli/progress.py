@@ -119,6 +119,13 @@ class Bar:
             self._tqdm = tqdm(total=total, initial=initial, unit=unit, file=stream, leave=False, dynamic_ncols=True,
                               desc=prefix, mininterval=0.5)
 
+    def start_at(self, count: int) -> None:
+        """Continue from ``count`` units done (a resumed loop)."""
+        self.count = count
+        if self._tqdm is not None:
+            self._tqdm.n = self._tqdm.last_print_n = self._tqdm.initial = count  # rate from here on
+            self._tqdm.refresh()
+
     def update(self, n: int = 1, status: str = "") -> None:
         before, self.count = self.count, self.count + n
         if self._tqdm is not None:

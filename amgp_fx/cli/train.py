@@ -256,7 +256,7 @@ class _ProgressHook:
         self.bar, self._seen, self._status = bar, 0, ""
 
     def on_train_start(self, ctx) -> None:
-        self.bar.count = ctx.step  # a resumed run starts where it stopped
+        self.bar.start_at(ctx.step)  # a resumed run starts where it stopped
 
     def on_step_end(self, ctx) -> None:
         records = ctx.logger.records
