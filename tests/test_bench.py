@@ -264,3 +264,21 @@ def test_cli_bench_serving_flags(tmp_path, capsys):
         assert "Drop --cuda-graphs" in error and len(error.splitlines()) == 1
     assert main(["bench", "--onnx", model, "--precision", "bf16", "--device", "cpu", "-o", str(tmp_path / "b")]) == 10
     assert "bf16 is exported from the PyTorch model" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run tools/gpu_check.sh)")
+def test_cli_bench_cuda_graphs_and_fp16_on_the_gpu(tmp_path):
+    """--cuda-graphs with --precision fp16 on ORT's CUDA provider: ort-cuda-graph rows labelled -fp16."""
+    from amgp_fx.bench import cuda_provider_available
+    from amgp_fx.cli import main
+
+    if not cuda_provider_available():
+        pytest.skip("onnxruntime-gpu (CUDA provider) not installed")
+    model = export_mlp(tmp_path / "m.onnx", 64)
+    out = tmp_path / "out"
+    assert main(["bench", "--onnx", model, "--device", "cuda", "--cuda-graphs", "--precision", "fp16",
+                 "--batch-sizes", "64,256", "--iters", "3", "-o", str(out)]) == 0
+    records = load_records(out / "latency.json")
+    assert {(r.runtime, r.variant) for r in records} == {("ort-cuda-graph", "model-fp16")}
+    assert json.loads((out / "precision.json").read_text())[0]["provider"] == "cuda"

@@ -114,3 +114,22 @@ def test_cast_module_and_unknown_precision(dlrm_fp32):
     assert np.all(np.abs((out - expected).detach().numpy()) <= atol + rtol * np.abs(expected.numpy()))
     with pytest.raises(PrecisionError, match="unknown precision 'int8'"):
         cast_module(model, "int8")
+
+
+def _cuda_provider() -> bool:
+    from amgp_fx.bench import cuda_provider_available
+
+    return torch.cuda.is_available() and cuda_provider_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run tools/gpu_check.sh)")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_low_precision_on_the_cuda_provider(dlrm_fp32, tmp_path, precision):
+    """On the GPU both formats load on ORT's CUDA provider and stay within their stated tolerance."""
+    if not _cuda_provider():
+        pytest.skip("onnxruntime-gpu (CUDA provider) not installed")
+    model, inputs, path = dlrm_fp32
+    report = convert_precision(path, precision, model, inputs, provider="cuda", path=tmp_path / f"{precision}.onnx")
+    assert report.provider == "cuda" and report.max_abs_diff <= report.atol
+    assert report.kept_fp32_ops == ()  # the CUDA provider has fp16/bf16 kernels for every DLRM op
