@@ -159,6 +159,9 @@ def as_cli_error(error: BaseException) -> CliError | None:
         return error
     if isinstance(error, OSError) and error.errno in _OS_ERRORS:
         return _os_error(error)
+    cause = error.__cause__  # a library error raised from a full disk (ExportError from ENOSPC): the disk's
+    if isinstance(cause, OSError) and cause.errno in _OS_ERRORS and cause.errno != errno.ENAMETOOLONG:
+        return _os_error(cause)
     for cls in type(error).__mro__:
         mapped = _LIBRARY_ERRORS.get(cls.__name__)
         if mapped is not None and cls.__module__.startswith("amgp_fx"):

@@ -428,3 +428,39 @@ def test_force_overwrites_and_resume_continues(inputs, tmp_path):
     forced = run_cli(["prune", str(inputs / "dense.pt2"), "--ratio", "0.5", "-q", "-o", "out", "--force"], tmp_path)
     assert forced.returncode == 0, forced.stderr
     assert json.loads((tmp_path / "out" / "plan.json").read_text())["format"] == "amgp-fx-pruning-plan"
+
+
+def test_a_library_error_caused_by_a_full_disk_is_the_disk_error():
+    """ONNX files are written by torch.onnx, not amgp_fx.fileio: its ExportError raised from ENOSPC
+    maps to the full-disk line (exit 8), not to an export failure (exit 10)."""
+    from amgp_fx.errors import as_cli_error
+    from amgp_fx.export import ExportError
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "out/model.onnx")
+        except OSError as error:
+            raise ExportError("saving model.onnx failed") from error
+    except ExportError as error:
+        mapped = as_cli_error(error)
+    assert mapped.exit_code == 8 and mapped.line().startswith("No space left on device writing a file (out/model.onnx)")
+    assert as_cli_error(ExportError("saving model.onnx failed")).exit_code == 10  # no OS cause: export's own code
+
+
+def test_force_starts_training_afresh_without_an_older_runs_checkpoints(tmp_path, capsys):
+    """train --force (no --resume) into a folder of an earlier run: its checkpoints go, so that a later
+    --resume cannot pick up the older run's higher step (and checkpoint pruning cannot drop the new ones)."""
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "checkpoint_000000999.pt").write_bytes(b"an older run's")
+    (out / "train_metrics.jsonl").write_text('{"kind": "train", "step": 999, "loss": 0.1}\n')
+    args = ["train", "--model", "dlrm", "--steps", "4", "--rows", "400", "--train-batch", "32", "--checkpoint-every",
+            "2", "-q", "-o", str(out)]
+    code, err = _main(args, capsys)
+    assert code == 8 and "Pass --resume to continue that training, --force" in err
+    code, err = _main([*args, "--force"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_000000002.pt",
+                                                                       "checkpoint_000000004.pt"]
+    steps = [json.loads(line)["step"] for line in (out / "train_metrics.jsonl").read_text().splitlines()]
+    assert 999 not in steps and max(steps) == 4
