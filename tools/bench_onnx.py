@@ -291,11 +291,14 @@ def device_constants(args, device: torch.device, runtimes) -> DeviceConstants:
 
 
 def predictions(variants, batch_sizes, constants: DeviceConstants) -> list[dict]:
+    import onnx
+
     rows = []
     for variant in variants:
         for precision, path in variant.onnx.items():
+            graph = onnx.load(str(path), load_external_data=False)  # read once, predicted at every batch size
             for batch_size in batch_sizes:
-                prediction = predict_latency(path, batch_size, constants)
+                prediction = predict_latency(graph, batch_size, constants)
                 rows.append({"model": variant.config, "variant": variant.name(precision), "precision": precision,
                              "batch_size": batch_size, "predicted_ms": prediction.ms,
                              "ms_by_class": {k: v * 1e3 for k, v in prediction.seconds_by_class.items()},
