@@ -145,7 +145,10 @@ _FIX_WORDS = re.compile(r"What to try|\b(Pass|Use|Try|Run|Re-create|Raise|Lower|
 
 
 def _sentence(text: str) -> str:
+    """One line ending in a full stop; control characters (binary file content quoted in a message,
+    terminal escape sequences) are shown as U+FFFD, never sent to the terminal."""
     text = re.sub(r"\s+", " ", str(text)).strip()
+    text = "".join(c if c.isprintable() else "\ufffd" for c in text)
     return text if not text or text[-1] in ".!?" else text + "."
 
 

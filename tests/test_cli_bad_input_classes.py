@@ -92,6 +92,10 @@ CASES: dict[str, tuple] = {
                             r"cut.tsv.gz:\d+: the compressed file is truncated"),
     "truncated-csv-gz": (["train", "--model", "dlrm", "--data", "cut.csv.gz", *CSV_COLUMNS], "DataError",
                          r"cut.csv.gz.*truncated"),
+    "binary-csv": (["train", "--model", "dlrm", "--data", "binary.csv", *CSV_COLUMNS], "DataError",
+                   r"binary.csv: .*Check that the file is intact"),
+    "binary-parquet": (["train", "--model", "dlrm", "--data", "binary.parquet", *CSV_COLUMNS], "DataError",
+                       r"binary.parquet: is not a readable Parquet file: .*Check that the file is intact"),
     # over-long names, of inputs and of outputs
     "long-model-name": (["analyze", "m" * 300 + ".pt2"], "UsageError", r"MODEL m+\.\.\. is too long"),
     "long-output-name": (["prune", "dense.pt2", "--ratio", "0.5", "-o", "o" * 300], "UsageError",
@@ -187,6 +191,8 @@ def inputs(tmp_path_factory) -> Path:
     data = gzip.compress((folder / "ok.csv").read_bytes())
     (folder / "cut.csv.gz").write_bytes(data[: len(data) // 2])
     (folder / "garbage.onnx").write_bytes(bytes(random.getrandbits(8) for _ in range(4096)))
+    (folder / "binary.csv").write_bytes(b"a\x1b[31m,b\n\x07\x1b]0;x\x07," + bytes(random.getrandbits(8) for _ in range(4096)))
+    (folder / "binary.parquet").write_bytes(bytes(random.getrandbits(8) for _ in range(4096)))
     (folder / "empty.onnx").write_bytes(b"")
     (folder / "deep.json").write_text(DEEP)
     (folder / "deep.toml").write_text("label = " + DEEP)
@@ -229,6 +235,7 @@ def assert_one_error_line(result: subprocess.CompletedProcess, code: int, patter
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
     assert len(lines) == 1, f"expected one stderr line, got:\n{result.stderr}"
     assert lines[0].startswith("amgp-compress: error: "), lines[0]
+    assert lines[0].isprintable(), f"control characters reach the terminal: {lines[0]!r}"
     assert re.search(pattern, lines[0]), lines[0]
     assert result.returncode == code, (result.returncode, lines[0])
     return lines[0]

@@ -469,10 +469,11 @@ def _delimiter_name(delimiter: str) -> str:
 
 
 def _arrow_message(error: BaseException) -> str:
-    text = " ".join(str(error).split())[:300] or type(error).__name__
-    if "compressed" in text.lower() or isinstance(error, EOFError):  # a cut-off .gz: no row to fix or skip
-        text += ". The file is truncated or damaged: use a complete copy of it"
-    return text
+    """pyarrow's complaint about a whole file, with what to do: there is no row to fix or skip."""
+    text = " ".join(str(error).split())[:200].rstrip(".") or type(error).__name__
+    if "compressed" in text.lower() or isinstance(error, EOFError):  # a cut-off .gz
+        return text + ". The file is truncated or damaged: use a complete copy of it"
+    return text + ". Check that the file is intact and is the format its name says (CSV/TSV text or Parquet)"
 
 
 def _show(text: str) -> str:
