@@ -135,6 +135,8 @@ CASES: dict[str, tuple] = {
     "lr-inf": (["run", "--lr", "inf"], "UsageError", r"argument --lr: .*got 'inf'"),
     "lr-negative": (["train", "--model", "dlrm", "--lr=-0.1"], "UsageError", r"argument --lr: .*got '-0.1'"),
     "lr-zero": (["train", "--model", "dlrm", "--lr", "0"], "UsageError", r"argument --lr: .*positive"),
+    "seed-negative": (["train", "--model", "dlrm", "--seed=-1"], "UsageError", r"argument --seed: .*got '-1'"),
+    "seed-too-large": (["run", "--seed", "1" + "0" * 30], "UsageError", r"argument --seed: expected an integer"),
     "atol-nan": (["export", "dense.pt2", "--atol", "nan"], "UsageError", r"argument --atol: .*got 'nan'"),
     # checkpoints on --resume: never unpickled, a damaged one is one line
     "pickled-checkpoint": (["train", "--model", "dlrm", *TINY_TRAIN, "--resume"], "ModelFileError",

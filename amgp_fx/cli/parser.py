@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from amgp_fx.cli.values import DEFAULT_OUTPUT, MODEL_NAMES, PROG, _non_negative_float, _positive_float, _positive_int
+from amgp_fx.cli.values import (DEFAULT_OUTPUT, MODEL_NAMES, PROG, _non_negative_float, _positive_float,
+                                _positive_int, _seed)
 from amgp_fx.errors import UsageError
 from amgp_fx.schedule import RECIPES, SELECTIONS  # no torch: the parser stays light
 
@@ -169,7 +170,7 @@ def _train_options(parser: argparse.ArgumentParser, steps: int) -> None:
                        help="learning-rate schedule after the warm-up (default: %(default)s)")
     group.add_argument("--lr-warmup", type=float, default=0.0, metavar="SHARE",
                        help="linear warm-up of the learning rate over this share of the steps (default: 0)")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--seed", type=_seed, default=0, help="random seed, 0 to 2**32-1 (default: %(default)s)")
 
 
 EPILOGS = {

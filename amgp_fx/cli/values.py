@@ -122,6 +122,14 @@ def _non_negative_float(text: str) -> float:
     return _finite_float(text, positive=False)
 
 
+def _seed(text: str) -> int:
+    """An argparse type: a seed numpy, torch and Python all take (0 to 2**32 - 1)."""
+    value = str(text).strip()
+    if not (value.isascii() and value.isdigit()) or int(value) >= 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {2**32 - 1}, got {text!r}")
+    return int(value)
+
+
 def _positive_int(text: str) -> int:
     if not (str(text).strip().isascii() and str(text).strip().isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
