@@ -25,7 +25,8 @@ from amgp_fx.cli.common import (export_model, load, metrics_text, model_label, m
 from amgp_fx.cli.data import data_shape, load_data
 from amgp_fx.cli.output import OutputDir, Progress, render_table, write_json
 from amgp_fx.cli.plots import PLOT_HINT, plotting_available, save_curve, save_latency_plot
-from amgp_fx.cli.train import bind_model_inputs, positional_view, saved_map, static_rows, train_model, train_summary
+from amgp_fx.cli.train import (bind_model_inputs, check_switch_flags, positional_view, saved_map, static_rows,
+                               train_model, train_summary)
 from amgp_fx.cli.values import parse_batch_sizes
 from amgp_fx.errors import UsageError
 from amgp_fx.report_format import flops_text, of_dense, ratio
@@ -215,6 +216,7 @@ def command(args: argparse.Namespace) -> int:
     parse_batch_sizes(args.batch_sizes)
     if args.steps < 0 or args.finetune_steps < 0:
         raise UsageError("--steps and --finetune-steps must be >= 0", "Pass 0 to skip training")
+    check_switch_flags(args)
     progress = Progress(7, args.quiet)
     started = time.perf_counter()
     summary: dict[str, Any] = {"version": 2}

@@ -296,8 +296,8 @@ def command(args: argparse.Namespace) -> int:
     (this process launches them; their rank 0 writes the output files, staged as usual)."""
     if args.steps < 1:
         raise UsageError(f"--steps {args.steps} must be at least 1", "Pass e.g. --steps 500")
-    started = time.time()
     check_switch_flags(args)
+    started = time.time()
     check_source(args)
     nproc = getattr(args, "nproc", 1)
     from amgp_fx import distributed
