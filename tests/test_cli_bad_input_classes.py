@@ -282,6 +282,23 @@ def test_signal_during_training_leaves_no_metrics_and_no_folder(tmp_path, signum
     assert not (tmp_path / "out").exists(), tree(tmp_path)
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143)])
+def test_signal_during_run_leaves_no_staging_folder(tmp_path, signum, code):
+    """`run` stages every file: interrupted while it trains, it leaves no folder at all."""
+    args = ["run", "--steps", "20000", "--rows", "2000", "--train-batch", "16", "-q", "-o", "out"]
+    process = subprocess.Popen([sys.executable, "-m", "amgp_fx.cli", *args], cwd=tmp_path, env=env(), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not list(tmp_path.glob("out/.amgp-staging-*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(3)  # into the training stage (loading takes about a second)
+    assert process.poll() is None, "run ended before it could be interrupted"
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    assert_one_error_line(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), code)
+    assert not (tmp_path / "out").exists(), tree(tmp_path)
+
+
 def test_sigterm_after_a_checkpoint_keeps_exactly_what_resume_needs(tmp_path):
     """The checkpoints stay, the metrics log is cut back to the last checkpoint's step (no record a
     resume would write twice), the staging folder goes."""

@@ -88,7 +88,8 @@ def load_data(args: argparse.Namespace, shape: dict[str, Any]):
     else:
         path = Path(args.data)
         if not path.is_file():
-            raise DataError(f"data file {path} does not exist", "Pass --data synthetic, a Criteo TSV file, or a "
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise DataError(f"data file {path} {what}", "Pass --data synthetic, a Criteo TSV file, or a "
                             "CSV/TSV/Parquet file with --columns")
         if spec is not None:
             if table_file_format(path) is None:
