@@ -35,6 +35,7 @@ from amgp_fx.groups.analyze import DependencyGraph
 from amgp_fx.groups.model import Group, Role
 from amgp_fx.rescale import consumer_scales, member_slices
 from amgp_fx.schedule import AmgpConfig, GrowInit, Method, PruneScope
+from amgp_fx.segments import group_segments, keep_channels, resolve_policy
 from amgp_fx.surgery import SurgeryRecord, grow_, shrink_
 
 __all__ = ["SwitchPolicy", "plan_keep", "round_width", "removed_overlap"]
@@ -98,9 +99,25 @@ def plan_keep(graph: DependencyGraph, groups: Sequence[Group], config: AmgpConfi
     keep = {}
     for g in groups:
         if sizes[g.id] < g.size:
-            order = torch.sort(scores[g.id], descending=True, stable=True).indices[:sizes[g.id]]
-            keep[g.id] = sorted(order.tolist())
+            kept = _keep_per_segment(g, scores[g.id], sizes[g.id])
+            if len(kept) < g.size:
+                keep[g.id] = kept
     return keep
+
+
+def _keep_per_segment(group: Group, scores: torch.Tensor, width: int) -> list[int]:
+    """The ``width`` best present positions, spread over the group's segments as one-shot pruning
+    spreads them (``segments``: the same share of every embedding table or tower feeding a ``cat``,
+    never a whole one removed), so an AMGP phase narrows layers and never drops a feature."""
+    segments = group_segments(group)
+    if len(segments) == 1 and group.kind != "embedding":
+        return sorted(torch.sort(scores, descending=True, stable=True).indices[:width].tolist())
+    present = np.flatnonzero(group.alive)
+    position = np.full(group.full_size, -1, dtype=np.int64)
+    position[present] = np.arange(len(present))
+    parts = [position[s.channels][position[s.channels] >= 0] for s in segments]
+    parts = [part for part in parts if len(part)]
+    return keep_channels(scores, width, parts, resolve_policy("auto", group, segments))
 
 
 def removed_overlap(previous: np.ndarray, current: np.ndarray) -> float:

@@ -184,3 +184,36 @@ def test_hook_without_fades_shows_the_jump(rows):
           hooks=[hook], forward=hook.forward, progress=False)
     shrink = next(s for s in hook.surgeries if s["action"] == "shrink")
     assert abs(shrink["loss_after"] - shrink["loss_before"]) > 1e-4
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.9])
+def test_amgp_shrinks_of_a_concatenated_group_never_empty_a_table(ratio):
+    """DCN's x0 = cat(5 tables, dense tower) is one group; an AMGP shrink keeps the same share of
+    every segment, as one-shot pruning does, instead of dropping the low-scale tables whole."""
+    from amgp_fx.importance import score
+    from amgp_fx.schedule import AmgpConfig
+    from amgp_fx.segments import group_segments
+    from amgp_fx.surgery import grow_, shrink_
+    from amgp_fx.switch import plan_keep
+    from tests.fixtures.segment_models import DCNConcat, dcn_inputs
+
+    model = DCNConcat().eval()
+    inputs = dcn_inputs(8)
+    reference = model(*inputs).detach()
+    graph = amgp_fx.analyze(model, inputs)
+    x0 = next(g for g in graph.prunable_groups() if len(group_segments(g)) > 1)
+    config = AmgpConfig.from_recipe_name("amgp-half", total_steps=100, ratio=ratio, groups=(x0.id,),
+                                         kinds=("hidden", "embedding"))
+    scores = score(graph, "l2", groups=[x0])
+    segments = group_segments(x0)
+    keep = plan_keep(graph, [x0], config, 1.0, scores)[x0.id]
+    # the negative control: a plain top-k of the same scores would drop whole tables
+    top = set(torch.sort(scores[x0.id], descending=True, stable=True).indices[:len(keep)].tolist())
+    assert any(not top.intersection(s.channels.tolist()) for s in segments)
+    shares = [len(set(keep).intersection(s.channels.tolist())) / len(s.channels) for s in segments]
+    assert min(shares) > 0 and max(shares) - min(shares) <= 1 / min(len(s.channels) for s in segments) + 1e-9
+    record = shrink_(graph, {x0.id: keep})
+    assert not [n for n, p in graph.module.named_parameters() if 0 in p.shape]
+    assert graph.module(*inputs).shape == reference.shape
+    grow_(graph, record)
+    torch.testing.assert_close(graph.module(*inputs), reference, atol=0, rtol=0)
