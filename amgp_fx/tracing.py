@@ -144,7 +144,8 @@ def _what_to_change(exc: BaseException, where: str | None) -> str:
         return ("pack_padded_sequence makes a PackedSequence whose sizes are the lengths' values, which"
                 " torch.export cannot trace. Run the recurrent layer on the padded batch instead (padding"
                 " after the last valid step does not change the earlier outputs) and take each row's last"
-                " valid output with gather at lengths - 1, or mask the padded steps.")
+                " valid output by indexing, outputs[torch.arange(B), lengths - 1] (a gather would freeze the"
+                " hidden units for pruning), or mask the padded steps.")
     text = " ".join(f"{type(item).__name__}: {item}" for item in _chain(exc))
     if any(key in text for key in _DATA_DEPENDENT):
         return ("the line branches on a tensor's values (`if mask.any():`, `if x.sum() > 0:`), and the"

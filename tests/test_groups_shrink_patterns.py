@@ -211,7 +211,7 @@ def test_incompatible_factorisations_freeze_instead_of_looping():
 
 @pytest.mark.parametrize("model_class, line, advice", [
     (AnyMaskGRUHistory, "if mask.any():", "torch.where"),
-    (PackedGRUHistory, "self.gru(packed)", "gather at lengths - 1"),
+    (PackedGRUHistory, "self.gru(packed)", "torch.arange(B), lengths - 1]"),
 ])
 def test_sequence_trace_errors_name_the_fixture_line_and_the_change(model_class, line, advice):
     """Item 6: the error names the model's own file and line (was torch.export's ``<string>:1``)."""
