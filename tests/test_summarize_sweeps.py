@@ -37,7 +37,10 @@ def test_each_variant_at_its_best_rate_paired_with_dense(tool, tmp_path):
         path = tmp_path / f"sweep_{lr:g}.json"
         path.write_text(json.dumps(records))
         files.append(str(path))
-    best = {r["method"]: r for r in tool.main([*files, "--out", str(tmp_path / "best.json")])}
+    rerun = tmp_path / "rerun.json"  # a one-seed rerun of dense beside another variant: the 2-seed record wins
+    rerun.write_text(json.dumps([_record("dense", "dense", 1e-3, [0.5], [0.5], 10.0)]))
+    best = {r["method"]: r for r in tool.main([*files, str(rerun), "--out", str(tmp_path / "best.json")])}
+    assert [g["lr"] for g in best["dense"]["lr_grid"]] == [3e-4, 1e-3, 3e-3]
     assert best["dense"]["lr"] == 1e-3 and best["dense"]["lr_bracketed"]
     assert best["grow-late"]["lr"] == 3e-3 and not best["grow-late"]["lr_bracketed"]
     # paired against dense at 1e-3 (0.80, 0.81), not dense at 3e-3

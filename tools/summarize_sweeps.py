@@ -30,11 +30,16 @@ LEVEL_SUFFIX = "-80"  # sweep_amgp's variants at the lower FLOPs level (80% of t
 
 def load_records(paths: list[str]) -> list[dict[str, Any]]:
     """Every sweep record of ``paths``, keyed for best_per_method by its variant (as ``method``)."""
-    records = []
+    chosen: dict[tuple, dict[str, Any]] = {}
     for path in paths:
         for record in json.loads(Path(path).read_text()):
-            records.append({**record, "method": record["variant"], "kind": record["method"]})
-    return records
+            key = (record["model"], record["variant"], record["lr"])
+            # the same runs twice (a reference rerun beside other variants): keep the one with more seeds,
+            # then the one that also has the recurring stage
+            rank = (len(record["per_seed"]), "recurring_auc_mean" in record)
+            if key not in chosen or rank > chosen[key][0]:
+                chosen[key] = (rank, {**record, "method": record["variant"], "kind": record["method"]})
+    return [record for _, record in chosen.values()]
 
 
 def paired(values: dict[int, float], base: dict[int, float]) -> dict[str, Any]:
