@@ -27,6 +27,7 @@ _EXPORTS = {
     "AmgpSchedule": "amgp_fx.schedule",
     "Phase": "amgp_fx.schedule",
     "RECIPES": "amgp_fx.schedule",
+    "DEFAULT_RECIPE": "amgp_fx.schedule",
     "count_training_flops": "amgp_fx.flops",
     "TrainingFlops": "amgp_fx.flops",
     "graph_step_flops": "amgp_fx.flops",

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from amgp_fx.report_format import of_dense
+from amgp_fx.schedule import DEFAULT_RECIPE
 
 ENTRY = shutil.which("amgp-compress")
 TINY_TRAIN = ["--rows", "2000", "--train-batch", "64"]
@@ -94,7 +95,7 @@ def test_report_calls_the_amgp_trained_model_by_how_it_was_trained(results, work
     report = (out / "report.md").read_text()
     models = table_rows(section(report, "Models"))
     assert [row[0] for row in models] == ["full-size (AMGP-trained)", "compact"]
-    assert "AMGP" in section(report, "What was done") and "amgp-half" in report
+    assert "AMGP" in section(report, "What was done") and DEFAULT_RECIPE in report
     assert {r["variant"] for r in json.loads((out / "latency.json").read_text())["records"]} == {"full-size",
                                                                                                   "compact"}
     summary = json.loads((out / "summary.json").read_text())
@@ -114,7 +115,7 @@ def test_saved_training_flops_are_in_summary_and_report_in_one_format(results, w
     amgp = json.loads((out / "summary.json").read_text())["amgp"]
     fraction = amgp["flops_vs_full_width"]
     assert fraction == pytest.approx(amgp["train_flops"] / amgp["full_width_train_flops"])
-    assert 0.4 < fraction < 0.95  # amgp-half: 60% of the steps at half width, the rest full
+    assert 0.4 < fraction < 0.95  # the default recipe: 60% of the steps at half width, the rest full
     report = (out / "report.md").read_text()
     assert f"Training FLOPs: {of_dense(fraction)} of dense" in section(report, "Training")
     assert f"training FLOPs (AMGP): {of_dense(fraction)} of dense" in result.stdout

@@ -55,7 +55,7 @@ def test_lr_schedule_flags_give_warmup_steps_as_a_share_of_the_run():
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--grow-ramp", "0.2"], "--preserve-growth"),            # a ramp of a growth that does not preserve
+    (["--amgp-recipe", "amgp-half", "--grow-ramp", "0.2"], "--preserve-growth"),  # a ramp of a restoring growth
     (["--fade", "1.5"], "[0, 1]"),
     (["--fade", "nan"], "[0, 1]"),
 ])
@@ -79,8 +79,8 @@ def test_switch_flags_without_amgp_exit_2_with_one_line(tmp_path, flags):
 
 
 def test_faded_shrink_reaches_the_training_log(tmp_path):
-    result = _cli("train", "--model", "dlrm", "--amgp", "--fade", "0.5", "--lr-schedule", "cosine", "--lr-warmup",
-                  "0.1", "--steps", "40", "--rows", "3000", "--train-batch", "64", "-q", "-o", "out", cwd=tmp_path)
+    result = _cli("train", "--model", "dlrm", "--amgp", "--amgp-recipe", "amgp-half", "--fade", "0.5",
+                  "--lr-schedule", "cosine", "--lr-warmup", "0.1", "--steps", "40", "--rows", "3000", "--train-batch", "64", "-q", "-o", "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (tmp_path / "out" / "train_metrics.jsonl").read_text().splitlines()]
     fades = [r for r in records if r["kind"] == "amgp_fade_start"]

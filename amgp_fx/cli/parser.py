@@ -6,7 +6,7 @@ import argparse
 from amgp_fx.cli.values import (DEFAULT_OUTPUT, MODEL_NAMES, PROG, _non_negative_float, _positive_float,
                                 _positive_int, _seed)
 from amgp_fx.errors import UsageError
-from amgp_fx.schedule import RECIPES, SELECTIONS  # no torch: the parser stays light
+from amgp_fx.schedule import DEFAULT_RECIPE, RECIPES, SELECTIONS  # no torch: the parser stays light
 
 __all__ = ["EPILOGS", "HELP", "build_parser"]
 
@@ -154,8 +154,10 @@ def _train_options(parser: argparse.ArgumentParser, steps: int) -> None:
     group.add_argument("--lr", type=_positive_float, default=None,
                        help="learning rate, > 0 (default: the optimizer's preset)")
     group.add_argument("--amgp", action="store_true", help="train with alternate growth and pruning")
-    group.add_argument("--amgp-recipe", default="amgp-half", choices=sorted(RECIPES),
-                       help="AMGP schedule with --amgp (default: %(default)s: 60%% of the steps at half width)")
+    group.add_argument("--amgp-recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
+                       help="AMGP schedule with --amgp (default: %(default)s: the first 60%% of the steps at half "
+                            "width, then one function-preserving growth to full size; amgp-half: 3 cycles of "
+                            "pruning and regrowth, the earlier default)")
     group.add_argument("--preserve-growth", action="store_true",
                        help="with --amgp: function-preserving growth (regrown units enter with zero outgoing weights, "
                             "so the outputs stay what they were just before the growth)")
