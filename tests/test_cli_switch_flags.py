@@ -80,7 +80,8 @@ def test_switch_flags_without_amgp_exit_2_with_one_line(tmp_path, flags):
 
 def test_faded_shrink_reaches_the_training_log(tmp_path):
     result = _cli("train", "--model", "dlrm", "--amgp", "--amgp-recipe", "amgp-half", "--fade", "0.5",
-                  "--lr-schedule", "cosine", "--lr-warmup", "0.1", "--steps", "40", "--rows", "3000", "--train-batch", "64", "-q", "-o", "out", cwd=tmp_path)
+                  "--lr-schedule", "cosine", "--lr-warmup", "0.1", "--steps", "40", "--rows", "3000",
+                  "--train-batch", "64", "-q", "-o", "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (tmp_path / "out" / "train_metrics.jsonl").read_text().splitlines()]
     fades = [r for r in records if r["kind"] == "amgp_fade_start"]
