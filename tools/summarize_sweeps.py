@@ -6,7 +6,7 @@ all rates, picks each variant's best rate (highest mean test AUC over seeds; the
 choose and score, for every variant alike), pairs its seeds with dense's at dense's best rate, does
 the same for the recurring-training stage where the runs have one (the recurring stage is scored at
 the offline run's best rate), and writes the merged records, a markdown table and a plot of AUC
-against training FLOPs (variants named NAME-80 are NAME's lower FLOPs level).
+against training FLOPs (variants named NAME-80 are a lower FLOPs level of the same method).
 
     python tools/summarize_sweeps.py docs/results/sweep_lr*.json --out docs/results/amgp_fair_cpu_proxy.json \\
         --plot docs/results/amgp_auc_vs_flops_cpu_proxy.png
@@ -25,7 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amgp_fx.amgp_report import best_per_method, plot_auc_vs_flops  # noqa: E402
 from amgp_fx.fileio import atomic_write_json  # noqa: E402
 
-LEVEL_SUFFIX = "-80"  # sweep_amgp's variants at the lower FLOPs level (80% of the steps pruned)
+# the plot's series: sweep_amgp's variants by the method they run, a FLOPs level per point
+# (NAME-80: 80% of the steps pruned instead of 60%)
+SERIES = {"grow-late-lossless": "AMGP (amgp-grow-late)", "grow-late-80": "AMGP (amgp-grow-late)",
+          "base": "AMGP (amgp-half)", "small-dense-80": "small-dense", "prune-only-80": "prune-only"}
 
 
 def load_records(paths: list[str]) -> list[dict[str, Any]]:
@@ -105,7 +108,7 @@ def table(best: list[dict[str, Any]]) -> str:
 
 def plot(best: list[dict[str, Any]], path: str, title: str) -> None:
     """AUC against FLOPs, a variant's FLOPs levels joined as one series."""
-    series = [{**r, "method": r["method"].removesuffix(LEVEL_SUFFIX)} for r in best]
+    series = [{**r, "method": SERIES.get(r["method"], r["method"])} for r in best]
     plot_auc_vs_flops(series, path, title=title)
 
 
