@@ -80,11 +80,14 @@ def test_old_teacher_auc_on_drifted_rows_drops_monotonically():
     old_aucs, own_aucs, ctrs = [], [], []
     for drift in (0.0, 0.3, 0.6):
         batch, logits = SyntheticCriteo(SMALL.drifted(drift)).rows_with_logits(0, 20000)
+        if drift == 0.0:  # no drift: the same teacher, up to float32 rounding inside it
+            assert (logits[:, 0] - old.clean_logits(batch)[:, 0]).abs().max() < 1e-5
         old_aucs.append(roc_auc_score(batch.label.numpy(), old.clean_logits(batch)[:, 0].numpy()))
         own_aucs.append(roc_auc_score(batch.label.numpy(), logits[:, 0].numpy()))
         ctrs.append(batch.label.mean().item())
-    # measured 0.771, 0.712, 0.630 (8192 rows)
-    assert old_aucs[0] == pytest.approx(own_aucs[0], abs=1e-12)
+    # measured 0.771, 0.712, 0.630 (8192 rows). At drift 0 both teachers compute the same logits by
+    # different paths; float rounding may reorder a few near-equal logits, which moves the AUC by ~1e-8
+    assert old_aucs[0] == pytest.approx(own_aucs[0], abs=1e-6)
     assert old_aucs[0] > old_aucs[1] + 0.02 and old_aucs[1] > old_aucs[2] + 0.04
     # the drifted teacher scores its own rows far better than the old one: the data moved, not the noise
     assert own_aucs[1] > old_aucs[1] + 0.01 and own_aucs[2] > old_aucs[2] + 0.05
