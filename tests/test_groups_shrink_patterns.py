@@ -52,8 +52,8 @@ def test_shrink_keeps_output_shapes_and_passes_the_oracles(name):
 
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("name", NAMES)
-def test_shrunk_model_exports_to_onnx_with_parity(name, tmp_path):
-    logging.getLogger("amgp_fx").setLevel(logging.ERROR)
+def test_shrunk_model_exports_to_onnx_with_parity(name, tmp_path, caplog):
+    caplog.set_level(logging.ERROR, logger="amgp_fx")  # restored after the test: other tests read warnings
     model, args = make_fixture(name)
     graph = amgp_fx.analyze(model, args)
     _shrink_all(graph)

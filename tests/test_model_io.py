@@ -95,7 +95,7 @@ def test_pickled_module_needs_trust(saved, tmp_path, caplog):
     torch.save(models.build_model("dlrm"), tmp_path / "whole.pt")
     with pytest.raises(ModelFileError, match="pickled Python objects.*--trust-pickle"):
         load_model(tmp_path / "whole.pt")
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="amgp_fx.model_io"):
         loaded = load_model(tmp_path / "whole.pt", trust_pickle=True)
     assert "execute arbitrary code" in caplog.text
     assert loaded.module(*saved["inputs"]).shape == (8,)
