@@ -1,4 +1,4 @@
-"""A user's own model through ``amgp-compress`` (subprocess), as docs/cli.md#your-own-model walks it:
+"""A user's own model through ``amgp-compress`` (subprocess), as docs/cli.md#your-own-model-and-data-end-to-end walks it:
 a positional ``(dense, sparse)`` model and a dict-input one (tests/fixtures/own_models.py: 5 tables,
 a dense MLP, two cross layers, a top MLP), each saved as a dynamic-batch .pt2, a static-batch .pt2
 (``torch.export.export`` + ``torch.export.save``, the recipe in the docs) and a safetensors state
