@@ -27,11 +27,13 @@ def _config(args, steps: int = 200) -> AmgpConfig:
     import dataclasses
 
     recipe = AmgpConfig.from_recipe_name(args.amgp_recipe, total_steps=steps)
+    args._amgp_schedule = recipe.schedule  # as train_model sets it
     return dataclasses.replace(recipe, **switch_overrides(args, recipe.schedule.pruned_steps))
 
 
 def test_switch_flags_set_the_config_with_shares_of_a_pruned_phase():
-    args = _args("--amgp", "--preserve-growth", "--grow-ramp", "0.25", "--fade", "0.5", "--selection", "rotate")
+    args = _args("--amgp", "--amgp-recipe", "amgp-half", "--preserve-growth", "--grow-ramp", "0.25", "--fade", "0.5",
+                 "--selection", "rotate")
     config = _config(args)
     phase = config.schedule.pruned_steps
     assert phase > 4
@@ -58,6 +60,7 @@ def test_lr_schedule_flags_give_warmup_steps_as_a_share_of_the_run():
     (["--amgp-recipe", "amgp-half", "--grow-ramp", "0.2"], "--preserve-growth"),  # a ramp of a restoring growth
     (["--fade", "1.5"], "[0, 1]"),
     (["--fade", "nan"], "[0, 1]"),
+    (["--amgp-recipe", "amgp-grow-late", "--fade", "0.25"], "nothing to fade"),  # its one shrink is at step 0
 ])
 def test_bad_switch_values_are_usage_errors(flags, words):
     with pytest.raises(UsageError, match=words.replace("[", r"\[").replace("]", r"\]")):

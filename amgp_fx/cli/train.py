@@ -153,6 +153,10 @@ def switch_overrides(args: argparse.Namespace, pruned_steps: int) -> dict[str, A
         overrides["grow_ramp_steps"] = int(round(ramp * pruned_steps))
     if fade is not None:
         overrides["fade_steps"] = int(round(fade * pruned_steps))
+        schedule = getattr(args, "_amgp_schedule", None)
+        if fade > 0 and schedule is not None and schedule.warmup_steps == 0 and schedule.cycles == 1:
+            raise UsageError(f"--fade has nothing to fade: recipe {args.amgp_recipe} shrinks once, at step 0",
+                             "Drop --fade, or choose a recipe with a warm-up (e.g. --amgp-recipe amgp-half)")
     if getattr(args, "selection", None):
         overrides["selection"] = args.selection
     return overrides
@@ -213,6 +217,7 @@ def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: boo
         graph = analyze(module, inputs)
         try:
             recipe = AmgpConfig.from_recipe_name(args.amgp_recipe, total_steps=steps)
+            args._amgp_schedule = recipe.schedule
             recipe = dataclasses.replace(recipe, **switch_overrides(args, recipe.schedule.pruned_steps))
         except ValueError as error:
             raise UsageError(f"AMGP recipe {args.amgp_recipe!r} does not fit {steps} steps: {error}",
