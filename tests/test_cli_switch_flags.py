@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from amgp_fx.cli.parser import build_parser
-from amgp_fx.cli.train import lr_schedule_options, switch_overrides
+from amgp_fx.cli.train import amgp_config, lr_schedule_options
 from amgp_fx.errors import UsageError
 from amgp_fx.schedule import AmgpConfig
 
@@ -24,11 +24,7 @@ def _args(*flags: str):
 
 
 def _config(args, steps: int = 200) -> AmgpConfig:
-    import dataclasses
-
-    recipe = AmgpConfig.from_recipe_name(args.amgp_recipe, total_steps=steps)
-    args._amgp_schedule = recipe.schedule  # as train_model sets it
-    return dataclasses.replace(recipe, **switch_overrides(args, recipe.schedule.pruned_steps))
+    return amgp_config(args, steps)
 
 
 def test_switch_flags_set_the_config_with_shares_of_a_pruned_phase():

@@ -139,27 +139,35 @@ def lr_schedule_options(args: argparse.Namespace, steps: int) -> dict[str, Any]:
     return {"lr_schedule": getattr(args, "lr_schedule", "constant"), "lr_warmup_steps": int(round(warmup * steps))}
 
 
-def switch_overrides(args: argparse.Namespace, pruned_steps: int) -> dict[str, Any]:
+def switch_overrides(args: argparse.Namespace, recipe) -> dict[str, Any]:
     """AmgpConfig fields from the switch flags (``--preserve-growth``, ``--grow-ramp``, ``--fade``,
-    ``--selection``); shares are of one pruned phase, as in the recipes. Flags not given keep the
-    recipe's values."""
+    ``--selection``) for ``recipe`` (the named recipe's AmgpConfig); shares are of one pruned phase,
+    as in the recipes. Flags not given keep the recipe's values."""
     overrides: dict[str, Any] = {}
+    schedule = recipe.schedule
     ramp, fade = _share(args, "--grow-ramp"), _share(args, "--fade")
     if getattr(args, "preserve_growth", False):
         overrides["preserve_growth"] = True
     if ramp is not None:
-        if not (overrides.get("preserve_growth") or args.amgp_recipe and _recipe_preserves(args.amgp_recipe)):
+        if not (overrides.get("preserve_growth") or recipe.preserve_growth):
             raise UsageError("--grow-ramp ramps a function-preserving growth", "Add --preserve-growth")
-        overrides["grow_ramp_steps"] = int(round(ramp * pruned_steps))
+        overrides["grow_ramp_steps"] = int(round(ramp * schedule.pruned_steps))
     if fade is not None:
-        overrides["fade_steps"] = int(round(fade * pruned_steps))
-        schedule = getattr(args, "_amgp_schedule", None)
-        if fade > 0 and schedule is not None and schedule.warmup_steps == 0 and schedule.cycles == 1:
+        overrides["fade_steps"] = int(round(fade * schedule.pruned_steps))
+        if fade > 0 and schedule.warmup_steps == 0 and schedule.cycles == 1:
             raise UsageError(f"--fade has nothing to fade: recipe {args.amgp_recipe} shrinks once, at step 0",
                              "Drop --fade, or choose a recipe with a warm-up (e.g. --amgp-recipe amgp-half)")
     if getattr(args, "selection", None):
         overrides["selection"] = args.selection
     return overrides
+
+
+def amgp_config(args: argparse.Namespace, steps: int):
+    """The AmgpConfig of ``--amgp-recipe`` for ``steps``, with the switch flags applied."""
+    from amgp_fx.schedule import AmgpConfig
+
+    recipe = AmgpConfig.from_recipe_name(args.amgp_recipe, total_steps=steps)
+    return dataclasses.replace(recipe, **switch_overrides(args, recipe))
 
 
 def check_switch_flags(args: argparse.Namespace) -> None:
@@ -173,12 +181,6 @@ def check_switch_flags(args: argparse.Namespace) -> None:
                                       ("--selection", getattr(args, "selection", None))) if value not in (None, False)]
     if given and not getattr(args, "amgp", False):
         raise UsageError(f"{', '.join(given)}: switch options of AMGP training", "Add --amgp, or drop them")
-
-
-def _recipe_preserves(name: str) -> bool:
-    from amgp_fx.schedule import RECIPES
-
-    return bool(RECIPES.get(name, {}).get("preserve_growth"))
 
 
 def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: bool, inputs: tuple,
@@ -212,13 +214,10 @@ def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: boo
         from amgp_fx.amgp import AmgpHook
         from amgp_fx.amgp_report import FlopsMeter
         from amgp_fx.groups.analyze import analyze
-        from amgp_fx.schedule import AmgpConfig
 
         graph = analyze(module, inputs)
         try:
-            recipe = AmgpConfig.from_recipe_name(args.amgp_recipe, total_steps=steps)
-            args._amgp_schedule = recipe.schedule
-            recipe = dataclasses.replace(recipe, **switch_overrides(args, recipe.schedule.pruned_steps))
+            recipe = amgp_config(args, steps)
         except ValueError as error:
             raise UsageError(f"AMGP recipe {args.amgp_recipe!r} does not fit {steps} steps: {error}",
                              "Train for more steps or choose another --amgp-recipe") from error
