@@ -26,6 +26,7 @@ from amgp_fx.cli import build_parser, main, parse_batch_sizes, parse_factory_kwa
 from amgp_fx.errors import CliError, InputSpecError, PruneRequestError, UsageError
 from amgp_fx.model_inputs import TensorSpec, format_input_spec, parse_input_spec
 from amgp_fx.model_io import load_model, save_pt2, save_state_dict
+from tests.cli_results import files, succeeded
 
 REPO = Path(__file__).resolve().parents[1]
 SD_FACTORY = ["--factory", "amgp_fx.models.dlrm:build", "--factory-kwargs", '{"preset": "small"}']
@@ -91,17 +92,6 @@ def results(workspace):
     futures.update({name: pool.submit(run_cli, args, workspace) for name, args in COMMANDS.items()})
     yield futures
     pool.shutdown(wait=True)
-
-
-def succeeded(results, name: str) -> subprocess.CompletedProcess:
-    result = results[name].result()
-    assert result.returncode == 0, f"{name} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    assert "Traceback" not in result.stderr
-    return result
-
-
-def files(folder: Path) -> set[str]:
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
 def test_run_with_no_arguments_runs_the_whole_pipeline_quickly(results, workspace):

@@ -21,6 +21,7 @@ import pytest
 
 from amgp_fx.report_format import of_dense
 from amgp_fx.schedule import DEFAULT_RECIPE
+from tests.cli_results import files, succeeded
 
 ENTRY = shutil.which("amgp-compress")
 TINY_TRAIN = ["--rows", "2000", "--train-batch", "64"]
@@ -62,17 +63,6 @@ def results(workspace):
         futures: dict[str, Future] = {name: pool.submit(run_entry, args, workspace, name in NO_MATPLOTLIB)
                                       for name, args in COMMANDS.items()}
         yield futures
-
-
-def succeeded(results, name: str) -> subprocess.CompletedProcess:
-    result = results[name].result()
-    assert result.returncode == 0, f"{name} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-    assert "Traceback" not in result.stderr
-    return result
-
-
-def files(folder: Path) -> set[str]:
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
 def section(report: str, title: str) -> str:
