@@ -1,4 +1,4 @@
-"""Reference models (`models/`): contract, gradients, export with a dynamic batch, presets."""
+"""Reference models (`amgp_fx/models/`): contract, gradients, export with a dynamic batch, presets."""
 
 from __future__ import annotations
 

@@ -431,7 +431,7 @@ def launch_workers(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
                "-m", "amgp_fx", *_worker_argv(args.argv, args.train_device)]
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])  # the workers import this very amgp_fx (and models/)
+    root = str(Path(__file__).resolve().parents[2])  # the workers import this very amgp_fx (its models included)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
     lines: list[str] = []
