@@ -196,3 +196,26 @@ def test_flops_meter_compares_each_step_with_the_same_rows_at_full_width():
     scaled = run([(1.0, 64), (0.5, 64), (0.5, 8)])  # 8 rows never ran at full width: scaled from 64 by rows
     assert scaled["full_width_train_flops"] == int(2 * full_64 + full_64 * 8 / 64)
     assert run([(0.5, 64)])["flops_vs_full_width"] is None  # never at full width: no reference
+
+
+def test_resume_keeps_the_finished_runs_and_runs_only_the_missing_seeds(tmp_path):
+    """A comparison larger than one GPU call: the second call with --resume adds seed 1 to seed 0's runs."""
+    out = tmp_path / "amgp.json"
+    base = [sys.executable, str(ROOT / "tools" / "bench_amgp.py"), "--tiny", "--models", "dlrm", "--methods", "dense",
+            "amgp", "--samples", "3072", "--out", str(out)]
+    first = subprocess.run(base + ["--seeds", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {(r["method"], r["per_seed"][0]["seed"]): r["per_seed"][0] for r in json.loads(out.read_text())}
+    second = subprocess.run(base + ["--seeds", "2", "--resume"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming: 2 runs" in second.stdout
+    assert "seed 0:" not in second.stdout and "amgp        lr 0.01 seed 1:" in second.stdout  # only seed 1 ran
+    records = {r["method"]: r for r in json.loads(out.read_text())}
+    for method in ("dense", "amgp"):
+        assert records[method]["seeds"] == [0, 1]
+        assert records[method]["per_seed"][0] == before[(method, 0)]  # kept as it was, not re-run
+    grid = json.loads((tmp_path / "amgp.grid.json").read_text())
+    assert sorted((r["method"], len(r["per_seed"])) for r in grid) == [("amgp", 2), ("dense", 2)]
+    other = subprocess.run(base + ["--seeds", "2", "--resume", "--sparse-lr", "0.1"], capture_output=True, text=True,
+                           timeout=300, cwd=ROOT)
+    assert other.returncode != 0 and "other settings (sparse_lr)" in other.stderr

@@ -20,7 +20,10 @@ Modes:
              every run, so a cut-short run still leaves a valid JSON file).
 
 Output: a JSON list of records, one per (model, method), with model, method, auc_mean, auc_std,
-logloss_mean, logloss_std, train_flops, wall_clock_s, samples, seeds, device, command, and details.
+logloss_mean, logloss_std, train_flops, wall_clock_s, samples, seeds, device, command, and details;
+with --lr-grid each at its best rate. Every run of every rate is kept in ``<out>.grid.json``, and
+``--resume`` reads it back and runs only what is missing, so a comparison larger than one 10-minute
+GPU call is finished by repeating the same command with --resume.
 
 Example:
     python tools/bench_amgp.py --tiny --out /tmp/amgp_tiny.json
@@ -288,6 +291,34 @@ def aggregate(name: str, method: str, runs: list[dict], plan: Plan, args, steps:
     }
 
 
+def grid_path(out: Path) -> Path:
+    """Where every (model, method, lr) record with all its runs is kept, next to ``out``."""
+    return out.with_name(out.stem + ".grid.json")
+
+
+SETTINGS_THAT_MUST_MATCH = ("steps", "batch_size", "samples", "teacher", "test_samples", "optimizer", "sparse_optimizer",
+                            "sparse_lr", "lr_schedule", "lr_warmup", "lr_final_ratio", "tf32", "compile")
+
+
+def load_finished_runs(path: Path, args, steps: int) -> dict[tuple[str, str, float], list[dict]]:
+    """The runs of an earlier call of the same comparison, by (model, method, lr); refuses a file made
+    with other settings, since its runs would not be comparable with the new ones."""
+    if not path.is_file():
+        return {}
+    finished: dict[tuple[str, str, float], list[dict]] = {}
+    wanted = {"steps": steps, **{k: getattr(args, k) for k in SETTINGS_THAT_MUST_MATCH if k != "steps"},
+              "samples": steps * args.batch_size, "tf32": bool(args.tf32), "compile": bool(args.compile)}
+    for record in json.loads(path.read_text()):
+        differing = [k for k in SETTINGS_THAT_MUST_MATCH if record.get(k) != wanted[k]]
+        if record.get("recurring_steps", 0) != args.recurring_steps:
+            differing.append("recurring_steps")
+        if differing:
+            raise SystemExit(f"bench_amgp: error: {path} was made with other settings ({', '.join(differing)}). "
+                             f"Use another --out, or drop --resume to start over.")
+        finished[(record["model"], record["method"], record["lr"])] = record["per_seed"]
+    return finished
+
+
 def _command() -> str:
     return "python tools/bench_amgp.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -362,6 +393,8 @@ def parse_args(argv=None):
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no run that would end past this many seconds (default 560: one 10-minute GPU call)")
     parser.add_argument("--out", default="docs/results/amgp_train.json")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in <out>.grid.json (same settings) and run only the missing ones")
     parser.add_argument("--plot-dir", default=None, help="write one AMGP-vs-dense PNG per model here")
     args = parser.parse_args(argv)
     tiny = args.tiny
@@ -432,6 +465,9 @@ def main(argv=None) -> list[dict]:
     records: list[dict] = []  # each (model, method) at its best learning rate
     grid_records: list[dict] = []  # every (model, method, lr)
     out = Path(args.out)
+    finished = load_finished_runs(grid_path(out), args, steps) if args.resume else {}
+    if finished:
+        say(f"resuming: {sum(len(v) for v in finished.values())} runs already in {grid_path(out)}")
     incomplete = False
     longest = 0.0  # the longest run so far, to decide whether another fits the budget
     for name in args.models:
@@ -446,6 +482,10 @@ def main(argv=None) -> list[dict]:
         for seed in range(args.seeds):
             for method in args.methods:
                 for lr in grid:
+                    done = [r for r in finished.get((name, method, lr), []) if r["seed"] == seed]
+                    if done:
+                        runs[(method, lr)].append(done[0])
+                        continue
                     elapsed = time.perf_counter() - start
                     if args.budget_s is not None and elapsed + 1.2 * longest > args.budget_s:
                         incomplete = True
@@ -466,11 +506,18 @@ def main(argv=None) -> list[dict]:
                         aggregate(name, m, rs, plan, argparse.Namespace(**{**vars(args), "lr": lr_}), steps,
                                   device_name) for (m, lr_), rs in runs.items() if rs]
                     records = best_per_method(grid_records)
+                    atomic_write_json(grid_path(out), grid_records)
                     atomic_write_json(out, records)
                 if incomplete:
                     break
             if incomplete:
                 break
+        grid_records = [r for r in grid_records if r["model"] != name] + [
+            aggregate(name, m, rs, plan, argparse.Namespace(**{**vars(args), "lr": lr_}), steps, device_name)
+            for (m, lr_), rs in runs.items() if rs]  # also when every run was resumed
+        records = best_per_method(grid_records)
+        if grid_records:
+            atomic_write_json(grid_path(out), grid_records)
         if args.plot_dir and any(rs for (m, _), rs in runs.items() if m == "amgp"):
             try:
                 _plot(args.plot_dir, name)
