@@ -17,7 +17,7 @@ from amgp_fx.bench import cuda_provider_available, make_ort_session
 from amgp_fx.export import DEFAULT_ATOL, DEFAULT_OPSET, ExportError, ParityError, export_onnx
 from amgp_fx.passes.inference_mode import inference_graph
 
-models = pytest.importorskip("models")
+from amgp_fx import models  # noqa: E402
 
 
 def leftovers(folder) -> list[str]:

@@ -194,7 +194,7 @@ def test_eval_mode_restores_flags():
 
 @pytest.mark.parametrize("name", ["dlrm", "dcn_v2", "wide_deep"])
 def test_fuse_embedding_lookups_preserves_outputs(name, tmp_path):
-    models = pytest.importorskip("models")
+    from amgp_fx import models
     from amgp_fx.passes.fuse_embeddings import FUSE_EMBEDDINGS_PASS, fuse_embedding_lookups
 
     torch.manual_seed(0)
