@@ -352,7 +352,8 @@ def parse_args(argv=None):
                         choices=["rowwise_adagrad", "sparse_adam", "adagrad", "sgd"],
                         help="optimizer of the sparse embedding tables (default: %(default)s)")
     parser.add_argument("--sparse-lr", type=float, default=None, help="embedding learning rate (default 0.02)")
-    parser.add_argument("--recipe", default="amgp-half", help="AMGP recipe (amgp_fx.schedule.RECIPES)")
+    parser.add_argument("--recipe", default=amgp_fx.DEFAULT_RECIPE,
+                        help=f"AMGP recipe (amgp_fx.schedule.RECIPES; default {amgp_fx.DEFAULT_RECIPE}, the CLI's)")
     parser.add_argument("--ratio", type=float, default=0.5, help="share of hidden units removed when pruned")
     parser.add_argument("--criterion", default="l2", choices=["l2", "l1", "taylor", "random"])
     parser.add_argument("--grow-init", default="restore", choices=["restore", "fresh"])

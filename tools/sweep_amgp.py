@@ -115,7 +115,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     if own.cpu_proxy and own.model != "dlrm":
         parser.error("--cpu-proxy shrinks the DLRM benchmark; use --model dlrm")
     proxy = PROXY_ARGS if own.cpu_proxy else []
-    base = bench_amgp.parse_args(proxy + rest + ["--models", own.model, "--out", own.out])
+    # the variants are changes to amgp-half (the former default recipe), whatever bench_amgp's default
+    # is now; a --recipe of the user's comes later and wins
+    base = bench_amgp.parse_args(proxy + ["--recipe", "amgp-half"] + rest + ["--models", own.model, "--out", own.out])
     return own, base
 
 
