@@ -19,6 +19,7 @@ _EXPORTS = {
     "RuleRegistry": "amgp_fx.groups.registry",
     "default_registry": "amgp_fx.groups.registry",
     "score": "amgp_fx.importance",
+    "consumer_inputs": "amgp_fx.activations",
     "shrink_": "amgp_fx.surgery",
     "grow_": "amgp_fx.surgery",
     "SurgeryRecord": "amgp_fx.surgery",

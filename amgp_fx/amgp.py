@@ -18,6 +18,13 @@ graph as it runs, at the step's batch size) summed per phase and over the run; w
 loop does in between, such as evaluation, but not the FLOPs counting itself); peak memory per
 phase (CUDA allocator peak; on the CPU the process's peak resident set).
 
+Data: the ``activation`` criterion and ``fold_bias`` measure what each consumer op sees
+(``amgp_fx.activations.consumer_inputs``) on the inputs of the step at whose start the switch
+happens: the training batch the trainer hands the hooks (``ctx.batch``; the held-out ``probe`` only
+when there is none, as in a direct call), turned into the model's inputs as ``forward`` does. A
+training batch, not the probe, so that held-out rows never steer training; in a multi-process run
+the statistics are averaged over the ranks, so that every rank folds the same biases.
+
 Resume: ``state_dict`` holds the keep plans in effect and the removed slices (values and optimizer
 state) of the current shrink; ``load_state_dict`` re-shrinks the freshly built full-size model with
 them before the trainer loads the model and optimizer state, so a run resumed inside a pruned phase
@@ -37,10 +44,11 @@ from typing import Any
 
 import torch
 
+from amgp_fx.activations import ConsumerInput, consumer_inputs
 from amgp_fx.flops import TrainingFlops, count_training_flops, graph_step_flops
 from amgp_fx.groups.analyze import DependencyGraph
 from amgp_fx.groups.model import Group
-from amgp_fx.importance import score
+from amgp_fx.importance import DATA_CRITERIA, score
 from amgp_fx.lr_schedule import BASE_LR_KEY, LR_SCALE_KEY
 from amgp_fx.schedule import AmgpConfig, AmgpSchedule, FinalState, Method, Phase, PruneScope
 from amgp_fx.surgery import SurgeryRecord, optimizer_list, shrink_
@@ -399,9 +407,31 @@ class AmgpHook:
                 "phases": list(self.history), "surgeries": list(self.surgeries)}
 
     # -- internals ---------------------------------------------------------------------------------
-    def _scores(self, phase: Phase) -> dict[str, torch.Tensor]:
+    def _needs_data(self) -> bool:
+        return self.config.criterion in DATA_CRITERIA or self.config.fold_bias
+
+    def _consumer_inputs(self, ctx) -> dict[str, ConsumerInput]:
+        """``consumer_inputs`` of the model now on this step's batch (see the module docstring)."""
+        from amgp_fx.batch_inputs import batch_inputs_for
+        from amgp_fx.distributed import all_reduce_sum, is_distributed  # torch.distributed only when pruning
+
+        batch = getattr(ctx, "batch", None) if ctx is not None else None
+        batch = batch if batch is not None else self.probe
+        if batch is None:
+            raise AmgpError("the 'activation' criterion and fold_bias measure activations on a batch: the training "
+                            "context has no .batch and the hook no probe")
+        stats = consumer_inputs(self.graph, batch_inputs_for(self, self.graph.traced.args)(batch.to(_device(ctx))))
+        if is_distributed():
+            world = torch.distributed.get_world_size()
+            stats = {name: dataclasses.replace(s, mean=all_reduce_sum(s.mean.clone()) / world,
+                                               mean_square=all_reduce_sum(s.mean_square.clone()) / world)
+                     for name, s in stats.items()}
+        return stats
+
+    def _scores(self, phase: Phase, stats: dict[str, ConsumerInput] | None = None) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + max(phase.plan, 0))
-        scores = score(self.graph, self.config.criterion, groups=self.groups, generator=generator)
+        scores = score(self.graph, self.config.criterion, groups=self.groups, generator=generator, stats=stats,
+                       centered=self.config.fold_bias)
         if self.config.criterion == "taylor" and all(float(s.abs().sum()) == 0 for s in scores.values()):
             raise AmgpError("criterion 'taylor' found no gradients at the phase boundary; the trainer must keep "
                             "the last step's gradients until on_step_end, or use criterion 'l2'")
@@ -415,20 +445,21 @@ class AmgpHook:
             fade = self.switch.fade
             if fade is not None:
                 self._pending_scores = None  # the fade chose the units when it began
-            keep = fade.keep if fade is not None else self._synced(self.switch.choose(self._take_scores(phase),
+            stats = self._consumer_inputs(ctx) if fade is None and self._needs_data() else None
+            keep = fade.keep if fade is not None else self._synced(self.switch.choose(self._take_scores(phase, stats),
                                                                                        phase.amount))
             start = self._now(ctx)
             before, loss_before = self.sizes(), self._probe_loss(ctx)
-            record, details = self.switch.shrink(keep, _optimizers(ctx), saved_device=self.saved_device)
+            record, details = self.switch.shrink(keep, _optimizers(ctx), saved_device=self.saved_device, stats=stats)
             if self.schedule.method is not Method.AMGP:
-                self.switch.scales = {}  # prune-only never grows back: nothing to divide out
+                self.switch.scales, self.switch.folds = {}, {}  # prune-only never grows back: nothing to give back
             self._keeps.append(keep)
             self._record = record if self.schedule.method is Method.AMGP else None  # prune-only never grows
             self._log_surgery(ctx, "shrink", before, start, record.nbytes, loss_before, details)
         self._plan = phase.plan
 
-    def _take_scores(self, phase: Phase) -> dict[str, torch.Tensor]:
-        scores = self._pending_scores if self._pending_scores is not None else self._scores(phase)
+    def _take_scores(self, phase: Phase, stats: dict[str, ConsumerInput] | None = None) -> dict[str, torch.Tensor]:
+        scores = self._pending_scores if self._pending_scores is not None else self._scores(phase, stats)
         self._pending_scores = None
         return scores
 
@@ -445,8 +476,9 @@ class AmgpHook:
         begin = max(following.start - fade, ramp_end, phase.start)
         if step != begin or begin >= following.start:
             return
-        keep = self._synced(self.switch.choose(self._scores(following), following.amount))
-        self.switch.begin_fade(keep, following.start - begin)
+        stats = self._consumer_inputs(ctx) if self._needs_data() else None
+        keep = self._synced(self.switch.choose(self._scores(following, stats), following.amount))
+        self.switch.begin_fade(keep, following.start - begin, stats=stats)
         self._log(ctx, {"kind": "amgp_fade_start", "step": step, "steps": following.start - begin,
                         "probe_loss": self._probe_loss(ctx)})
 

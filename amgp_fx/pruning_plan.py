@@ -45,7 +45,7 @@ import torch
 
 from amgp_fx.groups.analyze import DependencyGraph
 from amgp_fx.groups.model import Group
-from amgp_fx.importance import CRITERIA, score
+from amgp_fx.importance import CRITERIA, DATA_CRITERIA, score
 from amgp_fx.segments import POLICIES, group_segments, keep_channels, member_sizes, resolve_policy
 from amgp_fx.surgery import SurgeryRecord, grow_, shrink_
 
@@ -284,6 +284,9 @@ def plan_pruning(graph: DependencyGraph, ratio: float | None = None, *, flops_ta
         raise PlanError(f"multiple {multiple!r} must be a positive integer (1 turns rounding off)")
     if criterion not in CRITERIA:
         raise PlanError(f"unknown importance criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if criterion in DATA_CRITERIA:
+        raise PlanError(f"criterion {criterion!r} scores channels on a batch of data, which plan_pruning does not "
+                        "see; use it in AMGP training (AmgpConfig.criterion), or choose l2, l1, taylor or random")
     if policy not in POLICIES:
         raise PlanError(f"unknown pruning policy {policy!r}; choose one of {', '.join(POLICIES)}")
     overrides = dict(group_ratios or {})

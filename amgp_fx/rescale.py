@@ -14,6 +14,12 @@ j's share of the next layer's pre-activation variance (``|outgoing|^2`` alone wh
 no producer weights). With equal units this is sqrt(present / kept); units that an ``l2`` or
 ``taylor`` criterion removes are weaker, and the factor shrinks accordingly.
 
+Where the units' activations were measured on data (the ``activation`` criterion or ``fold_bias``
+of ``AmgpConfig``), ``e_j`` is the measured ``E[x_j^2] * |outgoing weights of j|^2`` instead
+(``amgp_fx.importance.channel_energy``), or with ``fold_bias`` ``Var[x_j] * |outgoing|^2``: the
+fold gives back the removed units' mean (``amgp_fx.bias_fold``), so the rescale has only their
+fluctuation to make up for.
+
 A consumer whose outputs pass through a BatchNorm or LayerNorm (DCN-v2's deep tower) is left
 alone: the normalization already restores the scale.
 
@@ -33,7 +39,7 @@ import torch
 from amgp_fx.groups.analyze import DependencyGraph
 from amgp_fx.groups.model import Group, Role
 
-__all__ = ["consumer_scales", "member_slices", "scale_consumers_"]
+__all__ = ["consumer_scales", "member_slices", "member_views", "scale_consumers_"]
 
 
 _NORM_ROLES = (Role.SCALE, Role.RUNNING_VAR)
@@ -55,6 +61,13 @@ def member_slices(graph: DependencyGraph, group: Group, role: Role, *, normalize
     """(tensor, dim, current indices (n,), group channel of each (n,)) of the group's present
     positions in each ``role`` member, in the tensor's current (possibly shrunk) coordinates;
     consumers whose outputs are normalized are left out unless ``normalized``."""
+    for member, tensor, index, channel in member_views(graph, group, role, normalized=normalized):
+        yield tensor, member.dim, index, channel
+
+
+def member_views(graph: DependencyGraph, group: Group, role: Role, *, normalized: bool = False):
+    """``member_slices`` with the ``Member`` itself first: (member, tensor, current indices (n,),
+    group channel of each (n,))."""
     dims = {(td.tensor, td.dim): td for td in graph.tensor_dims}
     for member in group.members:
         if member.role is not role:
@@ -70,7 +83,7 @@ def member_slices(graph: DependencyGraph, group: Group, role: Role, *, normalize
         tensor = graph.module
         for part in member.tensor.split("."):
             tensor = getattr(tensor, part)
-        yield (tensor, member.dim, torch.from_numpy(current[member.positions[here]]),
+        yield (member, tensor, torch.from_numpy(current[member.positions[here]]),
                torch.from_numpy(member.channels[here]))
 
 
@@ -85,10 +98,16 @@ def _energy(graph: DependencyGraph, group: Group, role: Role) -> torch.Tensor | 
     return total
 
 
-def consumer_scales(graph: DependencyGraph, keep: Mapping[str, Sequence[int]]) -> dict[str, float]:
+def consumer_scales(graph: DependencyGraph, keep: Mapping[str, Sequence[int]],
+                    energies: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Per group of ``keep`` (``shrink_``'s argument: positions among present channels), the factor
     that keeps the next layer's input variance when only those channels remain (1.0 for a group
-    with no outgoing weights or nothing removed)."""
+    with no outgoing weights or nothing removed).
+
+    ``energies`` (group id -> (full_size,)) replaces the weight-based estimate of each channel's
+    share where it was measured on data (``amgp_fx.importance.channel_energy``): a unit that is
+    silent on the data has large weights and no share, and the weight estimate would rescale the
+    kept units for a loss that never happens."""
     factors: dict[str, float] = {}
     for group_id, positions in keep.items():
         group = graph.group(group_id)
@@ -98,8 +117,12 @@ def consumer_scales(graph: DependencyGraph, keep: Mapping[str, Sequence[int]]) -
         if outgoing is None:  # nothing removed, or no outgoing weights to compensate with
             factors[group_id] = 1.0
             continue
-        incoming = _energy(graph, group, Role.PRODUCER)
-        energy = outgoing * incoming if incoming is not None else outgoing
+        measured = (energies or {}).get(group_id)
+        if measured is not None:
+            energy = measured.double().cpu()
+        else:
+            incoming = _energy(graph, group, Role.PRODUCER)
+            energy = outgoing * incoming if incoming is not None else outgoing
         kept_energy = float(energy[torch.from_numpy(kept)].sum())
         all_energy = float(energy[torch.from_numpy(present)].sum())
         factors[group_id] = math.sqrt(all_energy / kept_energy) if kept_energy > 0 else 1.0

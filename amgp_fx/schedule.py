@@ -37,7 +37,7 @@ __all__ = ["SCHEDULE_VERSION", "Method", "FinalState", "PruneScope", "GrowInit",
            "Phase", "AmgpSchedule", "AmgpConfig", "RECIPES", "DEFAULT_RECIPE", "schedule_config_from_dict"]
 
 SCHEDULE_VERSION = 1
-CRITERIA = ("l2", "l1", "taylor", "random")  # amgp_fx.importance.CRITERIA, without importing torch
+CRITERIA = ("l2", "l1", "taylor", "random", "activation")  # amgp_fx.importance.CRITERIA, without importing torch
 SELECTIONS = ("score", "sticky", "rotate", "balanced")  # amgp_fx.switch's selection policies
 
 
@@ -310,7 +310,9 @@ class AmgpConfig:
         max_layer_ratio: cap on the share removed from any one group, in (0, 1).
         groups: group ids, names or fnmatch patterns to prune; () = every prunable group of ``kinds``.
         kinds: group kinds pruned by default: "hidden" (MLP units); add "embedding" or "heads" on request.
-        criterion: importance, re-scored at every prune: "l2", "l1", "taylor" or "random".
+        criterion: importance, re-scored at every prune: "l2", "l1", "taylor", "random" or
+            "activation" (each unit's expected squared contribution to its consumers on the step's
+            training batch, so that units silent on the data go first; ``amgp_fx.importance``).
         round_to: kept widths are rounded to a multiple of this (tensor cores like 8); 1 = exact.
         grow_init: "restore" (saved values) or "fresh" (random in, zero out: same function).
         optimizer_state: "restore" (saved moments of regrown units) or "reset" (zeros).
@@ -339,6 +341,12 @@ class AmgpConfig:
             among equals), so every unit trains a fair share.
         rewarm_steps: after each growth, the dense optimizer's rate rises linearly from
             1/rewarm_steps of its rate back to it over this many steps (staged training's re-warm-up).
+        fold_bias: at each shrink (and along a fade), add what the consumers lose of their mean
+            input to their biases (FLAP, An et al. 2024; ``amgp_fx.bias_fold``), measured on the
+            step's training batch, so the shrunk model's output at the mean input is unchanged; the
+            fold is given back where the rescale is divided out. Consumers without a bias are
+            skipped (no parameter is created). With criterion "activation", units are then scored
+            by the variance of their output instead of its second moment: the mean is folded back.
 
     Raises:
         ValueError: naming the field, for out-of-range values or contradictions.
@@ -370,6 +378,7 @@ class AmgpConfig:
     fade_steps: int = 0
     selection: str = "score"
     rewarm_steps: int = 0
+    fold_bias: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.schedule, Mapping):
@@ -414,6 +423,8 @@ class AmgpConfig:
                      f"AmgpConfig.{name} must be an integer in [0, total_steps], got {value!r}")
         _require(self.grow_ramp_steps == 0 or self.preserve_growth,
                  "AmgpConfig.grow_ramp_steps ramps a function-preserving growth: set preserve_growth=True")
+        _require(isinstance(self.fold_bias, bool),
+                 f"AmgpConfig.fold_bias must be true or false, got {self.fold_bias!r}")
         _require(self.selection in SELECTIONS, f"AmgpConfig.selection must be one of {SELECTIONS}, "
                                                f"got {self.selection!r}")
         _require(self.criterion != "taylor" or self.schedule.warmup_steps >= 1 or self.schedule.method is Method.DENSE,

@@ -10,6 +10,10 @@ options of `amgp_fx.schedule.AmgpConfig`:
 * shrink: physical removal (``surgery.shrink_``) with the kept units' outgoing weights rescaled
   (``amgp_fx.rescale``); with ``fade_steps`` the chosen units are faded out first (outgoing
   weights to exactly zero, the rescale phased in), so the removal itself changes no output.
+* bias fold (``fold_bias``, ``amgp_fx.bias_fold``): at a shrink, and at each step of a fade, the
+  change in every consumer's mean output (the removed units' mean, the rescale's shift of the kept
+  units' mean) goes into its bias, measured on a batch of real inputs (``stats``); the fold is given
+  back where the rescale is divided out.
 * growth: ``surgery.grow_`` (restored or fresh values) with the rescale divided out; or, with
   ``preserve_growth``, function-preserving: kept units keep their current weights, regrown units
   enter with zero outgoing weights, and ``grow_ramp_steps`` phases their saved outgoing weights
@@ -31,8 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from amgp_fx.activations import ConsumerInput
+from amgp_fx.bias_fold import add_to_biases_, fold_change, mean_outputs, sum_folds
 from amgp_fx.groups.analyze import DependencyGraph
 from amgp_fx.groups.model import Group, Role
+from amgp_fx.importance import channel_energy
 from amgp_fx.rescale import consumer_scales, member_slices
 from amgp_fx.schedule import AmgpConfig, GrowInit, Method, PruneScope
 from amgp_fx.segments import group_segments, keep_channels, resolve_policy
@@ -179,6 +186,8 @@ class _Fade:
     outgoing: dict[str, list[torch.Tensor]]  # the fading units' outgoing weights when the fade began
     length: int
     done: int = 0
+    stats: dict[str, ConsumerInput] | None = None  # with fold_bias: the consumers' inputs when the fade began
+    folded: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # bias fold so far
 
 
 @dataclasses.dataclass
@@ -192,6 +201,7 @@ class _Ramp:
     scales: dict[str, float]  # the rescale the kept units carry at the growth
     length: int
     done: int = 0
+    folds: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # bias fold taken out in equal parts
 
 
 class SwitchPolicy:
@@ -213,6 +223,7 @@ class SwitchPolicy:
         self.scales: dict[str, float] = {}  # the kept units' rescale while pruned
         self.kept: dict[str, np.ndarray] = {}  # the channels the shrink in effect kept (full-size ids)
         self.faded_outgoing: dict[str, list[torch.Tensor]] = {}  # what a fade zeroed, given back at growth
+        self.folds: dict[str, torch.Tensor] = {}  # bias FQN -> what the shrink in effect folded into it
 
     # -- selection ---------------------------------------------------------------------------
     def choose(self, scores: Mapping[str, torch.Tensor], amount: float) -> dict[str, list[int]]:
@@ -254,35 +265,67 @@ class SwitchPolicy:
         return removed, kept
 
     # -- shrink ------------------------------------------------------------------------------
-    def begin_fade(self, keep: dict[str, list[int]], length: int) -> None:
-        """Start fading out the channels ``keep`` leaves out, over ``length`` steps before the shrink."""
-        removed, kept = self._removed_channels(keep)
-        scales = consumer_scales(self.graph, keep) if self.config.rescale else {}
-        outgoing = {k: _take_outgoing(self.graph, self.graph.group(k), v) for k, v in removed.items()}
-        self.fade = _Fade(keep, removed, kept, scales, outgoing, max(1, int(length)))
+    def _needs_stats(self, stats, what: str) -> None:
+        if self.config.fold_bias and stats is None:
+            raise ValueError(f"fold_bias folds the removed units' mean output into the consumers' biases: {what} needs "
+                             "stats=amgp_fx.activations.consumer_inputs(graph, inputs) of a batch of real inputs")
 
-    def shrink(self, keep: dict[str, list[int]], optimizers, saved_device=None) -> tuple[SurgeryRecord, dict]:
+    def _scales(self, keep: Mapping[str, Sequence[int]], stats: Mapping[str, ConsumerInput] | None) -> dict:
+        """The rescale of each group's kept units; from the measured energies where ``stats`` are given."""
+        if not self.config.rescale:
+            return {}
+        energies = None
+        if stats is not None:
+            centered = self.config.fold_bias  # the fold gives back the mean: only the fluctuation is lost
+            energies = {k: channel_energy(self.graph, self.graph.group(k), stats, centered) for k in keep}
+        return consumer_scales(self.graph, keep, energies)
+
+    def _mean_outputs(self, channels: Mapping[str, np.ndarray],
+                      stats: Mapping[str, ConsumerInput]) -> dict[str, torch.Tensor]:
+        return sum_folds([mean_outputs(self.graph, self.graph.group(k), v, stats) for k, v in channels.items()])
+
+    def begin_fade(self, keep: dict[str, list[int]], length: int,
+                   stats: dict[str, ConsumerInput] | None = None) -> None:
+        """Start fading out the channels ``keep`` leaves out, over ``length`` steps before the shrink;
+        with ``fold_bias``, ``stats`` (``consumer_inputs`` now) gives the means each step folds."""
+        self._needs_stats(stats, "begin_fade")
+        removed, kept = self._removed_channels(keep)
+        scales = self._scales(keep, stats)
+        outgoing = {k: _take_outgoing(self.graph, self.graph.group(k), v) for k, v in removed.items()}
+        self.fade = _Fade(keep, removed, kept, scales, outgoing, max(1, int(length)),
+                          stats=dict(stats) if self.config.fold_bias else None)
+
+    def shrink(self, keep: dict[str, list[int]], optimizers, saved_device=None,
+               stats: dict[str, ConsumerInput] | None = None) -> tuple[SurgeryRecord, dict]:
         """Remove the channels ``keep`` leaves out; returns (record, diagnostics).
 
         The kept units' rescale multiplies their whole outgoing slices before the removal (so the
         saved slices carry it too, and a growth divides it out of everything alike). After a
         finished fade the removed units' outgoing weights are zero and the kept ones carry the
-        rescale already, so the removal changes nothing."""
+        rescale already, so the removal changes nothing. With ``fold_bias`` (and no fade, which
+        folds as it goes) the change of every consumer's mean output is added to its bias before the
+        removal, from ``stats`` (``consumer_inputs`` of the model now)."""
         fade, self.fade = self.fade, None
         if fade is not None:
             while fade.done < fade.length:  # a shrink that came early finishes its fade at once
                 self._fade_step(fade)
             keep, scales = fade.keep, fade.scales
         else:
-            scales = consumer_scales(self.graph, keep) if self.config.rescale else {}
+            self._needs_stats(stats, "a shrink")
+            scales = self._scales(keep, stats)
         removed, kept = self._removed_channels(keep)
+        folds = fade.folded if fade is not None else {}
         if fade is None:
+            before = self._mean_outputs({k: np.union1d(removed[k], kept[k]) for k in keep}, stats) \
+                if self.config.fold_bias else {}
             for group_id, factor in scales.items():
                 if factor != 1.0:
                     _scale_outgoing_(self.graph, self.graph.group(group_id), kept[group_id], factor, normalized=False)
+            if self.config.fold_bias:  # before the removal: the removed rows of a shrinking bias keep their fold
+                folds = add_to_biases_(self.graph, fold_change(before, self._mean_outputs(kept, stats)))
         at_full = all(g.size == g.full_size for g in self.groups)
         record = shrink_(self.graph, keep, optimizers, saved_device=saved_device)
-        self.scales, self.kept = scales, kept
+        self.scales, self.kept, self.folds = scales, kept, folds
         self.faded_outgoing = fade.outgoing if fade is not None else {}
         overlaps = [removed_overlap(self.last_removed[k], v) for k, v in removed.items() if k in self.last_removed]
         for group_id, channels in removed.items():
@@ -304,8 +347,9 @@ class SwitchPolicy:
         restore = config.grow_init is GrowInit.RESTORE
         faded = self.faded_outgoing if restore else {}  # restored units come back as they were before their fade
         if not config.preserve_growth:
-            if restore:  # the kept units back to the scale the restored ones had
+            if restore:  # the kept units back to the scale the restored ones had, the biases without the fold
                 self._unscale_kept(1.0)
+                add_to_biases_(self.graph, self.folds, -1.0)
                 for group_id, values in faded.items():
                     _add_outgoing_(self.graph, self.graph.group(group_id), regrown[group_id], values, 1.0)
             self._forget()
@@ -317,7 +361,8 @@ class SwitchPolicy:
                     targets[g.id] = faded.get(g.id) or _take_outgoing(self.graph, g, regrown[g.id])
                 _scale_outgoing_(self.graph, g, regrown[g.id], 0.0, normalized=True)
         if config.grow_ramp_steps:
-            self.ramp = _Ramp(regrown, dict(self.kept), targets, dict(self.scales), config.grow_ramp_steps)
+            self.ramp = _Ramp(regrown, dict(self.kept), targets, dict(self.scales), config.grow_ramp_steps,
+                              folds=dict(self.folds))
             self._forget()
 
     def _unscale_kept(self, share: float) -> None:
@@ -328,7 +373,7 @@ class SwitchPolicy:
                                  factor ** -share, normalized=False)
 
     def _forget(self) -> None:
-        self.scales, self.kept, self.faded_outgoing = {}, {}, {}
+        self.scales, self.kept, self.faded_outgoing, self.folds = {}, {}, {}, {}
 
     # -- per step ------------------------------------------------------------------------------
     def step(self) -> None:
@@ -347,6 +392,8 @@ class SwitchPolicy:
 
     def _fade_step(self, fade: _Fade) -> None:
         t, n = fade.done, fade.length
+        present = {k: np.union1d(fade.removed[k], fade.kept[k]) for k in fade.removed}
+        before = self._mean_outputs(present, fade.stats) if fade.stats is not None else {}
         out_factor = (1 - (t + 1) / n) / (1 - t / n)  # exactly 0 at the last step
         for group_id, channels in fade.removed.items():
             _scale_outgoing_(self.graph, self.graph.group(group_id), channels, out_factor, normalized=True)
@@ -354,6 +401,9 @@ class SwitchPolicy:
             level = lambda k: 1 + (scale - 1) * k / n  # noqa: E731
             _scale_outgoing_(self.graph, self.graph.group(group_id), fade.kept[group_id],
                              level(t + 1) / level(t), normalized=False)
+        if fade.stats is not None:
+            step = add_to_biases_(self.graph, fold_change(before, self._mean_outputs(present, fade.stats)))
+            fade.folded = sum_folds([fade.folded, step])
         fade.done += 1
 
     def _ramp_step(self, ramp: _Ramp) -> None:
@@ -366,6 +416,7 @@ class SwitchPolicy:
             level = lambda k: 1 + (1 / scale - 1) * k / n  # noqa: E731 - from x1 to x(1/s) of today's weights
             _scale_outgoing_(self.graph, self.graph.group(group_id), ramp.kept[group_id],
                              level(t + 1) / level(t), normalized=False)
+        add_to_biases_(self.graph, ramp.folds, -1.0 / n)
         ramp.done += 1
 
     # -- resume ----------------------------------------------------------------------------------
@@ -376,17 +427,23 @@ class SwitchPolicy:
         def cpu(d):
             return {k: [t.cpu() for t in v] for k, v in d.items()}
 
+        def cpu_one(d):
+            return {k: t.cpu() for k, t in d.items()}
+
         fade = None if self.fade is None else {
             "keep": self.fade.keep, "removed": plain(self.fade.removed), "kept": plain(self.fade.kept),
             "scales": self.fade.scales, "outgoing": cpu(self.fade.outgoing), "length": self.fade.length,
-            "done": self.fade.done}
+            "done": self.fade.done, "folded": cpu_one(self.fade.folded),
+            "stats": None if self.fade.stats is None else {k: v.to_state() for k, v in self.fade.stats.items()}}
         ramp = None if self.ramp is None else {
             "regrown": plain(self.ramp.regrown), "kept": plain(self.ramp.kept),
             "targets": cpu(self.ramp.targets),
-            "scales": self.ramp.scales, "length": self.ramp.length, "done": self.ramp.done}
+            "scales": self.ramp.scales, "length": self.ramp.length, "done": self.ramp.done,
+            "folds": cpu_one(self.ramp.folds)}
         return {"out_count": plain(self.out_count), "first_removed": plain(self.first_removed),
                 "last_removed": plain(self.last_removed), "cycle": self.cycle, "scales": dict(self.scales),
-                "kept": plain(self.kept), "faded_outgoing": cpu(self.faded_outgoing), "fade": fade, "ramp": ramp}
+                "kept": plain(self.kept), "faded_outgoing": cpu(self.faded_outgoing), "folds": cpu_one(self.folds),
+                "fade": fade, "ramp": ramp}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         def arrays(d):
@@ -397,11 +454,14 @@ class SwitchPolicy:
         self.cycle, self.scales = int(state["cycle"]), {k: float(v) for k, v in state["scales"].items()}
         self.kept = arrays(state.get("kept", {}))
         self.faded_outgoing = {k: list(v) for k, v in state.get("faded_outgoing", {}).items()}
+        self.folds = dict(state.get("folds", {}))
         fade, ramp = state.get("fade"), state.get("ramp")
+        stats = None if fade is None or fade.get("stats") is None else {
+            k: ConsumerInput.from_state(v) for k, v in fade["stats"].items()}
         self.fade = None if fade is None else _Fade(
             {k: list(v) for k, v in fade["keep"].items()}, arrays(fade["removed"]), arrays(fade["kept"]),
             dict(fade["scales"]), {k: list(v) for k, v in fade["outgoing"].items()}, int(fade["length"]),
-            int(fade["done"]))
+            int(fade["done"]), stats, dict(fade.get("folded", {})))
         self.ramp = None if ramp is None else _Ramp(
             arrays(ramp["regrown"]), arrays(ramp["kept"]), {k: list(v) for k, v in ramp["targets"].items()},
-            dict(ramp["scales"]), int(ramp["length"]), int(ramp["done"]))
+            dict(ramp["scales"]), int(ramp["length"]), int(ramp["done"]), dict(ramp.get("folds", {})))

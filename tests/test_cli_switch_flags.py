@@ -1,4 +1,4 @@
-"""The AMGP switch flags (--preserve-growth, --grow-ramp, --fade, --selection) and the learning-rate
+"""The AMGP switch flags (--preserve-growth, --grow-ramp, --fade, --selection, --fold-bias) and the learning-rate
 schedule flags (--lr-schedule, --lr-warmup) of ``train`` and ``run``: what they set, and the errors
 for flags that would do nothing or shares out of range."""
 from __future__ import annotations
@@ -37,6 +37,11 @@ def test_switch_flags_set_the_config_with_shares_of_a_pruned_phase():
     assert config.grow_ramp_steps == round(0.25 * phase) and config.fade_steps == round(0.5 * phase)
 
 
+def test_fold_bias_flag_sets_the_config_and_its_absence_keeps_the_recipe():
+    assert _config(_args("--amgp", "--amgp-recipe", "amgp-half", "--fold-bias")).fold_bias is True
+    assert _config(_args("--amgp", "--amgp-recipe", "amgp-half")).fold_bias is False
+
+
 def test_flags_not_given_keep_the_recipe():
     plain = _config(_args("--amgp", "--amgp-recipe", "amgp-grow-late"))
     recipe = AmgpConfig.from_recipe_name("amgp-grow-late", total_steps=200)
@@ -69,12 +74,15 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-@pytest.mark.parametrize("flags", [["--fade", "0.25"], ["--preserve-growth"], ["--selection", "balanced"]])
-def test_switch_flags_without_amgp_exit_2_with_one_line(tmp_path, flags):
-    result = _cli("train", "--model", "dlrm", "--steps", "4", "--rows", "400", *flags, "-o", "out", cwd=tmp_path)
+@pytest.mark.parametrize("command, flags", [("train", ["--fade", "0.25"]), ("train", ["--preserve-growth"]),
+                                            ("train", ["--selection", "balanced"]), ("train", ["--fold-bias"]),
+                                            ("run", ["--fold-bias"])])
+def test_switch_flags_without_amgp_exit_2_with_one_line(tmp_path, command, flags):
+    result = _cli(command, "--model", "dlrm", "--steps", "4", "--rows", "400", *flags, "-o", "out", cwd=tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("amgp-compress: error:")
     assert "--amgp" in lines[0] and "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+    assert flags[0] in lines[0]
 
 
 def test_faded_shrink_reaches_the_training_log(tmp_path):

@@ -75,13 +75,14 @@ def _config(folder: Path, steps: int, checkpoint_every: int = 0, resume: bool = 
 
 
 def run_amgp(folder: Path, schedule: AmgpSchedule = SWITCHING, *, criterion: str = "l2", dump=DUMP_STEPS,
-             checkpoint_every: int = 0, resume: bool = False, model_seed: int = 0):
-    """DLRM (sparse embeddings: SparseAdam next to Adam) trained with AMGP; returns the model."""
+             checkpoint_every: int = 0, resume: bool = False, model_seed: int = 0, **config):
+    """DLRM (sparse embeddings: SparseAdam next to Adam) trained with AMGP (``config``: more
+    AmgpConfig fields); returns the model."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(model_seed)
     model = models.build_model("dlrm", "small")
     graph = amgp_fx.analyze(model, model.example_inputs(4))
-    hook = AmgpHook(graph, AmgpConfig(schedule, ratio=0.5, criterion=criterion))
+    hook = AmgpHook(graph, AmgpConfig(schedule, ratio=0.5, criterion=criterion, **config))
     train(model, _rows()[0], None, _config(folder, schedule.total_steps, checkpoint_every, resume),
           hooks=[hook, Dump(folder, dump)], forward=hook.forward, progress=False)
     return model
@@ -147,6 +148,9 @@ SCENARIOS = {
     "dense_as_dense": _dense_sparse_as_dense,
     "resume_from_one": lambda root: run_amgp(root / "one_to_two", checkpoint_every=6, resume=True, model_seed=99),
     "plan": _plan_scenario,
+    # each rank measures its own rows: the activation scores and the bias fold must come from all of them (a
+    # fade folds at steps without a DDP rebuild, whose broadcast of rank 0's parameters would hide a difference)
+    "fold": lambda root: run_amgp(root / "fold2", criterion="activation", fold_bias=True, fade_steps=2),
     "no_rebuild": _no_rebuild,
     "shapes_only": _shapes_only,
 }
@@ -190,7 +194,7 @@ def runs(tmp_path_factory):
     run_amgp(root / "amgp1", checkpoint_every=6)
     run_dense(root / "dense1")
     _keep_checkpoint(root / "amgp1", root / "one_to_two", 12)
-    spawn(root, ["amgp", "back_to_back", "dense", "dense_as_dense", "resume_from_one", "plan"])
+    spawn(root, ["amgp", "back_to_back", "dense", "dense_as_dense", "resume_from_one", "plan", "fold"])
     return root
 
 
@@ -226,7 +230,8 @@ def _losses(path: Path) -> list[float]:
 
 # -- ranks stay identical -------------------------------------------------------------------------------
 @pytest.mark.parametrize("run, steps, builds", [("amgp2", DUMP_STEPS, [0, 3, 8, 11, 16]),
-                                               ("back2", (2, 5, 8, 11, 12), [0, 2, 5, 8, 11])])
+                                               ("back2", (2, 5, 8, 11, 12), [0, 2, 5, 8, 11]),
+                                               ("fold2", DUMP_STEPS, [0, 3, 8, 11, 16])])
 def test_ranks_hold_identical_parameters_and_optimizer_state_through_phase_switches(runs, run, steps, builds):
     records = read_metrics(runs / run / "metrics.jsonl")
     assert [r["step"] for r in records if r["kind"] == "ddp_build"] == builds, "one DDP build per surgery step"

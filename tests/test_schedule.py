@@ -77,6 +77,8 @@ def test_schedule_validation_names_the_field(kwargs, message):
     (dict(kinds=()), "kinds must name at least one group kind"),
     (dict(grow_init="zeros"), "grow_init must be one of"),
     (dict(optimizer_state="keep"), "optimizer_state must be one of"),
+    (dict(fold_bias="yes"), "fold_bias must be true or false"),
+    (dict(fold_bias=1), "fold_bias must be true or false"),
 ])
 def test_config_validation_names_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -113,6 +115,16 @@ def test_round_trip_keeps_every_field():
                         optimizer_state="reset", seed=3)
     again = AmgpConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config and again.schedule.final is FinalState.COMPACT
+
+
+def test_activation_and_fold_bias_round_trip_and_older_dicts_load_without_the_fold():
+    config = AmgpConfig.from_recipe_name("amgp-half", 1000, criterion="activation", fold_bias=True)
+    data = json.loads(json.dumps(config.to_dict()))
+    assert data["fold_bias"] is True and data["criterion"] == "activation" and data["version"] == 1
+    again = AmgpConfig.from_dict(data)
+    assert again == config and again.fold_bias is True
+    older = {k: v for k, v in data.items() if k != "fold_bias"}  # written before the field existed
+    assert AmgpConfig.from_dict(older).fold_bias is False
 
 
 def test_from_dict_refuses_unknown_keys_types_and_versions():

@@ -4,7 +4,8 @@
 AMGP (and dense at other learning rates) on the same generated data in one process, so that a GPU
 call spends its time training instead of regenerating 8M rows per setting. Every variant is a set
 of overrides of bench_amgp's arguments (recipe, ratio, criterion, grow-init, optimizer-state, lr,
-method); ``fractions`` defines a schedule that is not a named recipe (registered for this run only).
+method); ``fractions`` defines a schedule that is not a named recipe, and ``config`` sets AmgpConfig
+fields that bench_amgp has no flag for (both registered as a recipe for this run only).
 
 Example:
     python tools/sweep_amgp.py --model dlrm --out docs/results/amgp_sweep_dlrm.json      # GPU, ~8 min
@@ -75,6 +76,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "prune-only-80": dict(method="prune_only", fractions=dict(warmup=0.0, pruned=0.8, cycles=1, final=0.2)),
     "grow-late-warm": dict(fractions=dict(warmup=0.1, pruned=0.6, cycles=1, final=0.3), preserve_growth=True,
                            grow_ramp=0.25, fade=0.25),  # full warm-up, one faded shrink, one preserving growth
+    # issue 12: importance that sees outputs, and FLAP's bias compensation at a shrink
+    "activation": dict(criterion="activation"),  # E[x^2] |W_out|^2 on the step's batch, not weights alone
+    "fold-bias": dict(config=dict(fold_bias=True)),  # the removed units' mean output into the next biases
+    "activation-fold-bias": dict(criterion="activation", config=dict(fold_bias=True)),  # variance-scored + fold
+    "lossless-fold-bias": dict(fade=0.25, preserve_growth=True, grow_ramp=0.25, config=dict(fold_bias=True)),
 }
 # what a plain run compares: fits one 10-minute call on the H200 with 3 seeds (~35 s per variant + data)
 DEFAULT_VARIANTS = ("dense", "small-dense", "base", "fresh", "grow-late", "quarter", "lr-x2", "lr-x3")
@@ -90,14 +96,18 @@ PROXY_ARGS = ["--device", "cpu", "--samples", "524288", "--batch-size", "2048", 
 
 
 def variant_args(base: argparse.Namespace, name: str, overrides: dict[str, Any]) -> argparse.Namespace:
-    """bench_amgp's namespace for one variant; a ``fractions`` schedule becomes a recipe of its own."""
+    """bench_amgp's namespace for one variant; a ``fractions`` schedule or ``config`` fields become a
+    recipe of its own (the base recipe's, with them)."""
     args = argparse.Namespace(**vars(base))
     for field in ARG_FIELDS:
         if field in overrides:
             setattr(args, field, overrides[field])
-    if "fractions" in overrides:
+    if "fractions" in overrides or "config" in overrides:
+        recipe = dict(RECIPES[args.recipe], ratio=args.ratio)
+        if "fractions" in overrides:
+            recipe = dict(fractions=dict(overrides["fractions"]), ratio=args.ratio)
         args.recipe = f"sweep-{name}"
-        RECIPES[args.recipe] = dict(fractions=dict(overrides["fractions"]), ratio=args.ratio)
+        RECIPES[args.recipe] = {**recipe, **overrides.get("config", {})}
     return args
 
 

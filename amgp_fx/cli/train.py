@@ -141,8 +141,8 @@ def lr_schedule_options(args: argparse.Namespace, steps: int) -> dict[str, Any]:
 
 def switch_overrides(args: argparse.Namespace, recipe) -> dict[str, Any]:
     """AmgpConfig fields from the switch flags (``--preserve-growth``, ``--grow-ramp``, ``--fade``,
-    ``--selection``) for ``recipe`` (the named recipe's AmgpConfig); shares are of one pruned phase,
-    as in the recipes. Flags not given keep the recipe's values."""
+    ``--selection``, ``--fold-bias``) for ``recipe`` (the named recipe's AmgpConfig); shares are of
+    one pruned phase, as in the recipes. Flags not given keep the recipe's values."""
     overrides: dict[str, Any] = {}
     schedule = recipe.schedule
     ramp, fade = _share(args, "--grow-ramp"), _share(args, "--fade")
@@ -159,6 +159,8 @@ def switch_overrides(args: argparse.Namespace, recipe) -> dict[str, Any]:
                              "Drop --fade, or choose a recipe with a warm-up (e.g. --amgp-recipe amgp-half)")
     if getattr(args, "selection", None):
         overrides["selection"] = args.selection
+    if getattr(args, "fold_bias", False):
+        overrides["fold_bias"] = True
     return overrides
 
 
@@ -178,7 +180,8 @@ def check_switch_flags(args: argparse.Namespace) -> None:
     given = [flag for flag, value in (("--preserve-growth", getattr(args, "preserve_growth", False)),
                                       ("--grow-ramp", getattr(args, "grow_ramp", None)),
                                       ("--fade", getattr(args, "fade", None)),
-                                      ("--selection", getattr(args, "selection", None))) if value not in (None, False)]
+                                      ("--selection", getattr(args, "selection", None)),
+                                      ("--fold-bias", getattr(args, "fold_bias", False))) if value not in (None, False)]
     if given and not getattr(args, "amgp", False):
         raise UsageError(f"{', '.join(given)}: switch options of AMGP training", "Add --amgp, or drop them")
 
@@ -222,6 +225,7 @@ def train_model(module, data, args: argparse.Namespace, steps: int, *, amgp: boo
             raise UsageError(f"AMGP recipe {args.amgp_recipe!r} does not fit {steps} steps: {error}",
                              "Train for more steps or choose another --amgp-recipe") from error
         hooks = [AmgpHook(graph, recipe)]
+        hooks[0].input_map = saved_map(bound) if bound is not None else None  # its batches -> inputs, as trained
         meter = FlopsMeter(hooks[0])
         hooks.insert(0, meter)  # before the AmgpHook: it counts each step at the width the step ran
         module = graph.module
