@@ -59,7 +59,7 @@ from amgp_fx.config import SyntheticConfig, TrainConfig  # noqa: E402
 from amgp_fx.data import Batch, SyntheticCriteo  # noqa: E402
 from amgp_fx.fileio import atomic_write_json  # noqa: E402
 from amgp_fx.flops import count_training_flops, width_scale_for_flops  # noqa: E402
-from amgp_fx.schedule import AmgpConfig  # noqa: E402
+from amgp_fx.schedule import CRITERIA, AmgpConfig  # noqa: E402
 from amgp_fx.train import train  # noqa: E402
 
 METHODS = ("dense", "amgp", "prune_only", "small_dense")
@@ -175,8 +175,10 @@ def switch_options(args, steps: int) -> dict[str, Any]:
     pruned_phase = max(1, int(round(fractions["pruned"] * steps / fractions["cycles"])))
     options = dict(fade_steps=int(round(args.fade * pruned_phase)), preserve_growth=bool(args.preserve_growth),
                    grow_ramp_steps=int(round(args.grow_ramp * pruned_phase)) if args.preserve_growth else 0,
-                   selection=args.selection, rewarm_steps=int(round(args.rewarm * pruned_phase)))
-    unset = dict(fade_steps=0, preserve_growth=False, grow_ramp_steps=0, selection="score", rewarm_steps=0)
+                   selection=args.selection, rewarm_steps=int(round(args.rewarm * pruned_phase)),
+                   fold_bias=bool(getattr(args, "fold_bias", False)))
+    unset = dict(fade_steps=0, preserve_growth=False, grow_ramp_steps=0, selection="score", rewarm_steps=0,
+                 fold_bias=False)
     return {k: v for k, v in options.items() if v != unset[k]}  # what is not asked for stays as the recipe says
 
 
@@ -355,7 +357,10 @@ def parse_args(argv=None):
     parser.add_argument("--recipe", default=amgp_fx.DEFAULT_RECIPE,
                         help=f"AMGP recipe (amgp_fx.schedule.RECIPES; default {amgp_fx.DEFAULT_RECIPE}, the CLI's)")
     parser.add_argument("--ratio", type=float, default=0.5, help="share of hidden units removed when pruned")
-    parser.add_argument("--criterion", default="l2", choices=["l2", "l1", "taylor", "random"])
+    parser.add_argument("--criterion", default="l2", choices=list(CRITERIA),
+                        help="importance at each shrink (activation: measured on the step's batch)")
+    parser.add_argument("--fold-bias", action="store_true",
+                        help="fold the removed units' mean output into the consumers' biases (AmgpConfig.fold_bias)")
     parser.add_argument("--grow-init", default="restore", choices=["restore", "fresh"])
     parser.add_argument("--optimizer-state", default="restore", choices=["restore", "reset"])
     parser.add_argument("--no-rescale", dest="rescale", action="store_false",
