@@ -95,3 +95,19 @@ def test_faded_shrink_reaches_the_training_log(tmp_path):
     shrinks = [r for r in records if r.get("action") == "shrink"]
     assert fades and shrinks and shrinks[0]["faded"] is True
     assert fades[0]["step"] < shrinks[0]["step"]
+
+
+def test_the_data_aware_cyclic_recipe_trains_through_the_cli(tmp_path):
+    """amgp-cycles-data scores and folds on each switch's training batch: the CLI must hand the hook its batches."""
+    config = _config(_args("--amgp", "--amgp-recipe", "amgp-cycles-data"))
+    assert (config.criterion, config.fold_bias, config.schedule.cycles) == ("activation", True, 3)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "amgp_fx.cli", "train", "--model", "dlrm", "--amgp", "--amgp-recipe",
+                             "amgp-cycles-data", "--steps", "40", "--rows", "2000", "--train-batch", "64", "-q", "-o",
+                             "out"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (tmp_path / "out" / "train_metrics.jsonl").read_text().splitlines()]
+    surgeries = [r for r in records if r.get("kind") == "amgp_surgery"]
+    assert [s["action"] for s in surgeries] == ["shrink", "grow"] * 3
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
+    assert summary["amgp"]["recipe"] == "amgp-cycles-data" and summary["amgp"]["width_final"] == 1.0

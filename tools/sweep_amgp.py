@@ -80,6 +80,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "activation": dict(criterion="activation"),  # E[x^2] |W_out|^2 on the step's batch, not weights alone
     "fold-bias": dict(config=dict(fold_bias=True)),  # the removed units' mean output into the next biases
     "activation-fold-bias": dict(criterion="activation", config=dict(fold_bias=True)),  # variance-scored + fold
+    "grow-late-warm-activation-fold": dict(fractions=dict(warmup=0.1, pruned=0.6, cycles=1, final=0.3),
+                                           preserve_growth=True, grow_ramp=0.25, fade=0.25, criterion="activation",
+                                           config=dict(fold_bias=True)),  # one shrink of trained units, data-aware
+    "activation-fold-bias-lossless": dict(criterion="activation", fade=0.25, preserve_growth=True, grow_ramp=0.25,
+                                          config=dict(fold_bias=True)),  # cycles with every mechanism on
     "lossless-fold-bias": dict(fade=0.25, preserve_growth=True, grow_ramp=0.25, config=dict(fold_bias=True)),
 }
 # what a plain run compares: fits one 10-minute call on the H200 with 3 seeds (~35 s per variant + data)
