@@ -321,3 +321,12 @@ def test_parser_keeps_defaults_that_run_needs():
     args = build_parser().parse_args(["run"])
     assert (args.ratio, args.model_file, args.model_name, args.output_dir) == (0.5, None, None, "amgp-out")
     assert isinstance(CliError("x"), Exception)
+
+
+@pytest.mark.parametrize("text", ["[" * 40 + "]" * 40, '{"a": ' + "[" * 40 + "]" * 40 + "}", "[" * 100_000 + "]" * 100_000])
+def test_deep_factory_kwargs_are_refused_alike_on_every_python(text):
+    """Python 3.12 parses JSON far deeper than 3.11 before a RecursionError: the limit is ours, not the parser's."""
+    with pytest.raises(UsageError, match="nested too deeply"):
+        parse_factory_kwargs(text)
+    assert parse_factory_kwargs('{"preset": "small", "widths": [[1, 2], [3]]}') == {"preset": "small",
+                                                                                 "widths": [[1, 2], [3]]}

@@ -201,10 +201,10 @@ def test_train_with_amgp(results, workspace, source):
 
 def test_dict_and_positional_models_train_alike(results, workspace):
     """Same weights, same rows, the default map: the same model, so the same held-out numbers."""
+    for name in ("train-pos", "train-dict", "train-dict-map"):
+        succeeded(results, name)  # waits for the run: its files exist only after it
     summaries = [json.loads((workspace / name / "train_summary.json").read_text())
                  for name in ("train-pos", "train-dict", "train-dict-map")]
-    for name in ("train-pos", "train-dict", "train-dict-map"):
-        succeeded(results, name)
     assert summaries[0]["eval"]["auc"] == pytest.approx(summaries[1]["eval"]["auc"], abs=1e-6)
     assert summaries[1]["eval"] == pytest.approx(summaries[2]["eval"], abs=1e-9)
 

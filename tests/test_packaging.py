@@ -23,7 +23,8 @@ def test_pyproject_lists_every_package_and_the_models_live_inside_amgp_fx():
 def test_cli_runs_from_a_folder_with_its_own_models_module(tmp_path):
     """A user's models.py and models/ package in the working folder do not hide the reference models."""
     (tmp_path / "models.py").write_text("raise ImportError('this is the user models.py')\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}  # the user's folder first
+    # the user's folder first; the checkout after it, for machines that run the tests without installing it
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
     result = subprocess.run([sys.executable, "-m", "amgp_fx.cli", "run", "--steps", "5", "--finetune-steps", "0",
                              "--rows", "400", "--train-batch", "64", "--batch-sizes", "2", "--iters", "1",
                              "--warmup", "1", "--no-parity", "-q", "-o", "out"],

@@ -83,6 +83,21 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(sizes))
 
 
+MAX_KWARGS_DEPTH = 32  # a factory's keyword arguments are flat; the same limit on every Python version
+_TOO_DEEP = object()
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def parse_factory_kwargs(text: str | None) -> dict[str, Any]:
     """``--factory-kwargs`` JSON object -> dict."""
     if text is None:
@@ -93,6 +108,8 @@ def parse_factory_kwargs(text: str | None) -> dict[str, Any]:
         raise UsageError(f"--factory-kwargs is not valid JSON ({error.msg} at column {error.colno})",
                          "Pass a JSON object such as '{\"preset\": \"small\"}'") from None
     except RecursionError:
+        value = _TOO_DEEP  # deeper than this interpreter parses (Python 3.12 parses deeper than 3.11)
+    if value is _TOO_DEEP or _depth(value) > MAX_KWARGS_DEPTH:
         raise UsageError("--factory-kwargs is nested too deeply", "Pass a flat JSON object of keyword arguments") \
             from None
     if not isinstance(value, dict):
