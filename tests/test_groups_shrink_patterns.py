@@ -146,6 +146,23 @@ def test_recurrent_hidden_units_move_with_their_gate_rows():
     assert graph.module(*args).shape == (4,)
 
 
+def test_lstm_states_recorded_with_a_spurious_step_dim_still_group_the_hidden_units():
+    """torch 2.11 records LSTM's h_n and c_n as (layers * directions, 1, B, H) (pytorch/pytorch#151200): the
+    rule labels the recorded shape instead of giving up and freezing every LSTM unit."""
+    model, args = make_fixture("gru_lstm_tower")
+    traced = amgp_fx.trace(model, args)
+    (lstm_node,) = [n for n in traced.module.graph.nodes if n.target is torch.ops.aten.lstm.input]
+    output, h_n, c_n = lstm_node.meta["val"]
+    as_recorded = [torch.empty((s.shape[0], 1, *s.shape[1:]), device="meta") for s in (h_n, c_n)]
+    lstm_node.meta["val"] = (output, *as_recorded)
+    graph = amgp_fx.analyze(model, args, traced=traced)
+    assert not [u for u in graph.unknown_ops if u.target == "aten.lstm.input"]
+    lstm = graph.group("lstm.weight_ih_l0[0]")
+    assert lstm.prunable and lstm.full_size == 8
+    amgp_fx.shrink_(graph, {lstm.id: [1, 3, 5, 7]})
+    assert model.lstm.weight_hh_l1_reverse.shape == (16, 4) and graph.module(*args).shape == (4,)
+
+
 def test_sequence_first_attention_analyses_and_shrinks_its_heads():
     """view(L, B * heads, d) with a concrete batch: heads are products (batch, head) of the right sizes."""
     model, args = make_fixture("mha_seq_first")

@@ -57,11 +57,23 @@ def _recurrent(ctx: RuleContext, gates: int, states: list):
                     ctx.role(bias, 0, Role.BIAS)
         layer_input = np.concatenate([hidden] * directions)
     out_states = []
-    for lab in state_labels:
+    traced_outputs = ctx.out if isinstance(ctx.out, (list, tuple)) else ()
+    for index, lab in enumerate(state_labels):
         ctx.freeze(lab[0], f"{ctx.node.name}: the state's first dim indexes layers and directions")
         ctx.couple(lab[-1], hidden)
-        out_states.append(lab[:-1] + (hidden,))
+        labels = lab[:-1] + (hidden,)
+        traced = traced_outputs[index + 1] if index + 1 < len(traced_outputs) else None
+        if _has_spurious_step_dim(traced, len(labels)):
+            # torch < 2.13 records LSTM's h_n and c_n as (layers * directions, 1, B, H) while they run as
+            # (layers * directions, B, H) (pytorch/pytorch#151200): label the recorded shape
+            labels = labels[:1] + (ctx.fresh(1, frozen=f"{ctx.node.name}: recorded step dim", what="[step]"),) \
+                + labels[1:]
+        out_states.append(labels)
     return [xl[:-1] + (layer_input,), *out_states]
+
+
+def _has_spurious_step_dim(value, rank: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() == rank + 1 and value.shape[1] == 1
 
 
 @builtin(aten.gru.input, family="recurrent")
