@@ -62,6 +62,7 @@ def test_lr_schedule_flags_give_warmup_steps_as_a_share_of_the_run():
     (["--fade", "1.5"], "[0, 1]"),
     (["--fade", "nan"], "[0, 1]"),
     (["--amgp-recipe", "amgp-grow-late", "--fade", "0.25"], "nothing to fade"),  # its one shrink is at step 0
+    (["--amgp-recipe", "amgp-grow-late", "--fold-bias"], "nothing to fold"),  # the same: untrained means
 ])
 def test_bad_switch_values_are_usage_errors(flags, words):
     with pytest.raises(UsageError, match=words.replace("[", r"\[").replace("]", r"\]")):

@@ -171,7 +171,8 @@ def _train_options(parser: argparse.ArgumentParser, steps: int) -> None:
     group.add_argument("--fold-bias", action="store_true",
                        help="with --amgp: at each shrink, add the removed units' mean output (on the step's batch) "
                             "to the next layer's bias, so the shrunk model's output at the mean input is unchanged "
-                            "(FLAP); layers without a bias are left alone")
+                            "(FLAP); layers without a bias are left alone; needs a recipe that shrinks a trained model "
+                            "(not amgp-grow-late, whose one shrink is at step 0)")
     group.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="constant",
                        help="learning-rate schedule after the warm-up (default: %(default)s)")
     group.add_argument("--lr-warmup", type=float, default=0.0, metavar="SHARE",

@@ -160,6 +160,9 @@ def switch_overrides(args: argparse.Namespace, recipe) -> dict[str, Any]:
     if getattr(args, "selection", None):
         overrides["selection"] = args.selection
     if getattr(args, "fold_bias", False):
+        if schedule.warmup_steps == 0 and schedule.cycles == 1:  # folds the means of an untrained model, once
+            raise UsageError(f"--fold-bias has nothing to fold: recipe {args.amgp_recipe} shrinks once, at step 0",
+                             "Drop --fold-bias, or choose a recipe with a warm-up (e.g. --amgp-recipe amgp-half)")
         overrides["fold_bias"] = True
     return overrides
 
