@@ -26,6 +26,7 @@ import torch
 from amgp_fx.activations import ConsumerInput, WEIGHT_DIM, uses_of
 from amgp_fx.groups.analyze import DependencyGraph
 from amgp_fx.groups.model import Group, Member, Role
+from amgp_fx.rescale import member_views
 
 CRITERIA = ("l2", "l1", "taylor", "random", "activation")
 DATA_CRITERIA = ("activation",)  # criteria that score on a batch of inputs (``stats``)
@@ -115,21 +116,18 @@ def channel_energy(graph: DependencyGraph, group: Group, stats: dict[str, Consum
     """
     totals = torch.zeros(group.full_size, dtype=torch.float64)
     covered = torch.zeros(group.full_size, dtype=torch.bool)
-    cache: dict[tuple, torch.Tensor] = {}
-    parameters = dict(graph.module.named_parameters())
-    for member in group.members:
-        if not member.is_parameter or member.role is not Role.CONSUMER or member.dim != WEIGHT_DIM:
+    for member, tensor, index, channels in member_views(graph, group, Role.CONSUMER, normalized=True):
+        if not member.is_parameter or member.dim != WEIGHT_DIM:
             continue
         uses = uses_of(stats, member.tensor)
         if not uses:
             continue
-        column_energy = _slice_norms(parameters[member.tensor], member.dim, "l2").double().cpu()  # |W[:, c]|^2
+        column_energy = _slice_norms(tensor, member.dim, "l2").double().cpu()  # |W[:, c]|^2
         moment = sum((use.variance() if centered else use.mean_square).cpu() for use in uses)  # (C,)
         if len(moment) != len(column_energy):
             raise ValueError(f"activation statistics of {member.tensor} have {len(moment)} channels, the weight has "
                              f"{len(column_energy)} now: measure them on the model as it is")
-        channels, where = _current_positions(graph, member, cache)
-        totals.index_add_(0, channels, (column_energy * moment)[where])
+        totals.index_add_(0, channels, (column_energy * moment)[index])
         covered[channels] = True
     return totals if bool(covered[torch.from_numpy(group.alive)].all()) else None
 

@@ -308,8 +308,8 @@ def load_finished_runs(path: Path, args, steps: int) -> dict[tuple[str, str, flo
     if not path.is_file():
         return {}
     finished: dict[tuple[str, str, float], list[dict]] = {}
-    wanted = {"steps": steps, **{k: getattr(args, k) for k in SETTINGS_THAT_MUST_MATCH if k != "steps"},
-              "samples": steps * args.batch_size, "tf32": bool(args.tf32), "compile": bool(args.compile)}
+    wanted = {k: getattr(args, k, None) for k in SETTINGS_THAT_MUST_MATCH}  # as aggregate() records them:
+    wanted.update(steps=steps, samples=steps * args.batch_size, tf32=bool(args.tf32), compile=bool(args.compile))
     for record in json.loads(path.read_text()):
         differing = [k for k in SETTINGS_THAT_MUST_MATCH if record.get(k) != wanted[k]]
         if record.get("recurring_steps", 0) != args.recurring_steps:
