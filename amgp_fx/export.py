@@ -47,6 +47,7 @@ from amgp_fx.bench import cuda_provider_available, make_ort_session
 from amgp_fx.input_tree import METADATA_KEY, FlatArgs, as_args, flatten_args, metadata_value, tree_text, unflatten
 from amgp_fx.passes import ExportPass, PassRegistry, apply_passes, flatten_outputs
 from amgp_fx.passes.inference_mode import eval_mode, inference_graph
+from amgp_fx.tracing import unguarded_module
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def _to_inference_graph(model, flat: FlatArgs, inputs, dynamic_shapes) -> tuple[
         raise ExportError(f"torch.export could not trace {type(model).__name__}: {type(error).__name__}: {error}. "
                           "Fix the model's data-dependent Python control flow, or export with dynamic_batch=False "
                           "if the batch size is baked in.") from error
-    return exported.module(), flipped
+    return unguarded_module(exported), flipped
 
 
 def _run_at(graph_module, inputs, size):

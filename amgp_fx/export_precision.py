@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from amgp_fx.export import ExportError, ParityError
+from amgp_fx.tracing import unguarded_module
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def export_bf16(model: torch.nn.Module, example_inputs, target: str | os.PathLik
         args)
     with torch.no_grad():
         program = torch.export.export(cast_module(model, "bf16").eval(), args, dynamic_shapes=(shapes,), strict=False)
-    return export_onnx(program.module(), args, target, parity=False, dynamic_batch=dynamic_batch,
+    return export_onnx(unguarded_module(program), args, target, parity=False, dynamic_batch=dynamic_batch,
                        input_names=input_names)
 
 

@@ -138,7 +138,7 @@ def check_pt2_archive(path: Path, trust_pickle: bool = False) -> None:
 
 
 def _load_pt2(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None, dict, torch.export.ExportedProgram]:
-    from amgp_fx.tracing import enable_train_eval_
+    from amgp_fx.tracing import enable_train_eval_, unguarded_module
 
     check_pt2_archive(path, trust_pickle)
     extra = {META_FILE: ""}
@@ -151,11 +151,9 @@ def _load_pt2(path: Path, trust_pickle: bool) -> tuple[nn.Module, tuple | None, 
                              f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}",
                              "Save it again with this torch version (torch.export files are tied to torch "
                              "releases), or use a state dict with --factory") from error
-    try:  # torch's deserialised guard function fails on dict inputs ('NoneType' has no attribute 'size');
-        # the guards it checks (batch size, shapes) are checked here: static_batch_of, check_inputs
-        module = program.module(check_guards=False)
-    except TypeError:  # torch without check_guards
-        module = program.module()
+    # torch's deserialised guard function fails on dict inputs ('NoneType' has no attribute 'size');
+    # the guards it checks (batch size, shapes) are checked here: static_batch_of, check_inputs
+    module = unguarded_module(program)
     module = enable_train_eval_(module)  # .train()/.eval() flip dropout/batch-norm literals
     args, kwargs = program.example_inputs if program.example_inputs else (None, {})
     saved = tuple(args) if args is not None and not kwargs else None

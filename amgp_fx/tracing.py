@@ -207,7 +207,7 @@ def trace(model: nn.Module, example_inputs: Any, *, kwargs: dict | None = None, 
         ) from e
     finally:
         model.train(was_training)
-    module = program.module()
+    module = unguarded_module(program)
     _strip_assertions(module)
     enable_train_eval_(module)
     traced = TracedModel(model, program, module, args, kwargs)
@@ -237,6 +237,20 @@ def _eval_matches(model: nn.Module, module: fx.GraphModule, args: tuple, kwargs:
                     "switched off (forward probably branches on self.training); the graph keeps the "
                     "training-mode code path", type(model).__name__)
     return same
+
+
+def unguarded_module(program: torch.export.ExportedProgram) -> fx.GraphModule:
+    """``program.module()`` without the call of its shape guards (``_guards_fn``).
+
+    Every later ``torch.export`` of the module (analysis, surgery, ONNX export) traces its own guards;
+    re-tracing the old ones can fail where they hold: torch 2.11 cannot prove ``min(B, 2*B) == B``,
+    a guard from a sequence-first attention's contiguity check, for a dynamic B. The inputs' shapes
+    are checked where they enter (``model_inputs.check_inputs``).
+    """
+    try:
+        return program.module(check_guards=False)
+    except TypeError:  # a torch without check_guards calls no guards
+        return program.module()
 
 
 def _strip_assertions(module: fx.GraphModule) -> None:

@@ -39,6 +39,21 @@ def test_traced_module_shares_parameters_and_accepts_other_batch_sizes():
     torch.testing.assert_close(traced.module(x), model(x))
 
 
+def test_traced_module_leaves_shape_guards_to_each_later_export():
+    """Every later torch.export of the traced module traces its own guards. Re-tracing the first
+    trace's guard call failed on torch 2.11 for a shrunk sequence-first attention (it could not
+    prove ``min(B, 2*B) == B`` for a dynamic B; GPU check of issue 15)."""
+    model = nn.MultiheadAttention(8, 2)  # sequence-first: (L, B, D)
+    x = torch.randn(4, 3, 8)
+    traced = amgp_fx.trace(model, (x, x, x))
+    assert not [n.target for n in traced.module.graph.nodes if n.op == "call_module"]
+    torch.testing.assert_close(traced.module(x, x, x)[0], model(x, x, x)[0])
+    batch = torch.export.Dim("batch", min=2)
+    again = torch.export.export(traced.module, (x, x, x), dynamic_shapes=({0: batch},) * 3, strict=False)
+    y = torch.randn(9, 3, 8)
+    torch.testing.assert_close(again.module()(y, y, y)[0], model(y, y, y)[0])
+
+
 def test_dict_and_keyword_inputs():
     class TwoInputs(nn.Module):
         def __init__(self):
