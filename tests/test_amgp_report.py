@@ -1,5 +1,6 @@
 """AMGP reporting: phase and comparison tables, the PNG, and the tiny benchmark's records."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -216,6 +217,15 @@ def test_resume_keeps_the_finished_runs_and_runs_only_the_missing_seeds(tmp_path
         assert records[method]["per_seed"][0] == before[(method, 0)]  # kept as it was, not re-run
     grid = json.loads((tmp_path / "amgp.grid.json").read_text())
     assert sorted((r["method"], len(r["per_seed"])) for r in grid) == [("amgp", 2), ("dense", 2)]
+    # every run finished: the report is rebuilt from the file alone (no rows generated, no run), and the
+    # curve plot, whose metrics logs stayed with the calls that ran, is left out instead of failing
+    third = subprocess.run(base + ["--seeds", "2", "--resume", "--plot-dir", str(tmp_path / "plots")],
+                           capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "generating" not in third.stdout and not re.search(r"lr \S+ seed \d+:", third.stdout)
+    assert "no curve plot for dlrm" in third.stdout and (tmp_path / "plots" / "amgp_auc_vs_flops_dlrm.png").is_file()
+    assert {m: r["per_seed"] for m, r in records.items()} == {
+        r["method"]: r["per_seed"] for r in json.loads(out.read_text())}
     other = subprocess.run(base + ["--seeds", "2", "--resume", "--sparse-lr", "0.1"], capture_output=True, text=True,
                            timeout=300, cwd=ROOT)
     assert other.returncode != 0 and "other settings (sparse_lr)" in other.stderr

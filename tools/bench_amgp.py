@@ -276,7 +276,7 @@ def aggregate(name: str, method: str, runs: list[dict], plan: Plan, args, steps:
         "predicted_train_flops": plan.predicted[method],
         "wall_clock_s": statistics.fmean(walls), "wall_clock_std": statistics.stdev(walls) if len(walls) > 1 else 0.0,
         "samples": steps * args.batch_size, "steps": steps, "batch_size": args.batch_size, "passes": args.passes,
-        "seeds": [r["seed"] for r in runs], "device": device_name, "command": _command(),
+        "seeds": [r["seed"] for r in runs], "device": _devices(runs, device_name), "command": _command(),
         "optimizer": args.optimizer, "lr": args.lr, "sparse_optimizer": args.sparse_optimizer,
         "sparse_lr": args.sparse_lr, "compile": bool(args.compile), "tf32": bool(args.tf32),
         "eval_every": args.eval_every, "teacher": args.teacher, "test_samples": args.test_samples,
@@ -317,12 +317,18 @@ def load_finished_runs(path: Path, args, steps: int) -> dict[tuple[str, str, flo
         if differing:
             raise SystemExit(f"bench_amgp: error: {path} was made with other settings ({', '.join(differing)}). "
                              f"Use another --out, or drop --resume to start over.")
-        finished[(record["model"], record["method"], record["lr"])] = record["per_seed"]
+        finished[(record["model"], record["method"], record["lr"])] = [
+            {**run, "device": run.get("device", record.get("device"))} for run in record["per_seed"]]
     return finished
 
 
 def _command() -> str:
     return "python tools/bench_amgp.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _devices(runs: list[dict], default: str) -> str:
+    """The device of a (method, rate)'s runs: resumed runs keep the one they ran on."""
+    return "; ".join(sorted({r.get("device") or default for r in runs}))
 
 
 def _device_name(device: torch.device) -> str:
@@ -463,10 +469,17 @@ def main(argv=None) -> list[dict]:
     def say(message: str) -> None:
         print(f"[{time.perf_counter() - start:6.1f}s] {message}", flush=True)
 
-    data, device = prepare_data(args, steps, say)
-    recurring = prepare_recurring(args, say)
-    device_name = _device_name(device)
-    say(f"data ready on {device_name}; {steps} steps of {args.batch_size} per run")
+    if args.plot_dir:
+        Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
+    device_name = _device_name(torch.device(args.device))
+    shared: dict[str, Any] = {}  # the rows, generated once the first run that is not resumed needs them
+
+    def rows() -> tuple[tuple[Batch, Batch], tuple[Batch, Batch] | None]:
+        if not shared:
+            shared["data"], _ = prepare_data(args, steps, say)
+            shared["recurring"] = prepare_recurring(args, say)
+            say(f"data ready on {device_name}; {steps} steps of {args.batch_size} per run")
+        return shared["data"], shared["recurring"]
 
     records: list[dict] = []  # each (model, method) at its best learning rate
     grid_records: list[dict] = []  # every (model, method, lr)
@@ -482,7 +495,7 @@ def main(argv=None) -> list[dict]:
         ratios = ", ".join(f"{m} {plan.predicted[m] / plan.predicted['dense']:.3f}" for m in METHODS)
         say(f"{name}: predicted train FLOPs vs dense: {ratios}; small-dense width scale {plan.small_scale:.3f}; "
             f"prune-only warm-up {plan.prune_only.schedule.warmup_steps} steps")
-        warm_up(spec, plan, data, args, steps)
+        warmed = False
         grid = args.lr_grid or [args.lr]
         runs: dict[tuple[str, float], list[dict]] = {(m, lr): [] for m in args.methods for lr in grid}
         for seed in range(args.seeds):
@@ -497,12 +510,17 @@ def main(argv=None) -> list[dict]:
                         incomplete = True
                         say(f"budget: skipping {name}/{method}/lr {lr:g}/seed {seed} and the rest")
                         break
+                    data, recurring = rows()
+                    if not warmed:
+                        warm_up(spec, plan, data, args, steps)
+                        warmed = True
                     began = time.perf_counter()
                     metrics = None
                     if args.plot_dir and seed == 0 and method in ("dense", "amgp") and lr == grid[0]:
                         metrics = str(Path(args.plot_dir) / f"amgp_train_{name}_{method}.jsonl")
                     run_args = argparse.Namespace(**{**vars(args), "lr": lr})
-                    run = run_one(spec, method, seed, plan, data, run_args, steps, metrics, recurring)
+                    run = {**run_one(spec, method, seed, plan, data, run_args, steps, metrics, recurring),
+                           "device": device_name}
                     longest = max(longest, time.perf_counter() - began)
                     runs[(method, lr)].append(run)
                     say(f"{name} {method:11s} lr {lr:g} seed {seed}: auc {run['auc']:.5f} logloss "
@@ -562,7 +580,12 @@ def main(argv=None) -> list[dict]:
 
 
 def _plot(plot_dir: str, name: str) -> None:
+    """AMGP's and dense's curves from the metrics logs of their seed-0 runs at the grid's first rate;
+    nothing when those runs were resumed (their logs stayed with the call that ran them)."""
     paths = [Path(plot_dir) / f"amgp_train_{name}_{m}.jsonl" for m in ("dense", "amgp")]
+    if not any(path.exists() for path in paths):
+        print(f"no curve plot for {name}: the runs that log it (seed 0 at the first rate) were resumed", flush=True)
+        return
     records = []
     for path, label in zip(paths, ("dense", "amgp")):
         if path.exists():
