@@ -66,6 +66,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                grow_ramp=0.25),  # small first, then full: one function-preserving growth
     "grow-late-fresh-ramp": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
                                  grow_ramp=0.25, grow_init="fresh"),  # regrown: new random in, zero out
+    "grow-late-lossless-no-rescale": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4),
+                                          preserve_growth=True, grow_ramp=0.25, rescale=False),  # step-0 shrink: init as is
     "grow-late-restore": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4)),  # abrupt, x1/s undone
     "grow-late-noramp": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True),
     "grow-late-2step": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
