@@ -112,6 +112,22 @@ def test_sweep_refuses_a_cpu_proxy_of_another_model():
     assert done.returncode == 2 and "--cpu-proxy shrinks the DLRM benchmark" in done.stderr
 
 
+def test_wider_cpu_proxy_scales_the_hidden_widths_and_keeps_the_interaction_dim():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import sweep_amgp
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    base, wide = sweep_amgp.PROXY_SPEC["overrides"], sweep_amgp.proxy_spec(2.0)["overrides"]
+    assert wide["bottom_mlp"][-1] == base["bottom_mlp"][-1] == base["embedding_dim"]  # the interaction's dim
+    assert list(wide["bottom_mlp"][:-1]) == [2 * w for w in base["bottom_mlp"][:-1]]
+    assert list(wide["top_mlp"]) == [2 * w for w in base["top_mlp"]]
+    assert sweep_amgp.proxy_spec(1.0) is sweep_amgp.PROXY_SPEC
+    command = [sys.executable, str(ROOT / "tools" / "sweep_amgp.py"), "--proxy-mlp-scale", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "--proxy-mlp-scale needs --cpu-proxy" in done.stderr
+
+
 def test_surgery_benchmark_times_both_places_for_the_saved_slices(tmp_path):
     out = tmp_path / "surgery.json"
     command = [sys.executable, str(ROOT / "tools" / "bench_surgery.py"), "--tiny", "--repeats", "2", "--out", str(out)]

@@ -98,6 +98,20 @@ ARG_FIELDS = ("recipe", "ratio", "criterion", "grow_init", "optimizer_state", "l
 PROXY_TABLES = (2000,) * 26
 PROXY_SPEC = dict(model="dlrm", preset="industrial", overrides=dict(
     table_sizes=PROXY_TABLES, embedding_dim=32, bottom_mlp=(256, 128, 32), top_mlp=(512, 512, 256, 128)))
+
+
+def proxy_spec(mlp_scale: float = 1.0) -> dict[str, Any]:
+    """PROXY_SPEC with every hidden MLP width times ``mlp_scale`` (the bottom MLP's last layer stays the
+    embedding dim the interaction needs): the GPU benchmark's MLPs are 8x the proxy's."""
+    if mlp_scale == 1.0:
+        return PROXY_SPEC
+    overrides = dict(PROXY_SPEC["overrides"])
+    *hidden, last = overrides["bottom_mlp"]
+    overrides["bottom_mlp"] = (*(round(w * mlp_scale) for w in hidden), last)
+    overrides["top_mlp"] = tuple(round(w * mlp_scale) for w in overrides["top_mlp"])
+    return {**PROXY_SPEC, "overrides": overrides}
+
+
 PROXY_ARGS = ["--device", "cpu", "--samples", "524288", "--batch-size", "2048", "--test-samples", "65536",
               "--eval-batch-size", "16384", "--workers", "1", "--threads", "2"]
 
@@ -126,11 +140,15 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     parser.add_argument("--out", default="docs/results/amgp_sweep.json")
     parser.add_argument("--cpu-proxy", action="store_true",
                         help="DLRM only: the GPU benchmark shrunk for a CPU (see PROXY_SPEC), ~25 s per run")
+    parser.add_argument("--proxy-mlp-scale", type=float, default=1.0,
+                        help="with --cpu-proxy: hidden MLP widths times this (the GPU benchmark's are 8x)")
     parser.add_argument("--curve-dir", default=None,
                         help="write seed 0's metrics log per variant here (with --eval-every: AUC over training)")
     own, rest = parser.parse_known_args(argv)
     if own.cpu_proxy and own.model != "dlrm":
         parser.error("--cpu-proxy shrinks the DLRM benchmark; use --model dlrm")
+    if own.proxy_mlp_scale != 1.0 and not (own.cpu_proxy and own.proxy_mlp_scale > 0):
+        parser.error("--proxy-mlp-scale needs --cpu-proxy and a positive scale")
     proxy = PROXY_ARGS if own.cpu_proxy else []
     # the variants are changes to amgp-half (the former default recipe), whatever bench_amgp's default
     # is now; a --recipe of the user's comes later and wins
@@ -148,7 +166,7 @@ def main(argv=None) -> list[dict]:
     spec = (bench_amgp.TINY_SPECS if base.tiny else bench_amgp.MODEL_SPECS)[own.model]
     steps = max(1, base.samples // base.batch_size) * base.passes
     if own.cpu_proxy:
-        spec = PROXY_SPEC
+        spec = proxy_spec(own.proxy_mlp_scale)
     data, device = bench_amgp.prepare_data(base, steps, say, PROXY_TABLES if own.cpu_proxy else None)
     recurring = bench_amgp.prepare_recurring(base, say, PROXY_TABLES if own.cpu_proxy else None)
     device_name = bench_amgp._device_name(device)
@@ -174,6 +192,7 @@ def main(argv=None) -> list[dict]:
                 f"train {run['wall_clock_s']:.2f}s flops {run['train_flops'] / 1e12:.3f}T")
         record = bench_amgp.aggregate(own.model, method, runs, plan, args, steps, device_name)
         record.update(variant=name, overrides=overrides, command=command, cpu_proxy=own.cpu_proxy,
+                      proxy_mlp_scale=own.proxy_mlp_scale,
                       architecture={k: list(v) if isinstance(v, tuple) and len(v) < 10 else v
                                     for k, v in spec["overrides"].items() if k != "table_sizes"})
         records.append(record)
