@@ -1,4 +1,4 @@
-"""One-shot structured pruning to a ratio or a FLOPs target, as a JSON plan that can be re-applied.
+"""One-shot structured pruning to a ratio, a FLOPs target or a latency target, as a JSON plan that can be re-applied.
 
 A plan lists, for each pruned group, which of its channels (positions among the group's full-size
 channels) are kept. It is computed from the analysis and the importance scores:
@@ -14,7 +14,11 @@ channels) are kept. It is computed from the analysis and the importance scores:
   concatenated groups) and never leaves a member tensor with a zero-size dim unless
   ``allow_empty=True``; every member tensor's size before and after is recorded per group;
 - with a FLOPs target, a bisection finds the smallest global ratio whose pruned model has at most
-  ``flops_target`` x the dense model's forward FLOPs, measured by shrinking, counting and regrowing.
+  ``flops_target`` x the dense model's forward FLOPs, measured by shrinking, counting and regrowing;
+- with a latency target, the same bisection finds the smallest global ratio whose pruned model's
+  *predicted* latency (:func:`amgp_fx.latency_model.predict_latency` on given device constants, at
+  ``latency_batch`` rows) is at most ``latency_target`` x the dense model's, measured by shrinking,
+  exporting to ONNX in a temporary folder (no parity check), predicting and regrowing.
 
 The channels kept are the highest-scoring ones (``amgp_fx.score``, L2 by default). ``apply_plan``
 shrinks a freshly analysed copy of the same model to exactly the plan's channels, which together
@@ -37,8 +41,10 @@ import dataclasses
 import logging
 import math
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -51,11 +57,15 @@ from amgp_fx.surgery import SurgeryRecord, grow_, shrink_
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PLAN_FORMAT", "PLAN_VERSION", "GroupKeep", "PlanError", "PruningPlan", "apply_plan", "count_parameters",
-           "plan_pruning", "prune_"]
+__all__ = ["DEFAULT_LATENCY_BATCH", "PLAN_FORMAT", "PLAN_VERSION", "GroupKeep", "PlanError", "PruningPlan",
+           "apply_plan", "count_parameters", "plan_pruning", "prune_"]
 
 PLAN_FORMAT, PLAN_VERSION = "amgp-fx-pruning-plan", 1
-_GRID = 1000  # ratio grid of the FLOPs-target search
+_GRID = 1000  # ratio grid of the FLOPs- and latency-target searches
+# Rows the latency target is predicted at by default: a serving-sized batch (the middle of the ONNX
+# benchmark's 256..65536 sweep). At the traced batch (8 in the CLI) every kernel is launch-bound, so the
+# prediction would count kernels and hardly see the widths that pruning changes.
+DEFAULT_LATENCY_BATCH = 16384
 
 
 class PlanError(ValueError):
@@ -97,6 +107,7 @@ class PruningPlan:
     policy: str = "auto"
     allow_empty: bool = False
     version: int = PLAN_VERSION
+    latency_target: float | None = None  # predicted latency as a fraction of the dense model's (None in older plans)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -116,7 +127,7 @@ class PruningPlan:
                                      tuple(g["keep"]), str(g.get("policy", "")), tuple(g.get("members", ())))
                            for g in data["groups"])
             known = {"criterion", "ratio", "flops_target", "multiple", "max_layer_ratio", "stats", "policy",
-                     "allow_empty"}
+                     "allow_empty", "latency_target"}
             return cls(groups=groups, **{k: data[k] for k in known if k in data})
         except (KeyError, TypeError, ValueError) as error:
             if isinstance(error, PlanError):
@@ -245,6 +256,7 @@ def _check_ratio(name: str, value: float, upper_inclusive: bool = False) -> None
 
 
 def plan_pruning(graph: DependencyGraph, ratio: float | None = None, *, flops_target: float | None = None,
+                 latency_target: float | None = None, latency_constants=None, latency_batch: int | None = None,
                  group_ratios: Mapping[str, float] | None = None, groups: Sequence[str] | None = None,
                  kinds: Sequence[str] | None = None, criterion: str = "l2", multiple: int = 8,
                  max_layer_ratio: float = 0.9, example_inputs: tuple | None = None, policy: str = "auto",
@@ -256,29 +268,49 @@ def plan_pruning(graph: DependencyGraph, ratio: float | None = None, *, flops_ta
         ratio: fraction of channels to remove from each selected group, in (0, 1).
         flops_target: instead of ``ratio``: the pruned model's forward FLOPs as a fraction of the
             dense model's, in (0, 1).
+        latency_target: instead of ``ratio``: the pruned model's predicted latency as a fraction of
+            the dense model's, in (0, 1); needs ``latency_constants``. Each candidate of the search is
+            exported to ONNX (a second or two each on a CPU; about log2 of the number of distinct
+            width vectors, plus the dense model, are exported).
+        latency_constants: the :class:`amgp_fx.latency_model.DeviceConstants` of the device to
+            predict for (``calibrate(...)``, or ``DeviceConstants.from_dict`` of a saved JSON).
+        latency_batch: rows the latency is predicted at; default :data:`DEFAULT_LATENCY_BATCH`
+            (16384, a serving batch: at a tiny batch every kernel is launch-bound). The models are
+            exported with a dynamic batch, or with the example inputs' static batch when this equals it.
         group_ratios: per-group ratios (by group id or name), overriding ``ratio``.
         groups, kinds: prune only these groups (ids or names), or only groups of these kinds
             (``hidden``, ``embedding``, ``heads``, ...); default every prunable group.
         criterion: importance criterion (``l2``, ``l1``, ``taylor``, ``random``).
         multiple: kept widths are rounded to a multiple of this (>= 1).
         max_layer_ratio: no group loses more than this fraction, in (0, 1].
-        example_inputs: inputs for FLOPs counting; default the inputs the graph was traced with.
+        example_inputs: inputs for FLOPs counting and ONNX export; default the inputs the graph was traced with.
         policy: ``balanced`` (the same share of every segment of a group), ``global`` (the group's
             top-k) or ``auto`` (balanced for embedding and concatenated groups); see :mod:`amgp_fx.segments`.
         allow_empty: let a segment lose every channel (a member tensor with a zero-size dim); off by
             default, so each segment keeps at least one channel (a group keeps at least one per segment).
     Returns:
         ``PruningPlan``; only groups that lose channels are listed, each with its member tensors'
-        sizes before and after.
+        sizes before and after. With a target, ``stats`` holds the measured cost before and after
+        (``flops_*``, or ``latency_before_s``/``latency_after_s``/``latency_batch``/``latency_constants``).
     Raises:
-        PlanError: ratio or target outside (0, 1), a request that would empty a layer, a
-            non-prunable or unknown group, or an unreachable FLOPs target.
+        PlanError: ratio or target outside (0, 1), more than one of ratio and targets, a latency target
+            without constants, a request that would empty a layer, a non-prunable or unknown group, or
+            an unreachable target.
     """
-    if (ratio is None) == (flops_target is None) and not group_ratios:
-        raise PlanError("pass exactly one of a pruning ratio and a FLOPs target")
-    for name, value in [("ratio", ratio), ("FLOPs target", flops_target), *(group_ratios or {}).items()]:
+    targets = [name for name, value in (("ratio", ratio), ("FLOPs target", flops_target),
+                                        ("latency target", latency_target)) if value is not None]
+    if len(targets) > 1 or (not targets and not group_ratios):
+        raise PlanError("pass exactly one of a pruning ratio, a FLOPs target and a latency target"
+                        + (f" (got {' and '.join(targets)})" if targets else ""))
+    for name, value in [("ratio", ratio), ("FLOPs target", flops_target), ("latency target", latency_target),
+                        *(group_ratios or {}).items()]:
         if value is not None:
-            _check_ratio(name if name in ("ratio", "FLOPs target") else f"ratio of group {name}", value)
+            _check_ratio(name if name in ("ratio", "FLOPs target", "latency target") else f"ratio of group {name}",
+                         value)
+    if latency_target is not None:
+        _check_latency_options(latency_constants, latency_batch)
+    elif latency_constants is not None or latency_batch is not None:
+        raise PlanError("latency_constants and latency_batch belong to a latency target; pass latency_target too")
     _check_ratio("max layer ratio", max_layer_ratio, upper_inclusive=True)
     if not isinstance(multiple, int) or multiple < 1:
         raise PlanError(f"multiple {multiple!r} must be a positive integer (1 turns rounding off)")
@@ -290,7 +322,8 @@ def plan_pruning(graph: DependencyGraph, ratio: float | None = None, *, flops_ta
     if policy not in POLICIES:
         raise PlanError(f"unknown pruning policy {policy!r}; choose one of {', '.join(POLICIES)}")
     overrides = dict(group_ratios or {})
-    only_overrides = ratio is None and flops_target is None
+    searched = flops_target is not None or latency_target is not None
+    only_overrides = ratio is None and not searched
     chosen = _select(graph, groups or (list(overrides) if only_overrides else None), kinds)
     for key in overrides:
         if not any(key in (g.id, g.name) for g in _select(graph, [key], None) if g in chosen):
@@ -299,10 +332,15 @@ def plan_pruning(graph: DependencyGraph, ratio: float | None = None, *, flops_ta
         raise PlanError("plan_pruning needs an unpruned graph; analyse the pruned model again to prune it further")
     choice = _Choice(chosen, score(graph, criterion, groups=chosen), policy, allow_empty)
     stats: dict[str, Any] = {}
+    inputs = example_inputs if example_inputs is not None else graph.traced.args
     if flops_target is not None:
-        ratio, stats = _solve_flops(graph, chosen, choice, flops_target, overrides, multiple, max_layer_ratio,
-                                    example_inputs if example_inputs is not None else graph.traced.args)
-    widths = _widths(chosen, ratio or 0.0, overrides, multiple, max_layer_ratio, flops_target is not None)
+        ratio, stats = _solve(graph, chosen, choice, flops_target, overrides, multiple, max_layer_ratio,
+                              _flops_cost(graph, inputs))
+    elif latency_target is not None:
+        batch = DEFAULT_LATENCY_BATCH if latency_batch is None else int(latency_batch)
+        ratio, stats = _solve(graph, chosen, choice, latency_target, overrides, multiple, max_layer_ratio,
+                              _latency_cost(graph, inputs, latency_constants, batch))
+    widths = _widths(chosen, ratio or 0.0, overrides, multiple, max_layer_ratio, searched)
     keep = choice.keep(widths)
     pruned = [g for g in chosen if len(keep[g.id]) < g.full_size]
     members = _member_table(graph, pruned, keep)
@@ -313,48 +351,119 @@ def plan_pruning(graph: DependencyGraph, ratio: float | None = None, *, flops_ta
     if not allow_empty:
         _check_no_empty([(g.id, g.name, g.members) for g in plan_groups])  # a dim spanning several groups
     return PruningPlan(plan_groups, criterion, ratio, flops_target, multiple, max_layer_ratio, stats, policy,
-                       allow_empty)
+                       allow_empty, latency_target=latency_target)
 
 
-def _solve_flops(graph, chosen, choice: _Choice, target, overrides, multiple, cap, inputs) -> tuple[float, dict]:
-    """Smallest ratio (on a 1/1000 grid of the cap) whose pruned forward FLOPs are <= target x dense.
+def _check_latency_options(constants, batch) -> None:
+    from amgp_fx.latency_model import DeviceConstants
 
-    Widths are step functions of the ratio, so the grid collapses to a few distinct width vectors;
-    a bisection over those measures about log2 of their number (shrink, count, regrow each).
-    """
+    if constants is None:
+        raise PlanError("a latency target needs the device's constants (latency_constants): measure them with "
+                        "amgp_fx.latency_model.calibrate(device=...) or load a saved set with "
+                        "DeviceConstants.from_dict")
+    if not isinstance(constants, DeviceConstants):
+        raise PlanError(f"latency_constants must be a DeviceConstants, got {type(constants).__name__}; build one "
+                        "with DeviceConstants.from_dict(json.load(...)) or calibrate(device=...)")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise PlanError(f"latency batch {batch!r} must be a positive integer (rows per call)")
+
+
+@dataclass(frozen=True)
+class _Cost:
+    """What a target search measures on the graph as it currently is (dense, or shrunk to a candidate)."""
+
+    name: str  # "FLOPs", "latency": the target's name in messages
+    what: str  # how the cost is measured, for the unreachable-target message
+    fix: str  # what to change when the target is out of reach
+    measure: Callable[[], float]
+    stats: Callable[[float, float], dict]  # (dense, chosen) -> the plan's stats
+
+
+def _flops_cost(graph: DependencyGraph, inputs) -> _Cost:
     from amgp_fx.bench import count_forward_flops
 
-    dense = count_forward_flops(graph.module, inputs)
-    if dense == 0:
-        raise PlanError("the model has no counted FLOPs (only lookups?), so a FLOPs target means nothing; use a ratio")
-    candidates: list[tuple[float, dict[str, int]]] = []  # first ratio of each distinct width vector
+    def stats(dense: float, after: float) -> dict:
+        return {"flops_before": int(dense), "flops_after": int(after), "flops_batch": _batch_size(inputs)}
+
+    return _Cost("FLOPs", "of the dense FLOPs", "Raise the target, --max-layer-ratio, or use --multiple 1",
+                 lambda: count_forward_flops(graph.module, inputs), stats)
+
+
+def _latency_cost(graph: DependencyGraph, inputs, constants, batch: int) -> _Cost:
+    """Predicted latency at ``batch`` rows: the graph module exported to ONNX in a temporary folder (no
+    parity check, no checker), then :func:`amgp_fx.latency_model.predict_latency`."""
+    from amgp_fx.export import export_onnx
+    from amgp_fx.latency_model import predict_latency
+
+    static = batch == _batch_size(inputs)  # the example batch itself: a static export is exact (and always works)
+
+    def measure() -> float:
+        with tempfile.TemporaryDirectory(prefix="amgp-latency-") as folder:
+            path = Path(folder) / "candidate.onnx"
+            export_onnx(graph.module, inputs, path, dynamic_batch=not static, parity=False, check=False)
+            return predict_latency(path, batch, constants).seconds
+
+    def stats(dense: float, after: float) -> dict:
+        return {"latency_before_s": dense, "latency_after_s": after, "latency_batch": batch,
+                "latency_constants": constants.to_dict()}
+
+    return _Cost("latency", f"of the dense model's predicted latency at batch {batch} on {constants.device}",
+                 "Raise the target or --max-layer-ratio, let more kinds of groups be pruned (--kinds "
+                 "hidden,embedding: gathers and the interaction shrink only with the embedding dim), use "
+                 "--multiple 1, or predict at a larger --latency-batch (small batches are launch-bound)",
+                 measure, stats)
+
+
+def _candidates(chosen, overrides, multiple, cap) -> list[tuple[float, dict[str, int]]]:
+    """The first ratio of each distinct width vector on a 1/1000 grid of ``(0, cap]``, least pruned first.
+
+    Widths are step functions of the ratio, so the grid collapses to a few distinct width vectors.
+    """
+    candidates: list[tuple[float, dict[str, int]]] = []
     for step in range(1, _GRID + 1):
         widths = _widths(chosen, cap * step / _GRID, overrides, multiple, cap, True)
         if not candidates or widths != candidates[-1][1]:
             candidates.append((cap * step / _GRID, widths))
-    measured: dict[int, int] = {}
+    return candidates
 
-    def flops_of(index: int) -> int:
+
+def _solve(graph, chosen, choice: _Choice, target, overrides, multiple, cap, cost: _Cost) -> tuple[float, dict]:
+    """Smallest ratio (on a 1/1000 grid of the cap) whose pruned ``cost`` is <= target x the dense cost.
+
+    A bisection over the distinct width vectors measures about log2 of their number (shrink, measure,
+    regrow each). On return the candidate before the chosen one was measured above the target, or is
+    the dense model itself.
+    """
+    dense = cost.measure()
+    if not dense > 0:
+        raise PlanError(f"the model has no counted {cost.name} (only lookups?), so a {cost.name} target means "
+                        "nothing; use a ratio" if cost.name == "FLOPs" else
+                        f"the dense model's predicted {cost.name} is 0, so a {cost.name} target means nothing; "
+                        "use a ratio")
+    candidates = _candidates(chosen, overrides, multiple, cap)
+    measured: dict[int, float] = {}
+
+    def cost_of(index: int) -> float:
         if index not in measured:
             keep = choice.keep(candidates[index][1])
             record = shrink_(graph, {k: v for k, v in keep.items() if len(v) < graph.group(k).size})
             try:
-                measured[index] = count_forward_flops(graph.module, inputs)
+                measured[index] = cost.measure()
             finally:
                 grow_(graph, record)
+            log.info("%s target search: ratio %.3f -> %.4g of dense", cost.name, candidates[index][0],
+                     measured[index] / dense)
         return measured[index]
 
     last = len(candidates) - 1
-    if flops_of(last) > target * dense:
-        raise PlanError(f"FLOPs target {target:g} is out of reach: removing the most allowed ({cap:g} of every "
-                        f"selected group) leaves {flops_of(last) / dense:.3g} of the dense FLOPs. Raise the target, "
-                        "--max-layer-ratio, or use --multiple 1")
-    low, high = -1, last  # flops_of(high) meets the target; low is the largest index known not to
+    if cost_of(last) > target * dense:
+        raise PlanError(f"{cost.name} target {target:g} is out of reach: removing the most allowed ({cap:g} of every "
+                        f"selected group) leaves {cost_of(last) / dense:.3g} {cost.what}. {cost.fix}")
+    low, high = -1, last  # cost_of(high) meets the target; low is the largest index known not to
     while high - low > 1:
         middle = (low + high) // 2
-        low, high = (low, middle) if flops_of(middle) <= target * dense else (middle, high)
-    return candidates[high][0], {"flops_before": dense, "flops_after": flops_of(high),
-                                 "flops_batch": _batch_size(inputs)}
+        low, high = (low, middle) if cost_of(middle) <= target * dense else (middle, high)
+    return candidates[high][0], cost.stats(dense, cost_of(high))
 
 
 def apply_plan(graph: DependencyGraph, plan: PruningPlan | Mapping[str, Any], optimizers=None) -> SurgeryRecord:

@@ -14,8 +14,8 @@ from amgp_fx.cli.values import (check_batch, check_path_name, parse_batch_sizes,
 from amgp_fx.devices import parse_device
 from amgp_fx.errors import ModelFileError, PruneRequestError, TrainingFailure, UsageError
 
-__all__ = ["args_for_export", "check_source", "export_model", "load", "model_label", "model_metadata", "precheck",
-           "prune_graph", "prune_request", "runtime_devices", "save_model", "stats_line"]
+__all__ = ["args_for_export", "check_source", "export_model", "load", "load_device_constants", "model_label",
+           "model_metadata", "precheck", "prune_graph", "prune_request", "runtime_devices", "save_model", "stats_line"]
 
 
 RUNTIMES = ("ort", "torch-eager", "torch-compile")
@@ -74,16 +74,61 @@ def prune_request(args: argparse.Namespace) -> dict[str, Any]:
         raise PruneRequestError(f"--max-layer-ratio {args.max_layer_ratio!r} is outside (0, 1]",
                                 "Pass a fraction such as 0.9")
     flops_target = parse_ratio(args.flops_target, "FLOPs target") if args.flops_target is not None else None
-    request = dict(ratio=parse_ratio(args.ratio) if args.ratio is not None and flops_target is None else None,
+    latency_text = getattr(args, "latency_target", None)  # prune only (run has no latency options)
+    latency_target = parse_ratio(latency_text, "latency target") if latency_text is not None else None
+    targeted = flops_target is not None or latency_target is not None
+    request = dict(ratio=parse_ratio(args.ratio) if args.ratio is not None and not targeted else None,
                    flops_target=flops_target,
                    group_ratios=dict(parse_group_ratio(t) for t in args.group_ratio) or None,
                    groups=_split(args.groups), kinds=_split(args.kinds), criterion=args.criterion,
                    multiple=args.multiple, max_layer_ratio=cap, policy=getattr(args, "policy", "auto"),
                    allow_empty=getattr(args, "allow_empty_members", False))
-    if request["ratio"] is None and request["flops_target"] is None and not request["group_ratios"] \
+    if latency_target is not None:
+        constants_file = getattr(args, "device_constants", None)
+        request.update(latency_target=latency_target, latency_batch=getattr(args, "latency_batch", None),
+                       latency_constants=load_device_constants(constants_file) if constants_file else None)
+    else:
+        for option in ("device_constants", "latency_batch"):
+            if getattr(args, option, None) is not None:
+                flag = "--" + option.replace("_", "-")
+                raise UsageError(f"{flag} is used only with --latency-target", f"Add --latency-target F or drop {flag}")
+    if request["ratio"] is None and not targeted and not request["group_ratios"] \
             and not getattr(args, "apply_plan", None):
-        raise UsageError("nothing to prune", "Pass --ratio, --flops-target, --group-ratio or --apply-plan")
+        raise UsageError("nothing to prune", "Pass --ratio, --flops-target, --latency-target, --group-ratio or "
+                         "--apply-plan" if hasattr(args, "latency_target") else
+                         "Pass --ratio, --flops-target, --group-ratio or --apply-plan")
     return request
+
+
+def load_device_constants(path: str):
+    """The :class:`amgp_fx.latency_model.DeviceConstants` in a JSON file: a ``DeviceConstants.to_dict()``
+    object (what ``tools/bench_onnx.py --constants`` reads), or a results file of that script (its
+    ``metadata.device_constants``). JSON only: nothing is unpickled.
+
+    Raises:
+        UsageError: the file is missing, not JSON, or not a complete set of positive constants.
+    """
+    from amgp_fx.fileio import JsonFileError, read_json_file
+    from amgp_fx.latency_model import DeviceConstants
+
+    fix = ("Pass a DeviceConstants JSON (DeviceConstants.to_dict() of amgp_fx.latency_model.calibrate, or a "
+           "tools/bench_onnx.py results file), or leave --device-constants out to calibrate on this machine")
+    if not Path(path).is_file():
+        raise UsageError(f"device constants file {path} does not exist", fix)
+    try:
+        data = read_json_file(path, "device constants file")
+    except JsonFileError as error:
+        raise UsageError(str(error), fix) from None
+    if isinstance(data, dict) and "gemm_flops_per_s" not in data and isinstance(data.get("metadata"), dict):
+        data = data["metadata"].get("device_constants")  # a tools/bench_onnx.py results file
+    if not isinstance(data, dict):
+        raise UsageError(f"device constants file {path} holds no DeviceConstants object", fix)
+    try:
+        return DeviceConstants.from_dict(data)
+    except (TypeError, ValueError, AttributeError) as error:
+        detail = " ".join(str(error).split(", got ")[0].split())[:160]  # not the repr of every field
+        raise UsageError(f"device constants file {path} is not a valid set of constants ({type(error).__name__}: "
+                         f"{detail})", fix) from None
 
 
 def _is_number(text: Any) -> bool:
@@ -121,7 +166,8 @@ def prune_graph(graph, request: dict, plan_file: str | None):
         apply_plan(graph, plan)
         return PruningPlan(plan.groups, plan.criterion, plan.ratio, plan.flops_target, plan.multiple,
                            plan.max_layer_ratio, {"params_before": before,
-                                                  "params_after": count_parameters(graph.module)})
+                                                  "params_after": count_parameters(graph.module)},
+                           latency_target=plan.latency_target)
     options = {k: v for k, v in request.items() if k != "ratio"}
     args = graph.traced.args
     if args and isinstance(args[0], torch_tensor_type()):
@@ -163,6 +209,11 @@ def stats_line(stats: dict) -> str:
         if f"{key}_before" in stats and f"{key}_after" in stats and stats[f"{key}_before"]:
             ratio = stats[f"{key}_after"] / stats[f"{key}_before"]
             parts.append(f"{label} {stats[f'{key}_before']:,} -> {stats[f'{key}_after']:,} ({of_dense(ratio)})")
+    if stats.get("latency_before_s") and "latency_after_s" in stats:
+        ratio = stats["latency_after_s"] / stats["latency_before_s"]
+        parts.append(f"predicted latency at batch {stats.get('latency_batch', '?')} "
+                     f"{stats['latency_before_s'] * 1e3:.3g} ms -> {stats['latency_after_s'] * 1e3:.3g} ms "
+                     f"({of_dense(ratio)})")
     return "; ".join(parts)
 
 
@@ -198,6 +249,7 @@ def precheck(args: argparse.Namespace) -> None:
 
 
 _PATH_OPTIONS = (("model_file", "MODEL"), ("data", "--data"), ("columns", "--columns"),
+                 ("device_constants", "--device-constants"),
                  ("example_inputs", "--example-inputs"), ("plan", "--plan"), ("apply_plan", "--apply-plan"),
                  ("json", "--json"), ("output_dir", "--output-dir"), ("factory", "--factory"))
 
@@ -215,7 +267,8 @@ def _check_path_names(args: argparse.Namespace) -> None:
 
 def _check_batches(args: argparse.Namespace) -> None:
     """Batch sizes that would ask for terabytes fail at once (exit 2) instead of as an allocation."""
-    for attribute, option in (("batch_size", "--batch-size"), ("train_batch", "--train-batch")):
+    for attribute, option in (("batch_size", "--batch-size"), ("train_batch", "--train-batch"),
+                              ("latency_batch", "--latency-batch")):
         if getattr(args, attribute, None) is not None:
             check_batch(getattr(args, attribute), option)
     if getattr(args, "batch_sizes", None):

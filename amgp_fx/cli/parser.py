@@ -67,7 +67,8 @@ def _output_dir(parser: argparse.ArgumentParser, default: str = DEFAULT_OUTPUT) 
                              "a folder is refused)")
 
 
-def _prune_options(parser: argparse.ArgumentParser, default_ratio: float | None = None) -> None:
+def _prune_options(parser: argparse.ArgumentParser, default_ratio: float | None = None,
+                   latency: bool = False) -> None:
     group = parser.add_argument_group("pruning")
     target = group.add_mutually_exclusive_group()
     target.add_argument("--ratio", default=default_ratio, metavar="R",
@@ -75,6 +76,17 @@ def _prune_options(parser: argparse.ArgumentParser, default_ratio: float | None 
                              + (" (default: %(default)s)" if default_ratio else ""))
     target.add_argument("--flops-target", metavar="F",
                         help="keep at most this fraction of the dense model's forward FLOPs, in (0, 1)")
+    if latency:
+        target.add_argument("--latency-target", metavar="F",
+                            help="keep at most this fraction of the dense model's predicted latency (the ONNX "
+                                 "time model, docs/onnx.md#the-time-model-amgp_fxlatency_model), in (0, 1)")
+        group.add_argument("--device-constants", metavar="FILE.json",
+                           help="with --latency-target: the device's measured speeds (a DeviceConstants JSON, as "
+                                "tools/bench_onnx.py --constants reads, or its results file); default: calibrate "
+                                "on the model's device (seconds on a CPU)")
+        group.add_argument("--latency-batch", type=_positive_int, metavar="N",
+                           help="with --latency-target: rows per call the latency is predicted at (default: "
+                                "16384, or the model's static batch)")
     group.add_argument("--group-ratio", action="append", default=[], metavar="GROUP=R",
                        help="per-group ratio overriding --ratio (repeatable; ids/names from 'analyze')")
     group.add_argument("--groups", metavar="IDS", help="prune only these groups (comma-separated ids or names)")
@@ -185,7 +197,9 @@ EPILOGS = {
                "\n  amgp-compress analyze weights.safetensors --factory my_models.py:build --factory-kwargs "
                "'{\"width\": 512}' --json groups.json",
     "prune": "examples:\n  amgp-compress prune model.pt2 --ratio 0.5 -o out/\n  amgp-compress prune --model dlrm "
-             "--flops-target 0.3 --kinds hidden\n  amgp-compress prune weights.pt --factory pkg.models:build "
+             "--flops-target 0.3 --kinds hidden\n  amgp-compress prune model.pt2 --latency-target 0.5 "
+             "--device-constants constants.json --kinds hidden,embedding\n  amgp-compress prune weights.pt "
+             "--factory pkg.models:build "
              "--ratio 0.5 --group-ratio g1=0.75\nwrites pruned.pt2, pruned.safetensors (with the plan), plan.json, "
              "prune_report.json",
     "train": "examples:\n  amgp-compress train --model dlrm --steps 500 -o out/\n  amgp-compress train model.pt2 "
@@ -224,7 +238,7 @@ EPILOGS = {
 
 HELP = {
     "analyze": "list the model's groups of channels (what can be pruned, and why not)",
-    "prune": "one-shot structured pruning to a ratio or a FLOPs target; saves the model and the plan",
+    "prune": "one-shot structured pruning to a ratio, a FLOPs target or a latency target; saves the model and the plan",
     "train": "train the model (dense or AMGP) on synthetic data, Criteo TSV or your own CSV/TSV/Parquet file",
     "export": "export to ONNX, run onnx.checker and the ONNX Runtime parity check",
     "bench": "latency of ONNX Runtime and/or PyTorch over a sweep of batch sizes",
@@ -247,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub["analyze"].add_argument("--prunable-only", action="store_true", help="list only prunable groups")
     sub["analyze"].add_argument("--json", metavar="FILE", help="also write the groups as JSON")
     _model_options(sub["prune"])
-    _prune_options(sub["prune"])
+    _prune_options(sub["prune"], latency=True)
     sub["prune"].add_argument("--apply-plan", metavar="PLAN.json", help="apply this plan instead of making one")
     _output_dir(sub["prune"])
     _model_options(sub["train"])

@@ -1,4 +1,6 @@
-"""``amgp-compress prune``: one-shot structured pruning to a ratio or a FLOPs target; saves the model and the plan."""
+"""``amgp-compress prune``: one-shot structured pruning to a ratio, a FLOPs target or a latency target (predicted
+by :mod:`amgp_fx.latency_model` on --device-constants, or on constants calibrated here); saves the model and the
+plan."""
 from __future__ import annotations
 
 import argparse
@@ -15,13 +17,24 @@ def command(args: argparse.Namespace) -> int:
 
     request = prune_request(args)
     check_source(args)
-    progress = Progress(3, args.quiet)
+    latency = request.get("latency_target") is not None and not args.apply_plan
+    calibrating = latency and request.get("latency_constants") is None
+    progress = Progress(3 + calibrating, args.quiet)
     with OutputDir(args.output_dir) as out:
         progress.stage("loading and analysing the model")
         loaded = load(args)
         graph = analyze_model(loaded.module, loaded.example_inputs)
         progress.done(f"{len(graph.prunable_groups())} prunable groups")
-        progress.stage("pruning")
+        if latency:
+            request["latency_batch"] = _latency_batch(request.get("latency_batch"), loaded.static_batch)
+        if calibrating:
+            device = _model_device(loaded.module)
+            progress.stage(f"calibrating the time model on {device} (no --device-constants: GEMM, copy, gather "
+                           "and per-node speeds measured here)")
+            request["latency_constants"] = _calibrate(device)
+            progress.done(_constants_text(request["latency_constants"]))
+        progress.stage("pruning" + (f" to a predicted latency at batch {request['latency_batch']} (each candidate "
+                                    "is exported to ONNX)" if latency else ""))
         plan = prune_graph(graph, request, args.apply_plan)
         progress.done(stats_line(plan.stats))
         progress.stage("saving")
@@ -38,3 +51,42 @@ def command(args: argparse.Namespace) -> int:
         print(render_table(member_rows(plan), ["group", "tensor", "dim", "role", "before", "after"]))
     report_written(out, args.quiet)
     return 0
+
+
+def _latency_batch(requested: int | None, static_batch: int | None) -> int:
+    """The batch the latency is predicted at: --latency-batch, the model's static batch, or the default."""
+    from amgp_fx.errors import UsageError
+    from amgp_fx.pruning_plan import DEFAULT_LATENCY_BATCH
+
+    if static_batch is not None:
+        if requested is not None and requested != static_batch:
+            raise UsageError(f"--latency-batch {requested} differs from the model's static batch {static_batch}",
+                             "Leave --latency-batch out, or save the model with a dynamic batch")
+        return static_batch
+    return DEFAULT_LATENCY_BATCH if requested is None else requested
+
+
+def _model_device(module) -> str:
+    import torch
+
+    tensor = next((t for t in (*module.parameters(), *module.buffers())), None)
+    device = tensor.device if tensor is not None else torch.device("cpu")
+    return str(device) if device.type == "cuda" else "cpu"
+
+
+def _calibrate(device: str):
+    """DeviceConstants measured on ``device``, with ONNX Runtime's per-node cost on the matching provider
+    (a CPU gets the light settings tools/bench_onnx.py uses there: seconds, not minutes)."""
+    from amgp_fx.latency_model import calibrate
+
+    if device.startswith("cuda"):
+        from amgp_fx.bench import cuda_provider_available
+
+        return calibrate(device, ort_provider="cuda" if cuda_provider_available() else None)
+    return calibrate("cpu", ort_provider="cpu", matmul_size=512, copy_bytes=16 * 2**20, iters=5)
+
+
+def _constants_text(constants) -> str:
+    rates = ", ".join(f"{name} {rate / 1e9:.3g} GFLOP/s" for name, rate in constants.gemm_flops_per_s.items())
+    return (f"GEMM {rates}, copy {constants.bandwidth_bytes_per_s / 1e9:.3g} GB/s, gather "
+            f"{constants.gather_bandwidth_bytes_per_s / 1e9:.3g} GB/s, launch {constants.launch_s * 1e6:.2g} us")
