@@ -507,6 +507,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     # docs/benchmarks.md "What makes AMGP pay off")
     "amgp-grow-late": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), ratio=0.5,
                            preserve_growth=True, grow_ramp_share=0.25),
+    # grow late, and keep what the small model learned: the same one growth, but the regrown units stay at zero
+    # outgoing weights (they learn from there) and the kept units keep their scale, with no ramp. On the CPU proxy
+    # the ramp (regrown units' saved outgoing weights phased in, the kept units' rescale phased out) stalls the
+    # AUC for its length, more so at 2x the MLP width; without it: at least as good on 5 of 5 seeds
+    # (docs/benchmarks.md "Where the growth costs"). Not yet measured on the H200.
+    "amgp-grow-late-zero": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), ratio=0.5,
+                                preserve_growth=True),
     # amgp-half's cycles with the shrinks that see the data: units scored by their measured contribution to the
     # next layer (criterion "activation") and their mean output folded into its bias. The best cyclic recipe on
     # the CPU proxy (-0.0077 vs dense, amgp-half -0.0243; grow-late -0.0044), for those who want every unit

@@ -173,6 +173,26 @@ def test_hook_logs_switch_jumps_overlap_and_a_lossless_faded_preserving_run(rows
     assert kinds.count("amgp_fade_start") == 2 and kinds.count("amgp_ramp_end") == 2
 
 
+def test_grow_late_zero_recipe_grows_without_a_jump_and_leaves_the_regrown_units_to_learn(rows):
+    """amgp-grow-late-zero: one preserving growth with no ramp; the kept units keep their (rescaled)
+    weights, the regrown ones start at zero outgoing weights and move away from zero by training."""
+    torch.manual_seed(0)
+    model = models.build_model("dcn_v2", "small", deep_mlp=(64, 40), dropout=0.0)
+    graph = amgp_fx.analyze(model, model.example_inputs(4))
+    config = AmgpConfig.from_recipe_name("amgp-grow-late-zero", total_steps=30)
+    assert config.preserve_growth and config.grow_ramp_steps == 0
+    hook = AmgpHook(graph, config, probe=rows[1])
+    train(model, rows[0], None, TrainConfig(optimizer="adam", lr=1e-2, batch_size=64, steps=30),
+          hooks=[hook], forward=hook.forward, progress=False)
+    (grow,) = [s for s in hook.surgeries if s["action"] == "grow"]
+    assert grow["loss_after"] == pytest.approx(grow["loss_before"], abs=1e-6)
+    assert grow["step"] == 18 and not hook.switch.busy  # no ramp
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert all(g.size == g.full_size for g in hook.groups)
+    for linear in linears:  # the regrown units' outgoing columns left zero at step 18 and trained since
+        assert (linear.weight.abs().sum(dim=0) > 0).all(), "an input column stayed at zero"
+
+
 def test_hook_without_fades_shows_the_jump(rows):
     torch.manual_seed(0)
     model = models.build_model("dcn_v2", "small", deep_mlp=(64, 40), dropout=0.0)
