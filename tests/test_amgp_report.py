@@ -242,6 +242,9 @@ def test_resume_keeps_the_finished_runs_and_runs_only_the_missing_seeds(tmp_path
     assert "no curve plot for dlrm" in third.stdout and (tmp_path / "plots" / "amgp_auc_vs_flops_dlrm.png").is_file()
     assert {m: r["per_seed"] for m, r in records.items()} == {
         r["method"]: r["per_seed"] for r in json.loads(out.read_text())}
+    recipe = subprocess.run(base + ["--seeds", "2", "--resume", "--recipe", "amgp-half"], capture_output=True,
+                            text=True, timeout=300, cwd=ROOT)  # the recipe is not a setting of the file: checked per run
+    assert recipe.returncode != 0 and "amgp runs with another schedule or recipe" in recipe.stderr
     other = subprocess.run(base + ["--seeds", "2", "--resume", "--sparse-lr", "0.1"], capture_output=True, text=True,
                            timeout=300, cwd=ROOT)
     assert other.returncode != 0 and "other settings (sparse_lr)" in other.stderr

@@ -263,10 +263,15 @@ def _compiled_forward(module: torch.nn.Module):
     return forward
 
 
+def aggregate_config(plan: Plan, method: str) -> AmgpConfig:
+    """The schedule a method's runs follow (dense and small dense: the dense one)."""
+    return {"dense": plan.dense, "small_dense": plan.dense, "amgp": plan.amgp, "prune_only": plan.prune_only}[method]
+
+
 def aggregate(name: str, method: str, runs: list[dict], plan: Plan, args, steps: int, device_name: str) -> dict:
     aucs, loglosses = [r["auc"] for r in runs], [r["logloss"] for r in runs]
     walls = [r["wall_clock_s"] for r in runs]
-    config = {"dense": plan.dense, "small_dense": plan.dense, "amgp": plan.amgp, "prune_only": plan.prune_only}[method]
+    config = aggregate_config(plan, method)
     return {
         "model": name, "method": method,
         "auc_mean": statistics.fmean(aucs), "auc_std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
@@ -291,6 +296,17 @@ def aggregate(name: str, method: str, runs: list[dict], plan: Plan, args, steps:
             "recurring_steps": runs[0]["recurring_steps"], "drift": args.drift, "new_id_share": args.new_id_share}
            if "recurring_auc" in runs[0] else {}),
     }
+
+
+def _resumed(run: dict, plan: Plan, method: str, path: Path) -> dict:
+    """A finished run, once its schedule is checked against this call's: a file of another recipe's
+    AMGP runs (the recipe is not among the settings of the file) must not be mixed in."""
+    recorded = run.pop("_amgp_config", None)
+    wanted = aggregate_config(plan, method).to_dict()
+    if recorded is not None and recorded != wanted:
+        raise SystemExit(f"bench_amgp: error: {path} holds {method} runs with another schedule or recipe than this "
+                         "call's. Use another --out, or drop --resume to start over.")
+    return run
 
 
 def grid_path(out: Path) -> Path:
@@ -318,7 +334,8 @@ def load_finished_runs(path: Path, args, steps: int) -> dict[tuple[str, str, flo
             raise SystemExit(f"bench_amgp: error: {path} was made with other settings ({', '.join(differing)}). "
                              f"Use another --out, or drop --resume to start over.")
         finished[(record["model"], record["method"], record["lr"])] = [
-            {**run, "device": run.get("device", record.get("device"))} for run in record["per_seed"]]
+            {**run, "device": run.get("device", record.get("device")), "_amgp_config": record.get("amgp_config")}
+            for run in record["per_seed"]]
     return finished
 
 
@@ -503,7 +520,7 @@ def main(argv=None) -> list[dict]:
                 for lr in grid:
                     done = [r for r in finished.get((name, method, lr), []) if r["seed"] == seed]
                     if done:
-                        runs[(method, lr)].append(done[0])
+                        runs[(method, lr)].append(_resumed(done[0], plan, method, grid_path(out)))
                         continue
                     elapsed = time.perf_counter() - start
                     if args.budget_s is not None and elapsed + 1.2 * longest > args.budget_s:
