@@ -510,7 +510,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # grow late, and keep what the small model learned: the same one growth, but the regrown units stay at zero
     # outgoing weights (they learn from there) and the kept units keep their scale, with no ramp. On the CPU proxy
     # the ramp (regrown units' saved outgoing weights phased in, the kept units' rescale phased out) stalls the
-    # AUC for its length, more so at 2x the MLP width; without it: at least as good on 5 of 5 seeds
+    # AUC for its length, more so at 2x the MLP width; without it: at least as good on 6 of 6 seeds
     # (docs/benchmarks.md "Where the growth costs"). Not yet measured on the H200.
     "amgp-grow-late-zero": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), ratio=0.5,
                                 preserve_growth=True),
