@@ -112,6 +112,27 @@ def test_sweep_refuses_a_cpu_proxy_of_another_model():
     assert done.returncode == 2 and "--cpu-proxy shrinks the DLRM benchmark" in done.stderr
 
 
+def test_rows_cache_gives_the_same_runs_and_is_written_once(tmp_path):
+    """--rows-cache: GPU calls made back to back with --resume generate the rows once."""
+    cache = tmp_path / "rows"
+    base = [sys.executable, str(ROOT / "tools" / "bench_amgp.py"), "--tiny", "--models", "dlrm", "--methods", "dense",
+            "--seeds", "1", "--samples", "2048", "--rows-cache", str(cache)]
+    first = subprocess.run(base + ["--out", str(tmp_path / "a.json")], capture_output=True, text=True, timeout=300,
+                           cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    files = {p.name: p.stat().st_mtime_ns for p in cache.glob("rows-*.safetensors")}
+    assert len(files) == 2 and not list(cache.glob("*.partial"))  # training and held-out rows
+    second = subprocess.run(base + ["--out", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=300,
+                            cwd=ROOT)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert {p.name: p.stat().st_mtime_ns for p in cache.glob("rows-*.safetensors")} == files  # read, not rewritten
+    auc = [json.loads((tmp_path / name).read_text())[0]["per_seed"][0]["auc"] for name in ("a.json", "b.json")]
+    assert auc[0] == auc[1]
+    more = subprocess.run(base[:-4] + ["--samples", "4096", "--rows-cache", str(cache), "--out", str(tmp_path / "c.json")],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert more.returncode == 0 and len(list(cache.glob("rows-*.safetensors"))) == 3  # other rows, another file
+
+
 def test_wider_cpu_proxy_scales_the_hidden_widths_and_keeps_the_interaction_dim():
     sys.path.insert(0, str(ROOT / "tools"))
     try:

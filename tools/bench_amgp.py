@@ -35,6 +35,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import gc
+import hashlib
 import json
 import multiprocessing
 import os
@@ -124,6 +125,27 @@ def make_rows(config: SyntheticConfig, start: int, count: int, workers: int) -> 
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
         parts = list(pool.map(_rows_worker, jobs))
     return Batch(*(torch.from_numpy(np.concatenate([p[i] for p in parts])) for i in range(3)))
+
+
+def cached_rows(config: SyntheticConfig, start: int, count: int, workers: int, cache_dir: str | None) -> Batch:
+    """``make_rows``, kept in ``cache_dir`` (safetensors, no pickle) under a hash of what decides the rows,
+    so that calls made back to back on one machine (``--resume``) generate them once."""
+    if not cache_dir:
+        return make_rows(config, start, count, workers)
+    from safetensors.torch import load_file, save_file
+
+    key = json.dumps({"config": config.to_dict(), "start": start, "count": count}, sort_keys=True)
+    path = Path(cache_dir) / f"rows-{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
+    if path.is_file():
+        tensors = load_file(str(path))
+        return Batch(tensors["dense"], tensors["sparse"], tensors["label"])
+    rows = make_rows(config, start, count, workers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    save_file({"dense": rows.dense.contiguous(), "sparse": rows.sparse.contiguous(),
+               "label": rows.label.contiguous()}, str(partial))
+    os.replace(partial, path)  # a call killed mid-write leaves no half file under the real name
+    return rows
 
 
 # -- one run ---------------------------------------------------------------------------------------
@@ -247,8 +269,8 @@ def prepare_recurring(args, say, table_sizes: tuple[int, ...] | None = None) -> 
     say(f"generating {args.recurring_steps * args.batch_size} drifted rows (drift {args.drift}, new ids "
         f"{args.new_id_share}) for the recurring stage")
     device = torch.device(args.device)
-    rows = make_rows(shifted, 1 << 41, args.recurring_steps * args.batch_size, args.workers)
-    test = make_rows(shifted, 1 << 42, args.test_samples, args.workers)
+    rows = cached_rows(shifted, 1 << 41, args.recurring_steps * args.batch_size, args.workers, args.rows_cache)
+    test = cached_rows(shifted, 1 << 42, args.test_samples, args.workers, args.rows_cache)
     return rows.to(device), test.to(device)
 
 
@@ -422,6 +444,9 @@ def parse_args(argv=None):
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no run that would end past this many seconds (default 560: one 10-minute GPU call)")
     parser.add_argument("--out", default="docs/results/amgp_train.json")
+    parser.add_argument("--rows-cache", default=None, metavar="DIR",
+                        help="keep the generated rows here (safetensors) and reuse them: GPU calls made back to back "
+                             "with --resume then generate them once (e.g. /tmp/amgp-rows)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs already in <out>.grid.json (same settings) and run only the missing ones")
     parser.add_argument("--plot-dir", default=None, help="write one AMGP-vs-dense PNG per model here")
@@ -459,9 +484,9 @@ def prepare_data(args, steps: int, say,
     data_config = teacher_config(args, table_sizes)
     rows = steps * args.batch_size // max(1, getattr(args, "passes", 1))  # several passes: fewer distinct rows
     say(f"generating {rows} + {args.test_samples} rows ({args.teacher} teacher, "
-        f"{args.workers} workers)")
-    train_rows = make_rows(data_config, 0, rows, args.workers)
-    test_rows = make_rows(data_config, 1 << 40, args.test_samples, args.workers)
+        f"{args.workers} workers)" + (f", or reading them from {args.rows_cache}" if args.rows_cache else ""))
+    train_rows = cached_rows(data_config, 0, rows, args.workers, args.rows_cache)
+    test_rows = cached_rows(data_config, 1 << 40, args.test_samples, args.workers, args.rows_cache)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
