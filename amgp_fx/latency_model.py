@@ -40,8 +40,12 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DeviceConstants", "LatencyPrediction", "NodeCost", "calibrate", "graph_costs", "predict_latency",
-           "predicted_speedup"]
+__all__ = ["QUICK_CPU_CALIBRATION", "DeviceConstants", "LatencyPrediction", "NodeCost", "calibrate", "graph_costs",
+           "predict_latency", "predicted_speedup"]
+
+#: ``calibrate("cpu", **QUICK_CPU_CALIBRATION)``: seconds instead of a minute on a small CPU, for the CLI
+#: and CPU smoke runs (a CPU's constants matter less than a GPU's: latency targets are for serving)
+QUICK_CPU_CALIBRATION = dict(matmul_size=512, copy_bytes=16 * 2**20, iters=5)
 
 GEMM_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "MatMulInteger", "FusedMatMul"})
 GATHER_OPS = frozenset({"Gather", "GatherND", "GatherElements"})

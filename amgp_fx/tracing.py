@@ -247,10 +247,7 @@ def unguarded_module(program: torch.export.ExportedProgram) -> fx.GraphModule:
     a guard from a sequence-first attention's contiguity check, for a dynamic B. The inputs' shapes
     are checked where they enter (``model_inputs.check_inputs``).
     """
-    try:
-        return program.module(check_guards=False)
-    except TypeError:  # a torch without check_guards calls no guards
-        return program.module()
+    return program.module(check_guards=False)
 
 
 def _strip_assertions(module: fx.GraphModule) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import functools
 import gc
 import hashlib
 import json
@@ -58,7 +59,7 @@ from amgp_fx.amgp import AmgpHook, dense_config, match_prune_only, predict_train
 from amgp_fx.amgp_report import best_per_method, comparison_table, plot_auc_vs_flops, plot_run  # noqa: E402
 from amgp_fx.config import SyntheticConfig, TrainConfig  # noqa: E402
 from amgp_fx.data import Batch, SyntheticCriteo  # noqa: E402
-from amgp_fx.fileio import atomic_write_json  # noqa: E402
+from amgp_fx.fileio import atomic_write_bytes, atomic_write_json  # noqa: E402
 from amgp_fx.flops import count_training_flops, width_scale_for_flops  # noqa: E402
 from amgp_fx.schedule import CRITERIA, AmgpConfig  # noqa: E402
 from amgp_fx.train import train  # noqa: E402
@@ -132,7 +133,7 @@ def cached_rows(config: SyntheticConfig, start: int, count: int, workers: int, c
     so that calls made back to back on one machine (``--resume``) generate them once."""
     if not cache_dir:
         return make_rows(config, start, count, workers)
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     key = json.dumps({"config": config.to_dict(), "start": start, "count": count}, sort_keys=True)
     path = Path(cache_dir) / f"rows-{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors"
@@ -141,10 +142,8 @@ def cached_rows(config: SyntheticConfig, start: int, count: int, workers: int, c
         return Batch(tensors["dense"], tensors["sparse"], tensors["label"])
     rows = make_rows(config, start, count, workers)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file({"dense": rows.dense.contiguous(), "sparse": rows.sparse.contiguous(),
-               "label": rows.label.contiguous()}, str(partial))
-    os.replace(partial, path)  # a call killed mid-write leaves no half file under the real name
+    atomic_write_bytes(path, save({"dense": rows.dense.contiguous(), "sparse": rows.sparse.contiguous(),
+                                   "label": rows.label.contiguous()}))  # killed mid-write: no half file
     return rows
 
 
@@ -514,14 +513,14 @@ def main(argv=None) -> list[dict]:
     if args.plot_dir:
         Path(args.plot_dir).mkdir(parents=True, exist_ok=True)
     device_name = _device_name(torch.device(args.device))
-    shared: dict[str, Any] = {}  # the rows, generated once the first run that is not resumed needs them
 
+    @functools.cache
     def rows() -> tuple[tuple[Batch, Batch], tuple[Batch, Batch] | None]:
-        if not shared:
-            shared["data"], _ = prepare_data(args, steps, say)
-            shared["recurring"] = prepare_recurring(args, say)
-            say(f"data ready on {device_name}; {steps} steps of {args.batch_size} per run")
-        return shared["data"], shared["recurring"]
+        """The rows, generated when the first run that is not resumed needs them."""
+        data, _ = prepare_data(args, steps, say)
+        recurring = prepare_recurring(args, say)
+        say(f"data ready on {device_name}; {steps} steps of {args.batch_size} per run")
+        return data, recurring
 
     records: list[dict] = []  # each (model, method) at its best learning rate
     grid_records: list[dict] = []  # every (model, method, lr)

@@ -57,7 +57,7 @@ from amgp_fx.bench import (OPT_LEVELS, RUNTIMES, benchmark_onnx, benchmark_torch
                            cuda_provider_available)
 from amgp_fx.export import export_onnx  # noqa: E402
 from amgp_fx.export_precision import PRECISIONS, cast_module, convert_precision  # noqa: E402
-from amgp_fx.latency_model import DeviceConstants, calibrate, predict_latency  # noqa: E402
+from amgp_fx.latency_model import QUICK_CPU_CALIBRATION, DeviceConstants, calibrate, predict_latency  # noqa: E402
 from amgp_fx.latency_report import format_table, load_records, plot_latency, save_records  # noqa: E402
 from amgp_fx.passes import default_passes  # noqa: E402
 from amgp_fx.passes.fuse_embeddings import FUSE_EMBEDDINGS_PASS  # noqa: E402
@@ -287,7 +287,7 @@ def device_constants(args, device: torch.device, runtimes) -> DeviceConstants:
         ort_provider = "cpu"
     if device.type == "cuda":
         return calibrate(str(device), ort_provider=ort_provider, tf32=args.tf32)
-    return calibrate("cpu", ort_provider=ort_provider, matmul_size=512, copy_bytes=16 * 2**20, iters=5)
+    return calibrate("cpu", ort_provider=ort_provider, **QUICK_CPU_CALIBRATION)
 
 
 def predictions(variants, batch_sizes, constants: DeviceConstants) -> list[dict]:

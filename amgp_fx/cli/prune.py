@@ -67,23 +67,22 @@ def _latency_batch(requested: int | None, static_batch: int | None) -> int:
 
 
 def _model_device(module) -> str:
-    import torch
+    from amgp_fx.devices import module_device
 
-    tensor = next((t for t in (*module.parameters(), *module.buffers())), None)
-    device = tensor.device if tensor is not None else torch.device("cpu")
+    device = module_device(module)
     return str(device) if device.type == "cuda" else "cpu"
 
 
 def _calibrate(device: str):
     """DeviceConstants measured on ``device``, with ONNX Runtime's per-node cost on the matching provider
     (a CPU gets the light settings tools/bench_onnx.py uses there: seconds, not minutes)."""
-    from amgp_fx.latency_model import calibrate
+    from amgp_fx.latency_model import QUICK_CPU_CALIBRATION, calibrate
 
     if device.startswith("cuda"):
         from amgp_fx.bench import cuda_provider_available
 
         return calibrate(device, ort_provider="cuda" if cuda_provider_available() else None)
-    return calibrate("cpu", ort_provider="cpu", matmul_size=512, copy_bytes=16 * 2**20, iters=5)
+    return calibrate("cpu", ort_provider="cpu", **QUICK_CPU_CALIBRATION)
 
 
 def _constants_text(constants) -> str:
