@@ -102,11 +102,31 @@ class _CastCall(torch.nn.Module):
 
 
 def cast_module(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """A copy of ``model`` running in ``precision`` (fp32 in and out); ``model`` itself for fp32."""
+    """A copy of ``model`` for inference in ``precision`` (fp32 in and out); ``model`` itself for fp32.
+
+    torch.export GraphModules in it (pruned models) get their inference graph: ``.eval()`` cannot reach
+    their batch-norm and dropout training literals, so the copy would otherwise drop units at random
+    and update the running statistics."""
     _check_precision(precision)
     if precision == "fp32":
         return model
-    return _CastCall(copy.deepcopy(model).to(TORCH_DTYPES[precision]), TORCH_DTYPES[precision])
+    return _CastCall(_inference_copy(model).to(TORCH_DTYPES[precision]), TORCH_DTYPES[precision])
+
+
+def _inference_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` with every outermost GraphModule in it replaced by its inference graph."""
+    from amgp_fx.passes.inference_mode import inference_graph
+
+    copied = copy.deepcopy(model)
+    if isinstance(copied, torch.fx.GraphModule):
+        return inference_graph(copied)[0]
+    for parent in list(copied.modules()):
+        if isinstance(parent, torch.fx.GraphModule):
+            continue
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.fx.GraphModule):
+                setattr(parent, name, inference_graph(child)[0])
+    return copied
 
 
 def _check_precision(precision: str) -> None:
@@ -218,7 +238,7 @@ def convert_precision(source: str | os.PathLike, precision: str, model: torch.nn
         PrecisionError: unknown precision, or the provider cannot run the model in that precision.
         ParityError: outputs differ from fp32 PyTorch beyond the tolerance (the file is removed).
     """
-    from amgp_fx.bench import _onnx_header, cuda_provider_available, make_ort_session, ort_feeds
+    from amgp_fx.bench import _inference_module, _onnx_header, cuda_provider_available, make_ort_session, ort_feeds
     from amgp_fx.input_tree import as_args
     from amgp_fx.passes import flatten_outputs
     from amgp_fx.passes.inference_mode import eval_mode
@@ -246,8 +266,10 @@ def convert_precision(source: str | os.PathLike, precision: str, model: torch.nn
         converter = f"torch.onnx.export of the model cast to bfloat16 (torch {torch.__version__})"
     args = as_args(example_inputs)
     if model is not None:
-        with eval_mode(model), torch.no_grad():
-            expected = [x.detach().float().cpu().numpy() for x in flatten_outputs(model(*args))]
+        # the mode the file was exported in: a GraphModule's training literals flipped (export_onnx does the same)
+        reference_model = _inference_module(model)
+        with eval_mode(reference_model), torch.no_grad():
+            expected = [x.detach().float().cpu().numpy() for x in flatten_outputs(reference_model(*args))]
         reference = "fp32 PyTorch"
     else:
         fp32_session = make_ort_session(source, provider)

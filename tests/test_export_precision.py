@@ -133,3 +133,35 @@ def test_low_precision_on_the_cuda_provider(dlrm_fp32, tmp_path, precision):
     report = convert_precision(path, precision, model, inputs, provider="cuda", path=tmp_path / f"{precision}.onnx")
     assert report.provider == "cuda" and report.max_abs_diff <= report.atol
     assert report.kept_fp32_ops == ()  # the CUDA provider has fp16/bf16 kernels for every DLRM op
+
+
+@pytest.fixture(scope="module")
+def pruned_dcn(tmp_path_factory):
+    """A pruned DCN-v2 as amgp-fx hands it over: a torch.export GraphModule whose batch-norm and
+    dropout nodes carry training literals that ``.eval()`` cannot reach."""
+    import amgp_fx
+    from amgp_fx import models
+
+    torch.manual_seed(0)
+    model = models.build_model("dcn_v2", "small")
+    graph = amgp_fx.analyze(model, model.example_inputs(8))
+    keep = {g.id: list(range(0, g.size, 2)) for g in graph.prunable_groups(("hidden",))}
+    amgp_fx.shrink_(graph, keep)
+    inputs = model.example_inputs(64)
+    path = export_onnx(graph.module, inputs, tmp_path_factory.mktemp("dcn") / "dcn.onnx").path
+    return graph.module, inputs, path
+
+
+def test_fp16_of_a_pruned_graph_module_is_compared_with_its_inference_outputs(pruned_dcn):
+    """The fp32 reference must be the model in inference mode (dropout off, running statistics), the
+    mode the ONNX file was exported in, and computing it must not update the batch-norm statistics."""
+    model, inputs, path = pruned_dcn
+    buffers = {name: value.clone() for name, value in model.named_buffers()}
+    report = convert_precision(path, "fp16", model, inputs, provider="cpu")
+    assert report.max_abs_diff <= report.atol
+    assert all(torch.equal(buffers[name], value) for name, value in model.named_buffers())
+    half = cast_module(model, "fp16")  # what the torch runtimes time: inference mode as well
+    with torch.no_grad():
+        first, second = half(*inputs), half(*inputs)
+    assert torch.equal(first, second)  # no dropout
+    assert all(torch.equal(buffers[name], value) for name, value in model.named_buffers())
