@@ -10,9 +10,11 @@ formats, never by hand:
   ``op_block_list``, casts around it) and the report lists it.
 - bf16: neither onnx nor onnxruntime ships an fp32 -> bf16 converter, so the model itself is cast
   to bf16 in PyTorch and exported by :func:`amgp_fx.export.export_onnx` (torch.onnx's translation),
-  with fp32 inputs and outputs cast at the boundary as for fp16. ONNX Runtime's CPU provider lacks
-  bf16 kernels for most ops (MatMul, Gemm, ...): there a :class:`PrecisionError` says so and that bf16
-  runs on the CUDA provider.
+  with fp32 inputs and outputs cast at the boundary as for fp16. The op types that have no bf16 kernel
+  on the provider (each asked on its own: ORT's load error names one node at most) run in fp32 with
+  casts around them, and the report lists them; when one is a GEMM (:data:`BF16_CORE_OPS`, the work
+  bf16 is for) a :class:`PrecisionError` names them instead. ORT's CPU provider lacks bf16 Gemm and
+  MatMul, so there the error also says that bf16 runs on the CUDA provider.
 
 Parity, stated: ``|low - fp32 torch| <= atol + rtol * |fp32 torch|`` on every output, with the
 tolerances below (see :data:`TOLERANCES` for the reasons).
@@ -195,8 +197,110 @@ def export_bf16(model: torch.nn.Module, example_inputs, target: str | os.PathLik
                        input_names=input_names)
 
 
-def _export_bf16(model, example_inputs, target: Path, provider: str, source: Path):
+#: op types that a bf16 model exists to run in bf16: kept in fp32, the "bf16" model would time fp32 GEMMs
+BF16_CORE_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose", "Einsum"})
+
+
+def _value_types(model) -> dict[str, int]:
+    """Element type of every named value (inputs, initializers, outputs, shape-inferred intermediates)."""
     import onnx
+
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception as error:  # noqa: BLE001 - the exporter's own value_info is still there
+        logger.debug("shape inference failed (%s); using the stored value_info", error)
+    graph = model.graph
+    types = {init.name: init.data_type for init in graph.initializer}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        if value.type.HasField("tensor_type"):
+            types[value.name] = value.type.tensor_type.elem_type
+    return types
+
+
+def _bf16_nodes(model, types: dict[str, int]) -> dict[str, Any]:
+    """op type -> first node of that type that reads or writes a bf16 tensor (subgraph-free nodes only)."""
+    import onnx
+
+    found = {}
+    for node in model.graph.node:
+        if node.op_type in found or node.op_type == "Cast":
+            continue
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        if any(types.get(name) == onnx.TensorProto.BFLOAT16 for name in [*node.input, *node.output] if name):
+            found[node.op_type] = node
+    return found
+
+
+def _probe_bf16_ops(model, types: dict[str, int], provider: str, scratch: Path) -> list[str]:
+    """The bf16 op types of ``model`` that fail to load on ``provider`` on their own: one single-node model
+    each. ORT's load error names one node at most (or an op of a function body: Relu shows as Max), and
+    some versions name none, so each op type is asked directly."""
+    import onnx
+    from onnx import helper
+
+    from amgp_fx.bench import make_ort_session
+
+    infos = {v.name: v for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
+
+    def value(name: str):
+        if name in infos:
+            return infos[name]
+        return helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None)
+
+    failing = []
+    for op_type, node in _bf16_nodes(model, types).items():
+        if any(name and name not in types for name in [*node.input, *node.output]):
+            continue  # a value of unknown type: no faithful probe
+        graph = helper.make_graph([node], f"probe_{op_type}", [value(n) for n in dict.fromkeys(node.input) if n],
+                                  [value(n) for n in node.output if n])
+        probe = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+        path = scratch / f"probe-{op_type}.onnx"
+        onnx.save(probe, str(path))
+        try:
+            make_ort_session(path, provider)
+        except Exception as error:  # noqa: BLE001 - onnxruntime's NotImplemented is not a RuntimeError
+            logger.info("bf16 %s alone does not load on %s: %s", op_type, provider, str(error).strip()[-200:])
+            failing.append(op_type)
+        finally:
+            path.unlink(missing_ok=True)
+    return sorted(failing)
+
+
+def _keep_bf16_ops_fp32(model, op_types: Sequence[str], types: dict[str, int]) -> int:
+    """Run the nodes of ``op_types`` in fp32 in place: their bf16 inputs cast up, their bf16 outputs cast
+    back down under the same names, so the rest of the graph is unchanged. Returns the nodes changed."""
+    import onnx
+    from onnx import helper
+
+    bf16, nodes, changed = onnx.TensorProto.BFLOAT16, [], 0
+    for node in model.graph.node:
+        if node.op_type not in op_types:
+            nodes.append(node)
+            continue
+        after = []
+        for i, name in enumerate(node.input):
+            if name and types.get(name) == bf16:
+                wide = f"{name}__fp32_in{changed}_{i}"
+                nodes.append(helper.make_node("Cast", [name], [wide], to=onnx.TensorProto.FLOAT, name=f"{wide}_cast"))
+                node.input[i] = wide
+        for i, name in enumerate(node.output):
+            if name and types.get(name) == bf16:
+                wide = f"{name}__fp32"
+                after.append(helper.make_node("Cast", [wide], [name], to=bf16, name=f"{name}__to_bf16"))
+                node.output[i] = wide
+        nodes += [node, *after]
+        changed += 1
+    model.graph.ClearField("node")
+    model.graph.node.extend(nodes)
+    return changed
+
+
+def _export_bf16(model, example_inputs, target: Path, provider: str, source: Path, keep: Sequence[str] = ()):
+    """bf16 file at ``target`` that loads on ``provider``. Op types without a bf16 kernel there run in
+    fp32 (casts around them), unless one of them is a GEMM (:data:`BF16_CORE_OPS`): then it is refused."""
+    import onnx
+    import onnxruntime
 
     from amgp_fx.bench import make_ort_session
 
@@ -204,17 +308,45 @@ def _export_bf16(model, example_inputs, target: Path, provider: str, source: Pat
     dims = header.input[0].type.tensor_type.shape.dim
     export_bf16(model, example_inputs, target, bool(dims) and bool(dims[0].dim_param),
                 [value.name for value in header.input])  # the fp32 file's input names
+    kept = sorted(set(keep))
+    bf16 = types = None
+    if kept:
+        bf16, types = onnx.load(str(target)), _value_types(onnx.load(str(target), load_external_data=False))
+        _keep_bf16_ops_fp32(bf16, kept, types)
+        _save(bf16, target)
     try:
-        return make_ort_session(target, provider), ()
+        return make_ort_session(target, provider), tuple(kept)
     except Exception as error:  # noqa: BLE001
-        missing = _missing_kernel(error)
-        where = f" for op {missing[0]} (node {missing[1]})" if missing else ""
-        import onnxruntime
-
+        first_error = error
+    if bf16 is None:
+        bf16, types = onnx.load(str(target)), _value_types(onnx.load(str(target), load_external_data=False))
+    where = f"ONNX Runtime {onnxruntime.__version__} on the {provider} provider"
+    ort_says = str(first_error).strip().splitlines()[-1] if str(first_error).strip() else type(first_error).__name__
+    missing = [op for op in _probe_bf16_ops(bf16, types, provider, target.parent) if op not in kept]
+    if not missing:
         target.unlink(missing_ok=True)
-        raise PrecisionError(
-            f"ONNX Runtime {onnxruntime.__version__} on the {provider} provider has no bfloat16 kernel{where}. "
-            "bf16 runs on the CUDA provider (onnxruntime-gpu); use --precision fp16 or fp32 here") from error
+        raise PrecisionError(f"{where} could not load the bf16 model ({ort_says}), although each of its bf16 op "
+                             "types loads there on its own, so no bf16 kernel is missing. Use --precision fp16 or "
+                             "fp32 here") from first_error
+    core = [op for op in missing if op in BF16_CORE_OPS]
+    if core:
+        target.unlink(missing_ok=True)
+        advice = ("bf16 runs on the CUDA provider (onnxruntime-gpu); use --precision fp16 or fp32 here"
+                  if provider == "cpu" else "use --precision fp16 or fp32 here")
+        raise PrecisionError(f"{where} has no bfloat16 kernel for op type(s) {', '.join(missing)}; {', '.join(core)} "
+                             "is the work bf16 is for, so keeping it in fp32 would time an fp32 model. "
+                             f"{advice}") from first_error
+    logger.warning("%s has no bfloat16 kernel for %s: keeping them in fp32", where, ", ".join(missing))
+    kept = sorted({*kept, *missing})
+    _keep_bf16_ops_fp32(bf16, missing, types)
+    _save(bf16, target)
+    try:
+        return make_ort_session(target, provider), tuple(kept)
+    except Exception as error:  # noqa: BLE001
+        target.unlink(missing_ok=True)
+        again = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise PrecisionError(f"{where} still cannot load the bf16 model with {', '.join(kept)} kept in fp32 "
+                             f"({again}). Use --precision fp16 or fp32 here") from error
 
 
 def convert_precision(source: str | os.PathLike, precision: str, model: torch.nn.Module | None, example_inputs, *,
@@ -232,7 +364,7 @@ def convert_precision(source: str | os.PathLike, precision: str, model: torch.nn
         path: where to write; default ``source`` with ``-fp16``/``-bf16`` before the suffix.
         provider: "cpu", "cuda" or "auto": the provider the file must load on and where parity runs.
         atol, rtol: parity tolerance; default :data:`TOLERANCES`.
-        keep_fp32_ops: op types to keep in fp32 in an fp16 model from the start.
+        keep_fp32_ops: op types to keep in fp32 from the start (fp16 and bf16).
 
     Raises:
         PrecisionError: unknown precision, or the provider cannot run the model in that precision.
@@ -262,7 +394,7 @@ def convert_precision(source: str | os.PathLike, precision: str, model: torch.nn
         session, kept = _convert_fp16(source, target, provider, keep_fp32_ops)
         converter = "onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)"
     else:
-        session, kept = _export_bf16(model, example_inputs, target, provider, source)
+        session, kept = _export_bf16(model, example_inputs, target, provider, source, keep_fp32_ops)
         converter = f"torch.onnx.export of the model cast to bfloat16 (torch {torch.__version__})"
     args = as_args(example_inputs)
     if model is not None:

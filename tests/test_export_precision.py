@@ -96,11 +96,65 @@ def test_bf16_export_structure_and_cpu_refusal(dlrm_fp32, tmp_path):
         onnxruntime.InferenceSession(report.path, providers=["CPUExecutionProvider"])
     except Exception:  # noqa: BLE001
         target = tmp_path / "refused.onnx"
-        with pytest.raises(PrecisionError, match=r"no bfloat16 kernel for op \w+.*CUDA provider"):
+        with pytest.raises(PrecisionError, match=r"no bfloat16 kernel for op type\(s\) .*Gemm.*CUDA provider"):
             convert_precision(path, "bf16", model, inputs, provider="cpu", path=target)
         assert not target.exists()
     else:
         assert convert_precision(path, "bf16", model, inputs, provider="cpu").max_abs_diff <= TOLERANCES["bf16"][0]
+
+
+def test_bf16_error_on_a_gpu_provider_names_the_ops_and_no_cpu_advice(dlrm_fp32, tmp_path, monkeypatch):
+    """A provider whose load error names no node (as ORT 1.31's CUDA provider did): the message names
+    the op types that have no bf16 kernel there, and never sends the user to the CUDA provider."""
+    import amgp_fx.bench
+
+    model, inputs, path = dlrm_fp32
+    real = amgp_fx.bench.make_ort_session
+
+    def cuda_like(file, provider="cpu", **kwargs):  # the CPU provider's kernels, an unhelpful message
+        try:
+            return real(file, "cpu", **kwargs)
+        except Exception as error:  # noqa: BLE001
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : kernel lookup failed") from error
+
+    monkeypatch.setattr(amgp_fx.bench, "make_ort_session", cuda_like)
+    with pytest.raises(PrecisionError) as caught:
+        convert_precision(path, "bf16", model, inputs, provider="cuda", path=tmp_path / "bf16.onnx")
+    message = str(caught.value)
+    assert "cuda provider" in message and "Gemm" in message and "fp16" in message
+    assert "runs on the CUDA provider" not in message and "onnxruntime-gpu" not in message
+    assert not (tmp_path / "bf16.onnx").exists()
+
+
+class _Elementwise(torch.nn.Module):
+    """Embedding lookup and elementwise ops only: no GEMM, so a provider's missing bf16 kernels are
+    all for ops that can run in fp32 without losing what bf16 is for."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Embedding(50, 8)
+        self.scale = torch.nn.Parameter(torch.randn(8))
+
+    def forward(self, dense, ids):
+        return (self.table(ids) * self.scale + dense).relu().sum(-1)
+
+
+def test_bf16_keeps_ops_without_a_kernel_in_fp32(tmp_path):
+    torch.manual_seed(0)
+    model = _Elementwise()
+    inputs = (torch.randn(32, 8), torch.randint(0, 50, (32,)))
+    path = export_onnx(model, inputs, tmp_path / "elementwise.onnx").path
+    report = convert_precision(path, "bf16", model, inputs, provider="cpu")
+    assert report.kept_fp32_ops and report.max_abs_diff <= report.atol
+    graph = onnx.load(report.path).graph
+    assert set(report.kept_fp32_ops) <= {n.op_type for n in graph.node}
+    values = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    cast_up = {n.output[0] for n in graph.node if n.op_type == "Cast"
+               and any(a.name == "to" and a.i == TensorProto.FLOAT for a in n.attribute)}
+    for node in graph.node:
+        if node.op_type in report.kept_fp32_ops:  # every float input is fp32 (cast up or fp32 already)
+            assert all(name in cast_up or values.get(name) != TensorProto.BFLOAT16 for name in node.input if name)
+    assert TensorProto.BFLOAT16 in initializer_types(report.path)  # the table stays bf16
 
 
 def test_cast_module_and_unknown_precision(dlrm_fp32):
