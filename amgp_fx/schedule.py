@@ -73,10 +73,13 @@ class GrowInit(str, enum.Enum):
 
 
 class OptimizerStatePolicy(str, enum.Enum):
-    """Optimizer state of regrown units: the saved moments, or zeros."""
+    """Optimizer state of regrown units: the saved moments, zeros, or "mean": first moments zero and
+    second moments the kept units' mean (``amgp_fx.surgery.grow_``), so that Adam's first updates of
+    a regrown unit are as large as everyone else's rather than ~lr-sized sign steps."""
 
     RESTORE = "restore"
     RESET = "reset"
+    MEAN = "mean"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,7 +318,10 @@ class AmgpConfig:
             training batch, so that units silent on the data go first; ``amgp_fx.importance``).
         round_to: kept widths are rounded to a multiple of this (tensor cores like 8); 1 = exact.
         grow_init: "restore" (saved values) or "fresh" (random in, zero out: same function).
-        optimizer_state: "restore" (saved moments of regrown units) or "reset" (zeros).
+        optimizer_state: "restore" (saved moments of regrown units), "reset" (zeros) or "mean"
+            (first moments zero, second moments the kept units' mean). Adam's bias correction counts
+            the tensor's steps, not the slot's: a regrown slot with zero (or step-0) moments late in
+            training moves by ~1.5-3x the rate per step, in the sign of its gradient, for ~100 steps.
         rescale: keep each next layer's input scale when units go (``amgp_fx.rescale``): the kept
             units' outgoing weights are multiplied at a shrink and divided back at a restoring growth.
             Without it a half-width MLP's output collapses and training at a small learning rate

@@ -219,6 +219,19 @@ def _paste(tensor: torch.Tensor, steps, fills) -> torch.Tensor:
     return tensor
 
 
+# optimizer state fields that hold squared-gradient statistics (Adam/AdamW/Adamax, Adagrad, RMSprop, Adadelta)
+SECOND_MOMENTS = frozenset({"exp_avg_sq", "max_exp_avg_sq", "exp_inf", "sum", "square_avg", "acc_delta"})
+
+
+def _zeros(role, dim: int, shape, current: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(shape, dtype=current.dtype)
+
+
+def _kept_mean(role, dim: int, shape, current: torch.Tensor) -> torch.Tensor:
+    """The kept channels' mean along ``dim`` (``current`` holds only those there), for each regrown one."""
+    return current.mean(dim, keepdim=True).expand(shape)
+
+
 def grow_(graph: DependencyGraph, record: SurgeryRecord, optimizers=None, *, init: str = "restore",
           optimizer_state: str = "restore", generator: torch.Generator | None = None) -> None:
     """Bring the channels removed by ``record`` back.
@@ -227,12 +240,14 @@ def grow_(graph: DependencyGraph, record: SurgeryRecord, optimizers=None, *, ini
         init: ``"restore"`` puts the saved values back; ``"fresh"`` initialises new units (random
             incoming weights, zero outgoing weights and biases, unit norm scales), which keeps the
             function unchanged for hidden units.
-        optimizer_state: ``"restore"`` puts saved optimizer state back; ``"reset"`` zeros it.
+        optimizer_state: ``"restore"`` puts saved optimizer state back; ``"reset"`` zeros it;
+            ``"mean"`` zeros first moments and gives second moments (``SECOND_MOMENTS``) the kept
+            channels' mean, so that a regrown channel's first updates are the size of the others'.
     Raises:
         SurgeryError: the record is not the most recent shrink still in effect.
     """
-    if init not in ("restore", "fresh") or optimizer_state not in ("restore", "reset"):
-        raise SurgeryError("init must be 'restore' or 'fresh' and optimizer_state 'restore' or 'reset'")
+    if init not in ("restore", "fresh") or optimizer_state not in ("restore", "reset", "mean"):
+        raise SurgeryError("init must be 'restore' or 'fresh' and optimizer_state 'restore', 'reset' or 'mean'")
     if not np.array_equal(graph.alive, record.alive_after):
         raise SurgeryError("this record is not the most recent shrink in effect; grow the later shrinks first")
     opts = optimizer_list(optimizers)
@@ -247,19 +262,20 @@ def grow_(graph: DependencyGraph, record: SurgeryRecord, optimizers=None, *, ini
                 if saved is not None:
                     position = [s[0] for s in steps].index(dim)
                     return saved[position].to(current.device, current.dtype)
-                return fallback(steps[index][3], shape, current).to(current.device)
+                return fallback(steps[index][3], dim, shape, current).to(current.device)
             return fill
 
         saved_value = ts.saved.get("value") if init == "restore" else None
-        new_value = _paste(tensor.data, steps, [restore_or(saved_value, lambda role, shape, cur: _fresh(role, shape, cur, generator))] * len(steps))
+        new_value = _paste(tensor.data, steps, [restore_or(saved_value, lambda role, dim, shape, cur: _fresh(role, shape, cur, generator))] * len(steps))
         for key, state, field_name in _state_tensors(opts, tensor, shrunk_shape):
             saved = ts.saved.get(key) if optimizer_state == "restore" else None
-            state[field_name] = _paste(state[field_name], steps, [restore_or(saved, lambda role, shape, cur: torch.zeros(shape, dtype=cur.dtype))] * len(steps))
+            fallback = _kept_mean if optimizer_state == "mean" and field_name in SECOND_MOMENTS else _zeros
+            state[field_name] = _paste(state[field_name], steps, [restore_or(saved, fallback)] * len(steps))
         grad = tensor.grad if isinstance(tensor, nn.Parameter) else None
         tensor.grad = None
         _replace_data(tensor, new_value)
         if grad is not None and not grad.is_sparse:
-            tensor.grad = _paste(grad, steps, [restore_or(None, lambda role, shape, cur: torch.zeros(shape, dtype=cur.dtype))] * len(steps))
+            tensor.grad = _paste(grad, steps, [restore_or(None, _zeros)] * len(steps))
     graph.set_alive_(record.alive_before)
     sync_module_attributes_(graph.model)
 

@@ -109,7 +109,7 @@ def test_flops_add_up_per_phase_and_over_the_run(rows):
     assert all(p["wall_clock_s"] > 0 and p["peak_memory_bytes"] > 0 for p in phases)
 
 
-@pytest.mark.parametrize("policy", ["restore", "reset"])
+@pytest.mark.parametrize("policy", ["restore", "reset", "mean"])
 def test_regrown_units_get_their_saved_moments_back_or_zeros(rows, policy):
     model, graph = _dcn()
     config = AmgpConfig(AmgpSchedule(**SCHEDULE), ratio=0.5, optimizer_state=policy)
@@ -132,6 +132,9 @@ def test_regrown_units_get_their_saved_moments_back_or_zeros(rows, policy):
                 for key, before in snapshots["state"].items():
                     regrown = dense.state[weight][key][removed]
                     expected = before[removed] if policy == "restore" else torch.zeros_like(before[removed])
+                    if policy == "mean" and key == "exp_avg_sq":  # the kept units' mean, per input column
+                        kept = dense.state[weight][key][sorted(snapshots["keep"])]
+                        expected = kept.mean(0, keepdim=True).expand_as(regrown)
                     torch.testing.assert_close(regrown, expected, rtol=0, atol=0)
                 snapshots["checked"] = True
 

@@ -186,3 +186,49 @@ def test_training_continues_while_an_old_graph_is_still_referenced():
     loss = graph.module(*args).sum()
     loss.backward()
     assert model.net[0].weight.grad.shape == (16, 6)
+
+
+def _adam_after_a_late_growth(policy: str):
+    """An MLP trained 200 Adam steps with half of ``net.0``'s units removed, then grown back with ``policy``."""
+    torch.manual_seed(0)
+    model, args, graph = _mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    group = graph.group("net.0.weight[0]")
+    record = amgp_fx.shrink_(graph, {group.id: list(range(0, 16, 2))}, optimizer)
+    for _ in range(200):
+        optimizer.zero_grad()
+        graph.module(*args).square().mean().backward()
+        optimizer.step()
+    amgp_fx.grow_(graph, record, optimizer, optimizer_state=policy)
+    return model, args, graph, optimizer
+
+
+def test_grow_mean_gives_regrown_units_the_kept_units_mean_second_moments():
+    model, _, _, optimizer = _adam_after_a_late_growth("mean")
+    producer = optimizer.state[model.net[0].weight]  # grown along dim 0 (its rows)
+    torch.testing.assert_close(producer["exp_avg_sq"][1::2], producer["exp_avg_sq"][0::2].mean(0, keepdim=True).expand(8, -1))
+    assert producer["exp_avg"][1::2].abs().sum() == 0
+    consumers = [p for p in model.parameters() if p.dim() == 2 and p.shape[1] == 16]
+    assert consumers, "the MLP has a consumer of net.0's units"
+    for weight in consumers:  # grown along dim 1 (its columns)
+        state = optimizer.state[weight]
+        torch.testing.assert_close(state["exp_avg_sq"][:, 1::2], state["exp_avg_sq"][:, 0::2].mean(1, keepdim=True).expand(-1, 8))
+        assert state["exp_avg"][:, 1::2].abs().sum() == 0
+
+
+def test_grow_mean_keeps_the_first_adam_updates_of_regrown_units_as_small_as_the_kept_ones():
+    """With zero moments, Adam's bias correction (counted per tensor, 200 steps in) turns a regrown slot's
+    first gradient into a step of ~1.6x the rate in its sign; mean second moments keep it in scale."""
+    updates = {}
+    for policy in ("reset", "mean"):
+        model, args, graph, optimizer = _adam_after_a_late_growth(policy)
+        weight = model.net[0].weight
+        before = weight.detach().clone()
+        optimizer.zero_grad()
+        graph.module(*args).square().mean().backward()
+        optimizer.step()
+        step = (weight.detach() - before).abs()
+        updates[policy] = step[1::2].max().item()
+    lr = 1e-2
+    assert updates["reset"] > 1.2 * lr  # the sign step the option exists to avoid
+    assert updates["mean"] < lr / 2 and updates["mean"] < updates["reset"] / 3

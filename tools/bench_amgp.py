@@ -406,7 +406,7 @@ def parse_args(argv=None):
     parser.add_argument("--fold-bias", action="store_true",
                         help="fold the removed units' mean output into the consumers' biases (AmgpConfig.fold_bias)")
     parser.add_argument("--grow-init", default="restore", choices=["restore", "fresh"])
-    parser.add_argument("--optimizer-state", default="restore", choices=["restore", "reset"])
+    parser.add_argument("--optimizer-state", default="restore", choices=["restore", "reset", "mean"])
     parser.add_argument("--no-rescale", dest="rescale", action="store_false",
                         help="do not compensate the kept units' output scale at a shrink (amgp_fx.rescale)")
     parser.add_argument("--pruned-lr-scale", type=float, default=1.0,

@@ -70,6 +70,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                           preserve_growth=True, grow_ramp=0.25, rescale=False),  # step-0 shrink: init as is
     "grow-late-restore": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4)),  # abrupt, x1/s undone
     "grow-late-noramp": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True),
+    "grow-late-zero-mean": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
+                                optimizer_state="mean"),  # no ramp; regrown units' Adam v from the kept ones
     "grow-late-2step": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
                             grow_ramp=0.25, rewarm=0.1),
     "grow-late-80": dict(fractions=dict(warmup=0.0, pruned=0.8, cycles=1, final=0.2), preserve_growth=True,
@@ -143,7 +145,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     parser.add_argument("--proxy-mlp-scale", type=float, default=1.0,
                         help="with --cpu-proxy: hidden MLP widths times this (the GPU benchmark's are 8x)")
     parser.add_argument("--curve-dir", default=None,
-                        help="write seed 0's metrics log per variant here (with --eval-every: AUC over training)")
+                        help="write each run's metrics log here, per variant and seed (with --eval-every: AUC over training)")
     own, rest = parser.parse_known_args(argv)
     if own.cpu_proxy and own.model != "dlrm":
         parser.error("--cpu-proxy shrinks the DLRM benchmark; use --model dlrm")
@@ -183,9 +185,9 @@ def main(argv=None) -> list[dict]:
         runs = []
         for seed in range(base.seeds):
             curve = None
-            if own.curve_dir and seed == 0:
+            if own.curve_dir:
                 Path(own.curve_dir).mkdir(parents=True, exist_ok=True)
-                curve = str(Path(own.curve_dir) / f"sweep_{own.model}_{name}.jsonl")
+                curve = str(Path(own.curve_dir) / f"sweep_{own.model}_{name}{f'_s{seed}' if seed else ''}.jsonl")
             run = bench_amgp.run_one(spec, method, seed, plan, data, args, steps, curve, recurring)
             runs.append(run)
             say(f"{name:14s} seed {seed}: auc {run['auc']:.5f} logloss {run['logloss']:.5f} "
