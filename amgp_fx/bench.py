@@ -82,7 +82,7 @@ OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extend
 
 def make_ort_session(path: str | os.PathLike, provider: str = "cpu", *, use_tf32: bool = False,
                      cuda_graph: bool = False, device_id: int = 0, fixed_dims: dict[str, int] | None = None,
-                     opt_level: str = "all"):
+                     opt_level: str = "all", profile_prefix: str | os.PathLike | None = None):
     """An ``onnxruntime.InferenceSession`` on ``provider`` ("cpu" or "cuda").
 
     Args:
@@ -93,6 +93,8 @@ def make_ort_session(path: str | os.PathLike, provider: str = "cpu", *, use_tf32
         fixed_dims: symbolic dim name -> size, e.g. ``{"batch": 4096}`` (free dimension overrides).
         opt_level: graph optimisation level, one of :data:`OPT_LEVELS` (default "all", ORT's default:
             constant folding, node fusions and layout changes).
+        profile_prefix: turn on ORT's profiler; ``session.end_profiling()`` then writes a Chrome
+            trace (one event per node run, with its op type) named from this prefix.
 
     Raises:
         ValueError: unknown provider or optimisation level.
@@ -108,6 +110,9 @@ def make_ort_session(path: str | os.PathLike, provider: str = "cpu", *, use_tf32
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level])
     for name, size in (fixed_dims or {}).items():
         options.add_free_dimension_override_by_name(name, int(size))
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     if provider == "cpu":
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     if "CUDAExecutionProvider" not in ort.get_available_providers():
