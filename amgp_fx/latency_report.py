@@ -112,13 +112,12 @@ def format_table(records: Sequence[LatencyRecord], baseline_variant: str = "dens
 
 def save_records(records: Sequence[LatencyRecord], path: str | os.PathLike,
                  metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write ``{"version", "metadata", "records"}`` JSON atomically (temp file, then rename)."""
+    """Write ``{"version", "metadata", "records"}`` JSON atomically (:func:`amgp_fx.fileio.atomic_write_text`)."""
+    from amgp_fx.fileio import atomic_write_text
+
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     payload = {"version": REPORT_VERSION, "metadata": dict(metadata or {}), "records": [r.to_dict() for r in records]}
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, target)
+    atomic_write_text(target, json.dumps(payload, indent=1) + "\n")  # fsynced: a killed run keeps the last one
     return target
 
 

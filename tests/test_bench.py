@@ -153,6 +153,82 @@ def test_bench_script_cpu_smoke(tmp_path, capsys):
     assert tool.width_scaled_overrides("dlrm", "default", 0.5, keep_last=True)["bottom_mlp"] == (256, 128, 32, 16)
 
 
+def _fixed_constants(tmp_path) -> str:
+    from amgp_fx.latency_model import DeviceConstants
+
+    path = tmp_path / "constants.json"
+    path.write_text(json.dumps(DeviceConstants("fixed", {"float32": 1e8, "float16": 2e8}, 1e10, 1e10, 1e-9).to_dict()))
+    return str(path)
+
+
+def test_bench_script_holds_its_time_budget(tmp_path):
+    """Exports and conversions count against --time-budget-s too, and a step starts only when the time
+    that work of its kind took so far still fits: the run ends near the budget with the most important
+    steps timed, the rest listed as skipped for time."""
+    import time
+
+    tool = load_tool()
+    out = tmp_path / "latency.json"
+    budget = 8.0
+    started = time.monotonic()
+    status = tool.main(["--configs", "dlrm:small", "dcn_v2:small", "--batch-sizes", "4", "16", "--iters", "2",
+                        "--warmup", "1", "--runtimes", "ort-cpu", "torch-eager", "--precisions", "fp32", "fp16",
+                        "--constants", _fixed_constants(tmp_path), "--time-budget-s", str(budget), "--out", str(out)])
+    seconds = time.monotonic() - started
+    assert status == 0 and seconds < budget + 10  # one piece of work may overrun its estimate, then the writes
+    payload = json.loads(out.read_text())
+    assert payload["metadata"]["complete"] and payload["records"]
+    assert any("skipped for time" in failure for failure in payload["metadata"]["failures"])
+    timed = {(r["model"], r["variant"]) for r in payload["records"]}
+    assert ("dlrm:small", "dense") in timed  # the most important step ran
+
+
+def test_bench_script_killed_run_keeps_what_it_measured(tmp_path, monkeypatch):
+    """A run killed from outside (here at its third export) has already written everything it finished,
+    and --from-json rebuilds the table and the plot from that file."""
+    tool = load_tool()
+    out = tmp_path / "latency.json"
+    real_export, calls, left_behind = tool.export_onnx, [], {}
+
+    def killed_at_third_export(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            left_behind["json"] = out.read_text() if out.exists() else None  # what a SIGKILL would leave
+            raise KeyboardInterrupt
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(tool, "export_onnx", killed_at_third_export)
+    with pytest.raises(KeyboardInterrupt):
+        tool.main(["--configs", "dlrm:small", "--batch-sizes", "4", "16", "--iters", "2", "--warmup", "1",
+                   "--runtimes", "ort-cpu", "torch-eager", "--pruned-ratios", "0.5", "--precisions", "fp32", "fp16",
+                   "--constants", _fixed_constants(tmp_path), "--out", str(out)])
+    assert left_behind["json"] is not None
+    partial = tmp_path / "partial.json"
+    partial.write_text(left_behind["json"])
+    payload = json.loads(left_behind["json"])
+    assert not payload["metadata"]["complete"]
+    runtimes = {(r["variant"], r["runtime"]) for r in payload["records"]}
+    assert {("dense", "ort-cpu"), ("amgp-pruned-0.5", "ort-cpu"), ("amgp-pruned-0.5", "torch-eager")} <= runtimes
+    assert {p["variant"] for p in payload["metadata"]["precision_reports"]} >= {"dense", "amgp-pruned-0.5"}
+    table, plot = tmp_path / "partial.md", tmp_path / "partial.png"
+    assert tool.main(["--from-json", str(partial), "--table", str(table), "--plot", str(plot)]) == 0
+    assert "| amgp-pruned-0.5 |" in table.read_text() and plot.stat().st_size > 0
+
+
+def test_budget_estimates_from_work_done():
+    """Unseen work starts; seen work of a kind is estimated by its longest run, scaled across configs."""
+    tool = load_tool()
+    now = [0.0]
+    budget = tool.Budget(10.0, clock=lambda: now[0])
+    budget.sizes.update({"small:a": 1.0, "big:b": 4.0})
+    assert budget.fits([("export", "small:a")])  # nothing seen yet
+    with budget.timed("export", "small:a"):
+        now[0] += 2.5
+    assert budget.estimate("export", "small:a") == 2.5 and budget.estimate("export", "big:b") == 4 * 2.5
+    assert budget.estimate("time-ort-cpu", "small:a") == 2.5  # an unseen kind: the longest work seen
+    assert budget.fits([("export", "small:a")]) and not budget.fits([("export", "big:b")])
+
+
 def test_bench_script_step_order():
     """Most important steps first: fp32 dense/pruned on every runtime, then other precisions, extras last."""
     tool = load_tool()

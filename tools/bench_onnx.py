@@ -8,19 +8,26 @@ One command regenerates ``docs/results/onnx_latency.json`` and its table (issue 
    groups, at the FLOPs of ``amgp-pruned-R``: pruning the embedding dim shrinks gathers and the
    interaction too); ``dense-fused-emb`` (one Gather for all tables, ONNX only); optional stand-ins.
 2. Exports each to ONNX (fp32, parity-checked), converts to every ``--precisions`` format with
-   :func:`amgp_fx.export_precision.convert_precision` (parity against fp32 torch recorded).
+   :func:`amgp_fx.export_precision.convert_precision` (parity against fp32 torch recorded). Models,
+   exports and conversions are made by the first step that needs them, so they are steps of the
+   budget too.
 3. Calibrates the time model on the device (:func:`amgp_fx.latency_model.calibrate`: GEMM throughput
    per precision, copy and gather bandwidth, ORT's per-node launch time), or loads ``--constants``,
    and predicts every variant's latency from its ONNX graph.
 4. Times the runtimes step by step, most important first (fp32 ORT / torch eager / CUDA graphs /
-   torch.compile on dense and pruned variants; then fp16/bf16; then the extra variants), so a run that
-   reaches ``--time-budget-s`` loses only the least important steps. ORT runs with ``--ort-opt-level``
-   and TF32 as torch (``--tf32`` sets both); torch.compile in ``--compile-mode``.
+   torch.compile on dense and pruned variants; then fp16/bf16; then the extra variants). A step starts
+   only when what it needs (build, export, conversion, timing) fits in what is left of
+   ``--time-budget-s``, estimated from the work of the same kind done so far (:class:`Budget`), so the
+   run ends near its budget having lost only the least important steps. ORT runs with
+   ``--ort-opt-level`` and TF32 as torch (``--tf32`` sets both); torch.compile in ``--compile-mode``.
 5. Writes the records, the calibration, the parity reports and the predictions (JSON), the summary
    table (measured speedup of each compact variant over dense in the same precision and runtime, the
    predicted speedup, the share of it reached, the FLOPs ratio, and each runtime against torch eager)
-   as markdown beside it, and the plot. ``--from-json`` re-renders the table from a results file and
-   ``--docs`` splices it into docs/benchmarks.md between the onnx-latency markers.
+   as markdown beside it, and the plot. The JSON and the table are rewritten atomically after every
+   export, conversion and timing step (``metadata.complete`` is false until the end), so a run killed
+   from outside keeps all it measured. ``--from-json`` re-renders the table from a results file
+   (``--table``/``--plot`` write it and the plot) and ``--docs`` splices it into docs/benchmarks.md
+   between the onnx-latency markers.
 
 TensorRT is not tried: the GPU machine has no package registry and its wheels (tensorrt-cu12/13 libs)
 are GBs, over what a device call can carry.
@@ -34,6 +41,7 @@ CPU smoke run (seconds):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import importlib
@@ -57,6 +65,7 @@ from amgp_fx.bench import (OPT_LEVELS, RUNTIMES, benchmark_onnx, benchmark_torch
                            cuda_provider_available)
 from amgp_fx.export import export_onnx  # noqa: E402
 from amgp_fx.export_precision import PRECISIONS, cast_module, convert_precision  # noqa: E402
+from amgp_fx.fileio import atomic_write_text  # noqa: E402
 from amgp_fx.latency_model import QUICK_CPU_CALIBRATION, DeviceConstants, calibrate, predict_latency  # noqa: E402
 from amgp_fx.latency_report import format_table, load_records, plot_latency, save_records  # noqa: E402
 from amgp_fx.passes import default_passes  # noqa: E402
@@ -74,12 +83,15 @@ TENSORRT_NOTE = ("TensorRT EP not tried: the GPU machine has no package registry
 class Variant:
     config: str  # "dlrm:default"
     label: str  # "dense", "amgp-pruned-0.5", ...
-    model: torch.nn.Module
-    factory: Callable[[int], tuple]  # batch size -> CPU inputs
+    model: torch.nn.Module | None  # None until built by ``make`` (the first step that needs it)
+    factory: Callable[[int], tuple] | None  # batch size -> CPU inputs
     flops: dict[int, int]
     core: bool = True  # dense and the pruned variants: timed first
     onnx_only: bool = False
     onnx: dict[str, Path] = dataclasses.field(default_factory=dict)  # precision -> .onnx
+    make: Callable[[], torch.nn.Module] | None = None
+    passes: object = None  # export passes (None: the defaults)
+    broken: dict[str, str] = dataclasses.field(default_factory=dict)  # "model"/"fp32"/"fp16"/... -> why it failed
 
     def name(self, precision: str) -> str:
         return self.label if precision == "fp32" else f"{self.label}-{precision}"
@@ -120,15 +132,17 @@ def parse_args(argv):
     parser.add_argument("--constants", default=None, help="device constants JSON (DeviceConstants) instead of "
                                                            "calibrating here")
     parser.add_argument("--out", default="docs/results/onnx_latency.json")
-    parser.add_argument("--plot", default=None, help="PNG path (default: --out with .png)")
-    parser.add_argument("--table", default=None, help="markdown summary (default: --out with .md)")
+    parser.add_argument("--plot", default=None, help="PNG path (default: --out with .png; with --from-json: none)")
+    parser.add_argument("--table", default=None, help="markdown summary (default: --out with .md; with --from-json: "
+                                                      "none)")
     parser.add_argument("--from-json", default=None, metavar="RESULTS.json",
                         help="measure nothing: render the summary table of an earlier run")
     parser.add_argument("--docs", default=None, metavar="FILE.md",
                         help=f"replace the text between {DOCS_START} and {DOCS_END} in FILE.md with the table")
     parser.add_argument("--workdir", default=None, help="where the .onnx files go (default: a temp folder)")
     parser.add_argument("--time-budget-s", type=float, default=450.0,
-                        help="start no new step after this many seconds (keeps the run under ~8 min)")
+                        help="start no build, export, conversion or timing step that would not end within this "
+                             "many seconds, judged by the work of its kind so far (keeps the run under ~8 min)")
     return parser.parse_args(argv)
 
 
@@ -187,91 +201,72 @@ def amgp_embedding_plan(name: str, preset: str, flops_target: float) -> torch.nn
     return graph.module
 
 
-def build_models(config: str, ratios, compact_paths: dict, pruned_ratios=()) -> list[tuple[str, torch.nn.Module]]:
-    """[(label, model)] for one ``model:preset`` config, the dense model first."""
+def plan_config(config: str, args, compact_paths: dict, dense_model: torch.nn.Module) -> list[Variant]:
+    """The variants of one ``model:preset`` config, the dense model first; all but dense are built by the
+    first step that needs them, so a run cut short by its budget builds only what it times."""
     name, preset = config.split(":")
-    torch.manual_seed(0)
-    built = [("dense", models.build_model(name, preset))]
-    for keep_ratio in pruned_ratios:
-        built.append((f"amgp-pruned-{keep_ratio:g}", amgp_pruned(name, preset, keep_ratio)))
-    for ratio in ratios:
-        try:
-            model = models.build_model(name, preset, **width_scaled_overrides(name, preset, ratio, False))
-        except ValueError:
-            model = models.build_model(name, preset, **width_scaled_overrides(name, preset, ratio, True))
-        built.append((f"width-scaled-{ratio:g}", model))
+    factory = cpu_inputs_factory(dense_model)
+    dense = Variant(config, "dense", dense_model, factory, {}, core=True)
+    variants = [dense]
+
+    def add(label: str, make: Callable[[], torch.nn.Module], core: bool) -> Variant:
+        variants.append(Variant(config, label, None, factory, {}, core=core, make=make))
+        return variants[-1]
+
+    pruned = {}
+    for keep_ratio in args.pruned_ratios:
+        pruned[keep_ratio] = add(f"amgp-pruned-{keep_ratio:g}",
+                                 lambda r=keep_ratio: amgp_pruned(name, preset, r), core=True)
+    for ratio in args.width_ratios:
+        add(f"width-scaled-{ratio:g}", lambda r=ratio: width_scaled_model(name, preset, r), core=False)
     if config in compact_paths:
         path = Path(compact_paths[config])
-        built.append((f"amgp-{path.stem}", torch.export.load(str(path)).module()))
-    return built
-
-
-def embedding_variants(config: str, args, dense: Variant, failures) -> list[Variant]:
-    """``amgp-emb-R`` at the FLOPs of each ``amgp-pruned-R`` (measured at batch 8)."""
-    name, preset = config.split(":")
-    dense_flops = count_forward_flops(dense.model, dense.factory(8))
-    variants = []
-    for keep_ratio in args.pruned_ratios:
-        target = count_forward_flops(amgp_pruned(name, preset, keep_ratio), dense.factory(8)) / dense_flops
-        try:
-            model = amgp_embedding_plan(name, preset, target)
-        except Exception as error:  # noqa: BLE001 - a model without embedding groups still runs the rest
-            failures.append(f"{config} amgp-emb-{keep_ratio:g}: {type(error).__name__}: {error}")
-            say(f"skipped {failures[-1]}")
-            continue
-        flops = {b: count_forward_flops(model, dense.factory(b)) for b in args.batch_sizes}
-        variants.append(Variant(config, f"amgp-emb-{keep_ratio:g}", model, dense.factory, flops, core=False))
+        add(f"amgp-{path.stem}", lambda: torch.export.load(str(path)).module(), core="pruned" in path.stem)
+    if args.embedding_variants:
+        for keep_ratio, source in pruned.items():
+            add(f"amgp-emb-{keep_ratio:g}", lambda v=source: embedding_plan_model(name, preset, dense, v, factory),
+                core=False)
+    if args.fused_embeddings:
+        variants.append(Variant(config, "dense-fused-emb", dense_model, factory, {}, core=False, onnx_only=True,
+                                passes=default_passes().with_pass(FUSE_EMBEDDINGS_PASS)))
     return variants
 
 
-def export_variant(variant: Variant, workdir: Path, precisions, failures, reports, passes=None) -> None:
-    """fp32 export (parity-checked), then one converted file per precision (parity vs fp32 torch)."""
+def width_scaled_model(name: str, preset: str, ratio: float) -> torch.nn.Module:
+    try:
+        return models.build_model(name, preset, **width_scaled_overrides(name, preset, ratio, False))
+    except ValueError:
+        return models.build_model(name, preset, **width_scaled_overrides(name, preset, ratio, True))
+
+
+def embedding_plan_model(name: str, preset: str, dense: Variant, pruned: Variant, factory) -> torch.nn.Module:
+    """``amgp-emb-R``: hidden and embedding groups pruned to the FLOPs of ``amgp-pruned-R`` (at batch 8)."""
+    pruned_model = pruned.model if pruned.model is not None else pruned.make()
+    target = count_forward_flops(pruned_model, factory(8)) / count_forward_flops(dense.model, factory(8))
+    return amgp_embedding_plan(name, preset, target)
+
+
+def export_fp32(variant: Variant, workdir: Path) -> dict:
+    """The parity-checked fp32 export; returns its parity record."""
     path = workdir / f"{variant.config.replace(':', '-')}-{variant.label}.onnx"
     started = time.monotonic()
-    report = export_onnx(variant.model, variant.factory(8), path, parity_provider="auto", passes=passes)
+    report = export_onnx(variant.model, variant.factory(8), path, parity_provider="auto", passes=variant.passes)
     variant.onnx["fp32"] = Path(report.path)
     say(f"{variant.config} {variant.label}: exported {report.onnx_bytes / 1e6:.1f} MB "
         f"(+{report.external_data_bytes / 1e6:.1f} MB external) in {time.monotonic() - started:.1f}s, "
         f"passes {report.passes_applied}, parity max abs diff {report.max_abs_diff:.2e} on {report.parity_provider}")
-    reports.append({"model": variant.config, "variant": variant.label, "precision": "fp32",
-                    "max_abs_diff": report.max_abs_diff, "atol": report.atol, "rtol": report.rtol,
-                    "provider": report.parity_provider, "reference": "fp32 PyTorch", "converter": report.exporter})
-    for precision in precisions:
-        if precision == "fp32":
-            continue
-        try:
-            converted = convert_precision(report.path, precision, variant.model, variant.factory(64), provider="auto")
-        except Exception as error:  # noqa: BLE001 - recorded; the other precisions still run
-            failures.append(f"{variant.config} {variant.label} {precision} ONNX: {type(error).__name__}: {error}")
-            say(f"FAILED {failures[-1]}")
-            continue
-        variant.onnx[precision] = Path(converted.path)
-        reports.append({"model": variant.config, "variant": variant.label, **converted.to_dict()})
-        say(f"{variant.config} {variant.label} {precision}: max abs diff {converted.max_abs_diff:.2e} vs fp32 torch "
-            f"(tolerance {converted.atol:g} + {converted.rtol:g}|x|), fp32 ops kept {list(converted.kept_fp32_ops)}")
+    return {"model": variant.config, "variant": variant.label, "precision": "fp32",
+            "max_abs_diff": report.max_abs_diff, "atol": report.atol, "rtol": report.rtol,
+            "provider": report.parity_provider, "reference": "fp32 PyTorch", "converter": report.exporter}
 
 
-def prepare(config, args, runtimes, compact_paths, workdir, failures, reports) -> list[Variant]:
-    built = build_models(config, args.width_ratios, compact_paths, args.pruned_ratios)
-    factory = cpu_inputs_factory(built[0][1])
-    variants = []
-    for label, model in built:
-        flops = {b: count_forward_flops(model, factory(b)) for b in args.batch_sizes}  # fake tensors: cheap
-        variants.append(Variant(config, label, model, factory, flops, core=label == "dense" or "pruned" in label))
-    if args.embedding_variants and args.pruned_ratios:
-        variants += embedding_variants(config, args, variants[0], failures)
-    if args.fused_embeddings:
-        dense = variants[0]
-        variants.append(Variant(config, "dense-fused-emb", dense.model, factory, dense.flops, core=False,
-                                onnx_only=True))
-    for variant in variants:  # the time model reads the ONNX graph, so every variant is exported
-        passes = default_passes().with_pass(FUSE_EMBEDDINGS_PASS) if variant.label.endswith("fused-emb") else None
-        try:
-            export_variant(variant, workdir, args.precisions, failures, reports, passes)
-        except Exception as error:  # noqa: BLE001 - the torch runtimes can still run
-            failures.append(f"{config} {variant.label} export: {type(error).__name__}: {error}")
-            say(f"FAILED {failures[-1]}")
-    return variants
+def convert_variant(variant: Variant, precision: str) -> dict:
+    """``precision``'s copy of the fp32 export, parity-checked against fp32 torch; returns its report."""
+    converted = convert_precision(variant.onnx["fp32"], precision, variant.model, variant.factory(64), provider="auto")
+    variant.onnx[precision] = Path(converted.path)
+    say(f"{variant.config} {variant.label} {precision}: max abs diff {converted.max_abs_diff:.2e} vs fp32 torch "
+        f"(tolerance {converted.atol:g} + {converted.rtol:g}|x|), fp32 ops kept {list(converted.kept_fp32_ops)}")
+    return {"model": variant.config, "variant": variant.label, **converted.to_dict()}
 
 
 # ---------------------------------------------------------------------------------------- time model
@@ -290,19 +285,18 @@ def device_constants(args, device: torch.device, runtimes) -> DeviceConstants:
     return calibrate("cpu", ort_provider=ort_provider, **QUICK_CPU_CALIBRATION)
 
 
-def predictions(variants, batch_sizes, constants: DeviceConstants) -> list[dict]:
+def predictions(variant: Variant, precision: str, batch_sizes, constants: DeviceConstants) -> list[dict]:
+    """The time model's latency of ``variant``'s ``precision`` file at every batch size."""
     import onnx
 
+    graph = onnx.load(str(variant.onnx[precision]), load_external_data=False)  # read once, predicted at every size
     rows = []
-    for variant in variants:
-        for precision, path in variant.onnx.items():
-            graph = onnx.load(str(path), load_external_data=False)  # read once, predicted at every batch size
-            for batch_size in batch_sizes:
-                prediction = predict_latency(graph, batch_size, constants)
-                rows.append({"model": variant.config, "variant": variant.name(precision), "precision": precision,
-                             "batch_size": batch_size, "predicted_ms": prediction.ms,
-                             "ms_by_class": {k: v * 1e3 for k, v in prediction.seconds_by_class.items()},
-                             "gemm_flops": prediction.flops, "bytes": prediction.bytes, "kernels": prediction.kernels})
+    for batch_size in batch_sizes:
+        prediction = predict_latency(graph, batch_size, constants)
+        rows.append({"model": variant.config, "variant": variant.name(precision), "precision": precision,
+                     "batch_size": batch_size, "predicted_ms": prediction.ms,
+                     "ms_by_class": {k: v * 1e3 for k, v in prediction.seconds_by_class.items()},
+                     "gemm_flops": prediction.flops, "bytes": prediction.bytes, "kernels": prediction.kernels})
     return rows
 
 
@@ -395,6 +389,8 @@ def render_table(rows: list[dict], metadata: dict) -> str:
                          f"{p['provider']} |")
     if metadata.get("failures"):
         lines += ["", "Failures and skipped steps: " + "; ".join(metadata["failures"])]
+    if metadata.get("complete") is False:
+        lines += ["", "Partial run: it stopped before its end (killed or crashed); these are the steps it finished."]
     return "\n".join(lines)
 
 
@@ -418,7 +414,7 @@ def step_order(variants, precisions, runtimes) -> list[tuple[Variant, str, str]]
         for precision in precisions:
             for runtime in runtimes:
                 ort = runtime.startswith("ort-")
-                if (variant.onnx_only and not ort) or (ort and precision not in variant.onnx):
+                if variant.onnx_only and not ort:
                     continue
                 if variant.core:
                     priority = 0 if precision == "fp32" else (1 if runtime != "torch-compile" else 3)
@@ -476,21 +472,208 @@ def run_step(variant: Variant, precision: str, runtime: str, args, device, comma
     return records
 
 
+class Budget:
+    """``--time-budget-s``, and how long each kind of work took so far: a step starts only when the
+    estimate of what it needs still fits. The estimate of a kind of work is the longest one of that kind
+    in the same config; from another config, scaled by the dense models' parameter bytes; for a kind not
+    seen yet, the longest piece of work seen at all (nothing seen: it starts)."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds, self.clock, self.start = seconds, clock, clock()
+        self.seen: list[tuple[str, str, float]] = []  # (kind, config, seconds)
+        self.sizes: dict[str, float] = {}  # config -> dense parameter bytes
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def left(self) -> float:
+        return self.seconds - self.elapsed()
+
+    def estimate(self, kind: str, config: str) -> float:
+        same = [t for k, c, t in self.seen if k == kind and c == config]
+        if same:
+            return max(same)
+        size = self.sizes.get(config)
+        other = [t * (size / self.sizes[c] if size and self.sizes.get(c) else 1.0)
+                 for k, c, t in self.seen if k == kind]
+        if other:
+            return max(other)
+        return max((t for _, _, t in self.seen), default=0.0)
+
+    def needs(self, work: list[tuple[str, str]]) -> float:
+        return sum(self.estimate(kind, config) for kind, config in work)
+
+    def fits(self, work: list[tuple[str, str]]) -> bool:
+        return self.elapsed() + self.needs(work) <= self.seconds
+
+    @contextlib.contextmanager
+    def timed(self, kind: str, config: str):
+        started = self.clock()
+        try:
+            yield
+        finally:
+            self.seen.append((kind, config, self.clock() - started))
+
+
+SKIPPED_FOR_TIME = "skipped for time"
+
+
+class Run:
+    """One benchmark run: the variants' models, files, parity reports, predictions and records, built
+    step by step within the budget, and written to ``out`` (atomically) after every piece of work, so a
+    run killed from outside still leaves all it measured; ``--from-json`` renders it."""
+
+    def __init__(self, args, runtimes, device, command, constants, metadata, out: Path, table_path: Path,
+                 workdir: Path, budget: Budget) -> None:
+        self.args, self.runtimes, self.device, self.command, self.constants = args, runtimes, device, command, constants
+        self.metadata, self.out, self.table_path, self.workdir, self.budget = metadata, out, table_path, workdir, budget
+        self.records, self.failures, self.reports, self.predicted = [], [], [], []
+        self.variants: list[Variant] = []
+
+    # ------------------------------------------------------------------ durable results
+    def save(self, complete: bool = False) -> str:
+        metadata = {**self.metadata, "precision_reports": self.reports, "failures": self.failures,
+                    "complete": complete, "seconds": self.budget.elapsed()}
+        return write_outputs(self.records, metadata, self.predicted, self.out, self.table_path)
+
+    def fail(self, what: str, error: BaseException) -> None:
+        self.failures.append(f"{what}: {type(error).__name__}: {error}")
+        say(f"FAILED {self.failures[-1]}")
+
+    def skip(self, what: str, work) -> None:
+        self.failures.append(f"{what}: {SKIPPED_FOR_TIME} (needs ~{self.budget.needs(work):.0f}s, "
+                             f"{max(self.budget.left(), 0):.0f}s of the budget left)")
+
+    # ------------------------------------------------------------------ work
+    def add_config(self, config: str, compact_paths: dict) -> None:
+        work = [("build", config)]
+        if not self.budget.fits(work):
+            self.skip(f"{config}", work)
+            return
+        name, preset = config.split(":")
+        try:
+            with self.budget.timed("build", config):
+                torch.manual_seed(0)
+                dense = models.build_model(name, preset)
+                variants = plan_config(config, self.args, compact_paths, dense)
+                self.budget.sizes[config] = float(sum(p.numel() * p.element_size() for p in dense.parameters()))
+                self._count_flops(variants[0])
+        except Exception as error:  # noqa: BLE001 - the other configs still run
+            self.fail(f"{config} build", error)
+            return
+        for variant in variants[1:]:
+            if variant.model is not None:
+                variant.flops = variants[0].flops  # dense-fused-emb: the dense model
+        self.variants += variants
+
+    def _count_flops(self, variant: Variant) -> None:
+        variant.flops = {b: count_forward_flops(variant.model, variant.factory(b)) for b in self.args.batch_sizes}
+
+    def work_for(self, variant: Variant, precision: str, runtime: str) -> list[tuple[str, str]] | None:
+        """What the step still needs done, in budget kinds; None when an earlier failure rules it out."""
+        ort = runtime.startswith("ort-")
+        needed = ["model"] + (["fp32"] + ([precision] if precision != "fp32" else []) if ort else [])
+        if any(part in variant.broken for part in needed):
+            return None
+        work = []
+        if variant.model is None:
+            work.append(("build", variant.config))
+        if ort and "fp32" not in variant.onnx:
+            work.append(("export", variant.config))
+        if ort and precision != "fp32" and precision not in variant.onnx:
+            work.append((f"convert-{precision}", variant.config))
+        return work + [(f"time-{runtime}", variant.config)]
+
+    def step(self, variant: Variant, precision: str, runtime: str) -> None:
+        step = f"{variant.config} {variant.name(precision)} {runtime}"
+        work = self.work_for(variant, precision, runtime)
+        if work is None:
+            return  # its model or file failed, and that failure is recorded once
+        if not self.budget.fits(work):
+            self.skip(step, work)
+            return
+        if variant.model is None and not self._build(variant):
+            return
+        if runtime.startswith("ort-"):
+            if "fp32" not in variant.onnx and not self._export(variant):
+                return
+            if precision != "fp32" and precision not in variant.onnx and not self._convert(variant, precision):
+                return
+        started = time.monotonic()
+        try:
+            with self.budget.timed(f"time-{runtime}", variant.config):
+                new = run_step(variant, precision, runtime, self.args, self.device, self.command)
+        except Exception as error:  # noqa: BLE001 - one failing step must not end the sweep
+            self.fail(step, error)
+            return
+        say(f"{step}: {time.monotonic() - started:.1f}s")
+        self.records.extend(new)
+        print(format_table(new), flush=True)
+        self.save()
+        gc.collect()
+
+    def _build(self, variant: Variant) -> bool:
+        try:
+            with self.budget.timed("build", variant.config):
+                variant.model = variant.make()
+                self._count_flops(variant)  # fake tensors: cheap
+        except Exception as error:  # noqa: BLE001 - e.g. a model without embedding groups: the rest still runs
+            variant.broken["model"] = str(error)
+            self.fail(f"{variant.config} {variant.label} build", error)
+            return False
+        return True
+
+    def _export(self, variant: Variant) -> bool:
+        try:
+            with self.budget.timed("export", variant.config):
+                self.reports.append(export_fp32(variant, self.workdir))
+                self.predicted += predictions(variant, "fp32", self.args.batch_sizes, self.constants)
+        except Exception as error:  # noqa: BLE001 - the torch runtimes can still run
+            variant.broken["fp32"] = str(error)
+            self.fail(f"{variant.config} {variant.label} export", error)
+            return False
+        finally:
+            self.save()
+        return True
+
+    def _convert(self, variant: Variant, precision: str) -> bool:
+        try:
+            with self.budget.timed(f"convert-{precision}", variant.config):
+                self.reports.append(convert_variant(variant, precision))
+                self.predicted += predictions(variant, precision, self.args.batch_sizes, self.constants)
+        except Exception as error:  # noqa: BLE001 - recorded; the other precisions still run
+            variant.broken[precision] = str(error)
+            self.fail(f"{variant.config} {variant.label} {precision} ONNX", error)
+            return False
+        finally:
+            self.save()
+        return True
+
+
 def write_outputs(records, metadata, predicted, out: Path, table_path: Path) -> str:
+    """The JSON (records, metadata, predictions, summary) and the markdown table, each written atomically."""
     rows = summary_rows(records, predicted)
     save_records(records, out, {**metadata, "predictions": predicted, "summary": rows})
     table = render_table(rows, metadata)
-    table_path.write_text(table + "\n", encoding="utf-8")
+    atomic_write_text(table_path, table + "\n")
     return table
 
 
 def render_only(args, command: str) -> int:
+    """The table of a results file (complete or not); ``--table``/``--plot`` also write the markdown and
+    the plot, so a run killed before its end can still be reported."""
     path = Path(args.from_json)
     payload = json.loads(path.read_text(encoding="utf-8"))
     records = load_records(path)
     metadata = payload.get("metadata", {})
     table = render_table(summary_rows(records, metadata.get("predictions", [])), metadata)
     print(table)
+    if args.table:
+        atomic_write_text(args.table, table + "\n")
+        say(f"table -> {args.table}")
+    if args.plot and records:
+        plot_latency(records, args.plot)
+        say(f"plot -> {args.plot}")
     if args.docs:
         splice_docs(Path(args.docs), table, metadata.get("command", command))
         say(f"table -> {args.docs}")
@@ -504,6 +687,7 @@ def main(argv=None) -> int:
     command = shlex.join(["python3", "tools/bench_onnx.py", *argv])
     if args.from_json:
         return render_only(args, command)
+    budget = Budget(args.time_budget_s)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     chosen = args.runtimes or (GPU_RUNTIMES if device.type == "cuda" else CPU_RUNTIMES)
     runtimes = [runtime for runtime in RUNTIME_ORDER if runtime in chosen]
@@ -517,56 +701,41 @@ def main(argv=None) -> int:
     table_path = Path(args.table) if args.table else out.with_suffix(".md")
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_onnx."))
     workdir.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
     import onnxruntime
 
     say(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), torch "
         f"{torch.__version__}, onnxruntime {onnxruntime.__version__}, runtimes {runtimes}, precisions "
-        f"{args.precisions}, batch sizes {args.batch_sizes}, TF32 {args.tf32}, ORT opt level {args.ort_opt_level}")
+        f"{args.precisions}, batch sizes {args.batch_sizes}, TF32 {args.tf32}, ORT opt level {args.ort_opt_level}, "
+        f"time budget {args.time_budget_s:g}s")
     constants = device_constants(args, device, runtimes)
     say(f"time model constants: {constants}")
     metadata = {"command": command, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                 "tf32": args.tf32, "ort_opt_level": args.ort_opt_level, "compile_mode": args.compile_mode,
                 "precisions": args.precisions, "device_constants": constants.to_dict(), "tensorrt": TENSORRT_NOTE,
+                "time_budget_s": args.time_budget_s,
                 "note": "amgp-emb-R: hidden and embedding groups pruned to amgp-pruned-R's FLOPs; width-scaled-* are "
                         "stand-ins (MLP widths scaled), not pruned models"}
-    records, failures, variants, reports = [], [], [], []
+    run = Run(args, runtimes, device, command, constants, metadata, out, table_path, workdir, budget)
+    run.save()
     try:
         for config in args.configs:
-            variants += prepare(config, args, runtimes, compact_paths, workdir, failures, reports)
-        metadata["precision_reports"] = reports
-        predicted = predictions(variants, args.batch_sizes, constants)
-        for variant, precision, runtime in step_order(variants, args.precisions, runtimes):
-            step = f"{variant.config} {variant.name(precision)} {runtime}"
-            if time.monotonic() - start > args.time_budget_s:
-                failures.append(f"{step}: skipped, time budget spent")
-                continue
-            started = time.monotonic()
-            try:
-                new = run_step(variant, precision, runtime, args, device, command)
-            except Exception as error:  # noqa: BLE001 - one failing step must not end the sweep
-                failures.append(f"{step}: {type(error).__name__}: {error}")
-                say(f"FAILED {failures[-1]}")
-                continue
-            say(f"{step}: {time.monotonic() - started:.1f}s")
-            records.extend(new)
-            print(format_table(new), flush=True)
-            write_outputs(records, {**metadata, "failures": failures}, predicted, out, table_path)
-            gc.collect()
+            run.add_config(config, compact_paths)
+        run.save()
+        for variant, precision, runtime in step_order(run.variants, args.precisions, runtimes):
+            run.step(variant, precision, runtime)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    skipped = [f for f in failures if f.endswith("time budget spent")]
+    skipped = [f for f in run.failures if SKIPPED_FOR_TIME in f]
     if skipped:
         say(f"{len(skipped)} steps skipped for time (first: {skipped[0]})")
-    metadata.update(failures=failures, seconds=time.monotonic() - start)
-    table = write_outputs(records, metadata, predicted if variants else [], out, table_path)
-    if records:
-        plot_latency(records, plot)
+    table = run.save(complete=True)
+    if run.records:
+        plot_latency(run.records, plot)
     print(table, flush=True)
-    say(f"{len(records)} records -> {out}, table -> {table_path}, plot -> {plot}, {len(failures)} failures/skips, "
-        f"{time.monotonic() - start:.0f}s")
-    return 0 if records else 1
+    say(f"{len(run.records)} records -> {out}, table -> {table_path}, plot -> {plot}, {len(run.failures)} "
+        f"failures/skips, {budget.elapsed():.0f}s of a {args.time_budget_s:g}s budget")
+    return 0 if run.records else 1
 
 
 if __name__ == "__main__":
