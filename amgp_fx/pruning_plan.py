@@ -260,7 +260,7 @@ def plan_pruning(graph: DependencyGraph, ratio: float | None = None, *, flops_ta
                  group_ratios: Mapping[str, float] | None = None, groups: Sequence[str] | None = None,
                  kinds: Sequence[str] | None = None, criterion: str = "l2", multiple: int = 8,
                  max_layer_ratio: float = 0.9, example_inputs: tuple | None = None, policy: str = "auto",
-                 allow_empty: bool = False) -> PruningPlan:
+                 allow_empty: bool = False, latency_batch_fixed: bool = False) -> PruningPlan:
     """Choose the channels to keep in each selected group (the graph is left as it was).
 
     Args:
@@ -277,6 +277,8 @@ def plan_pruning(graph: DependencyGraph, ratio: float | None = None, *, flops_ta
         latency_batch: rows the latency is predicted at; default :data:`DEFAULT_LATENCY_BATCH`
             (16384, a serving batch: at a tiny batch every kernel is launch-bound). The models are
             exported with a dynamic batch, or with the example inputs' static batch when this equals it.
+        latency_batch_fixed: the model runs at ``latency_batch`` only (it was saved with a static batch), so
+            an unreachable target's advice is to re-save it with a dynamic batch, not to pick another batch.
         group_ratios: per-group ratios (by group id or name), overriding ``ratio``.
         groups, kinds: prune only these groups (ids or names), or only groups of these kinds
             (``hidden``, ``embedding``, ``heads``, ...); default every prunable group.
@@ -338,8 +340,11 @@ def plan_pruning(graph: DependencyGraph, ratio: float | None = None, *, flops_ta
                               _flops_cost(graph, inputs))
     elif latency_target is not None:
         batch = DEFAULT_LATENCY_BATCH if latency_batch is None else int(latency_batch)
+        embedding_left_out = (not any(g.kind == "embedding" for g in chosen)
+                              and any(g.kind == "embedding" for g in graph.prunable_groups()))
         ratio, stats = _solve(graph, chosen, choice, latency_target, overrides, multiple, max_layer_ratio,
-                              _latency_cost(graph, inputs, latency_constants, batch))
+                              _latency_cost(graph, inputs, latency_constants, batch, latency_batch_fixed,
+                                            embedding_left_out))
     widths = _widths(chosen, ratio or 0.0, overrides, multiple, max_layer_ratio, searched)
     keep = choice.keep(widths)
     pruned = [g for g in chosen if len(keep[g.id]) < g.full_size]
@@ -389,9 +394,12 @@ def _flops_cost(graph: DependencyGraph, inputs) -> _Cost:
                  lambda: count_forward_flops(graph.module, inputs), stats)
 
 
-def _latency_cost(graph: DependencyGraph, inputs, constants, batch: int) -> _Cost:
+def _latency_cost(graph: DependencyGraph, inputs, constants, batch: int, batch_fixed: bool = False,
+                  embedding_left_out: bool = True) -> _Cost:
     """Predicted latency at ``batch`` rows: the graph module exported to ONNX in a temporary folder (no
-    parity check, no checker), then :func:`amgp_fx.latency_model.predict_latency`."""
+    parity check, no checker), then :func:`amgp_fx.latency_model.predict_latency`. The advice for an
+    unreachable target names only what can change: another batch only when the model's batch is not
+    fixed, more kinds of groups only when the embedding groups were left out."""
     from amgp_fx.export import export_onnx
     from amgp_fx.latency_model import predict_latency
 
@@ -407,11 +415,18 @@ def _latency_cost(graph: DependencyGraph, inputs, constants, batch: int) -> _Cos
         return {"latency_before_s": dense, "latency_after_s": after, "latency_batch": batch,
                 "latency_constants": constants.to_dict()}
 
+    fixes = ["Raise the target or --max-layer-ratio"]
+    if embedding_left_out:
+        fixes.append("let more kinds of groups be pruned (--kinds hidden,embedding: gathers and the interaction "
+                     "shrink only with the embedding dim)")
+    fixes.append("use --multiple 1")
+    if batch_fixed:
+        fixes.append(f"re-save the model with a dynamic batch so that it can be predicted at a larger "
+                     f"--latency-batch (its batch is static at {batch}; small batches are launch-bound)")
+    else:
+        fixes.append("predict at a larger --latency-batch (small batches are launch-bound)")
     return _Cost("latency", f"of the dense model's predicted latency at batch {batch} on {constants.device}",
-                 "Raise the target or --max-layer-ratio, let more kinds of groups be pruned (--kinds "
-                 "hidden,embedding: gathers and the interaction shrink only with the embedding dim), use "
-                 "--multiple 1, or predict at a larger --latency-batch (small batches are launch-bound)",
-                 measure, stats)
+                 ", ".join(fixes[:-1]) + ", or " + fixes[-1], measure, stats)
 
 
 def _candidates(chosen, overrides, multiple, cap) -> list[tuple[float, dict[str, int]]]:

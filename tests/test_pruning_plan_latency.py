@@ -224,3 +224,27 @@ def test_cli_latency_target_writes_a_plan_that_meets_it(searched, constants_file
     shapes = {n: p.shape for n, p in graph.module.named_parameters()}
     assert {n: p.shape for n, p in pruned.named_parameters()} == shapes
     assert predicted(graph, tmp_path, "cli", batch=4096) == pytest.approx(plan.stats["latency_after_s"], rel=1e-9)
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["static-batch", "dynamic-batch"])
+def test_cli_unreachable_target_advice_fits_the_model(static, constants_file, tmp_path, capsys):
+    """The advice names only what can change: a static-batch model cannot be predicted at another
+    --latency-batch (prune refuses one), so it is told to re-save the model with a dynamic batch; a
+    dynamic one is told to predict at a larger --latency-batch. --kinds is not suggested when the
+    embedding groups are already pruned (the default)."""
+    from amgp_fx.model_io import save_pt2
+
+    torch.manual_seed(0)
+    model = models.build_model("dlrm", "small")
+    path = tmp_path / "model.pt2"
+    if static:
+        torch.export.save(torch.export.export(model, model.example_inputs(8), strict=False), str(path))
+    else:
+        save_pt2(model, model.example_inputs(8), path)
+    code = main(["prune", str(path), "--latency-target", "0.01", "--device-constants", str(constants_file), "-q",
+                 "-o", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 7 and len(lines) == 1 and "out of reach" in lines[0]
+    assert ("predict at a larger --latency-batch" in lines[0]) != static
+    assert ("dynamic batch" in lines[0]) == static
+    assert "--kinds" not in lines[0]

@@ -27,6 +27,7 @@ def command(args: argparse.Namespace) -> int:
         progress.done(f"{len(graph.prunable_groups())} prunable groups")
         if latency:
             request["latency_batch"] = _latency_batch(request.get("latency_batch"), loaded.static_batch)
+            request["latency_batch_fixed"] = loaded.static_batch is not None
         if calibrating:
             device = _model_device(loaded.module)
             progress.stage(f"calibrating the time model on {device} (no --device-constants: GEMM, copy, gather "
