@@ -106,8 +106,9 @@ class _CastCall(torch.nn.Module):
 def cast_module(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """A copy of ``model`` for inference in ``precision`` (fp32 in and out); ``model`` itself for fp32.
 
-    torch.export GraphModules in it (pruned models) get their inference graph: ``.eval()`` cannot reach
-    their batch-norm and dropout training literals, so the copy would otherwise drop units at random
+    torch.export GraphModules in it (pruned models) get their inference graph: their batch-norm and
+    dropout nodes carry the training flag as a literal that the modules' ``training`` flags (what the
+    timing loops' ``eval_mode`` sets) do not change, so the copy would otherwise drop units at random
     and update the running statistics."""
     _check_precision(precision)
     if precision == "fp32":
