@@ -1,0 +1,35 @@
+"""tools/probe_growth_jump.py: the growth it probes changes no output, and every run is recorded."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("probe_growth_jump_tool", ROOT / "tools" / "probe_growth_jump.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_growth_is_lossless_and_each_width_policy_and_rewarm_is_recorded(tool, tmp_path):
+    out = tmp_path / "jump.json"
+    results = tool.main(["--widths", "8", "24", "--policies", "reset", "mean", "--rewarm", "0", "3", "--seeds", "1",
+                         "--batch-size", "64", "--steps", "14", "--grow-at", "8", "--out", str(out)])
+    assert {(r["width"], r["policy"], r["rewarm"]) for r in results} == {
+        (w, p, k) for w in (8, 24) for p in ("reset", "mean") for k in (0, 3)}
+    for r in results:
+        assert r["loss_at_growth"] == pytest.approx(r["loss_before_growth"], rel=1e-5)  # fresh growth: same function
+        assert r["jump"] == pytest.approx(r["worst_in_30_steps"] / r["loss_before_growth"] - 1)
+    same = {(r["width"], r["policy"]): r for r in results if r["rewarm"] == 0}
+    assert same[(8, "reset")]["loss_before_growth"] == same[(8, "mean")]["loss_before_growth"]  # same run up to it
+    assert len(json.loads(out.read_text())["results"]) == len(results)
+
+
+def test_growth_step_must_be_inside_the_run(tool, tmp_path):
+    with pytest.raises(SystemExit):
+        tool.main(["--steps", "10", "--grow-at", "10", "--out", str(tmp_path / "x.json")])
