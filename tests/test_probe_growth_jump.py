@@ -1,19 +1,13 @@
 """tools/probe_growth_jump.py: the growth it probes changes no output, and every run is recorded."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from tool_loader import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("probe_growth_jump_tool", ROOT / "tools" / "probe_growth_jump.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("probe_growth_jump")
 
 
 def test_growth_is_lossless_and_each_width_policy_and_rewarm_is_recorded(tool, tmp_path):

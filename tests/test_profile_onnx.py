@@ -1,19 +1,13 @@
 """tools/profile_onnx.py: ORT's per-node time by op type and torch's per-op time, for one model and batch."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from tool_loader import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("profile_onnx_tool", ROOT / "tools" / "profile_onnx.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("profile_onnx")
 
 
 def test_node_times_leave_out_the_warm_up_runs_and_sum_by_op_type(tool):

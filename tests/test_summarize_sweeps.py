@@ -3,21 +3,15 @@ with dense at dense's best rate, offline and in the recurring stage; a best rate
 is flagged."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from tool_loader import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("summarize_sweeps", REPO / "tools" / "summarize_sweeps.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("summarize_sweeps")
 
 
 def _record(variant: str, method: str, lr: float, aucs, recurring, flops: float) -> dict:
