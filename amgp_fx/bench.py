@@ -82,7 +82,8 @@ OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extend
 
 def make_ort_session(path: str | os.PathLike, provider: str = "cpu", *, use_tf32: bool = False,
                      cuda_graph: bool = False, device_id: int = 0, fixed_dims: dict[str, int] | None = None,
-                     opt_level: str = "all", profile_prefix: str | os.PathLike | None = None):
+                     opt_level: str = "all", profile_prefix: str | os.PathLike | None = None,
+                     tunable_ops: bool = False):
     """An ``onnxruntime.InferenceSession`` on ``provider`` ("cpu" or "cuda").
 
     Args:
@@ -95,6 +96,9 @@ def make_ort_session(path: str | os.PathLike, provider: str = "cpu", *, use_tf32
             constant folding, node fusions and layout changes).
         profile_prefix: turn on ORT's profiler; ``session.end_profiling()`` then writes a Chrome
             trace (one event per node run, with its op type) named from this prefix.
+        tunable_ops: CUDA only: ORT's TunableOp (``tunable_op_enable`` and ``tunable_op_tuning_enable``),
+            which times candidate kernels of the ops that support it (GEMMs) on first use and keeps
+            the fastest, as torch's cuBLAS heuristics may pick another than ORT's defaults.
 
     Raises:
         ValueError: unknown provider or optimisation level.
@@ -123,6 +127,8 @@ def make_ort_session(path: str | os.PathLike, provider: str = "cpu", *, use_tf32
     cuda_options = {"device_id": str(device_id), "use_tf32": "1" if use_tf32 else "0"}
     if cuda_graph:
         cuda_options["enable_cuda_graph"] = "1"
+    if tunable_ops:
+        cuda_options.update(tunable_op_enable="1", tunable_op_tuning_enable="1")
     session = ort.InferenceSession(
         str(path), options, providers=[("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
     )

@@ -268,6 +268,11 @@ def test_cuda_session_options(monkeypatch, mlp_onnx):
                                        {"device_id": "0", "use_tf32": "0", "enable_cuda_graph": "1"})
     make_ort_session(mlp_onnx, "cuda", use_tf32=True)
     assert created["providers"][0][1] == {"device_id": "0", "use_tf32": "1"}
+    make_ort_session(mlp_onnx, "cuda", tunable_ops=True)
+    assert created["providers"][0][1] == {"device_id": "0", "use_tf32": "0", "tunable_op_enable": "1",
+                                          "tunable_op_tuning_enable": "1"}
+    make_ort_session(mlp_onnx, "cuda", profile_prefix="/tmp/x/ort")
+    assert created["options"].enable_profiling and created["options"].profile_file_prefix == "/tmp/x/ort"
 
 
 def test_ort_optimisation_level_and_tf32_switch(mlp_onnx):

@@ -59,8 +59,10 @@ def node_times_by_op(trace: list[dict], skip_runs: int) -> tuple[dict[str, float
     return dict(by_op), nodes, len(runs)
 
 
-def profile_ort(path: Path, inputs, provider: str, warmup: int, iters: int, opt_level: str, workdir: Path) -> dict:
-    session = make_ort_session(path, provider, opt_level=opt_level, profile_prefix=workdir / "ort")
+def profile_ort(path: Path, inputs, provider: str, warmup: int, iters: int, opt_level: str, workdir: Path,
+                tunable_ops: bool = False) -> dict:
+    session = make_ort_session(path, provider, opt_level=opt_level, profile_prefix=workdir / "ort",
+                               tunable_ops=tunable_ops and provider == "cuda")
     feeds = ort_feeds(session, inputs)
     for _ in range(warmup + iters):
         session.run(None, feeds)
@@ -69,7 +71,7 @@ def profile_ort(path: Path, inputs, provider: str, warmup: int, iters: int, opt_
     if runs != iters:
         raise RuntimeError(f"the ORT profile holds {runs} timed runs, expected {iters}")
     per_run = {op: us / runs / 1000 for op, us in sorted(by_op.items(), key=lambda kv: -kv[1])}
-    return {"provider": provider, "ms_by_op_type": per_run, "node_ms": sum(per_run.values()),
+    return {"provider": provider, "tunable_ops": tunable_ops and provider == "cuda", "ms_by_op_type": per_run, "node_ms": sum(per_run.values()),
             "top_nodes": [{"node": n, "op_type": op, "ms": us / runs / 1000} for n, op, us in nodes[:25]]}
 
 
@@ -124,6 +126,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--ort-opt-level", choices=tuple(OPT_LEVELS), default="all")
+    parser.add_argument("--ort-tunable-ops", action="store_true",
+                        help="CUDA: ORT's TunableOp picks each GEMM's kernel by timing (during the warm-up runs)")
     parser.add_argument("--out", required=True, help="JSON result; the markdown table goes beside it (.md)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.iters < 1 or args.warmup < 0:
@@ -140,7 +144,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp, tf32_matmuls(False):
         path = Path(tmp) / "model.onnx"
         export_onnx(model, inputs, path, dynamic_batch=False, parity=False)
-        ort_result = profile_ort(path, inputs, device.type, args.warmup, args.iters, args.ort_opt_level, Path(tmp))
+        ort_result = profile_ort(path, inputs, device.type, args.warmup, args.iters, args.ort_opt_level, Path(tmp),
+                                 args.ort_tunable_ops)
         torch_result = profile_torch(model, inputs, device, args.warmup, args.iters)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     result = {"config": args.config, "variant": args.variant, "batch_size": args.batch_size, "device": name,
