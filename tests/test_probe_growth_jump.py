@@ -27,3 +27,36 @@ def test_growth_is_lossless_and_each_width_policy_and_rewarm_is_recorded(tool, t
 def test_growth_step_must_be_inside_the_run(tool, tmp_path):
     with pytest.raises(SystemExit):
         tool.main(["--steps", "10", "--grow-at", "10", "--out", str(tmp_path / "x.json")])
+
+
+def test_unit_rewarm_scales_only_the_regrown_entries_updates_and_then_stops(tool):
+    import torch
+
+    weight = torch.nn.Parameter(torch.zeros(2, 3))
+    mask = torch.tensor([[True, False, False], [True, False, False]])
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    tool.ramp_regrown_updates(optimizer, {weight: mask}, steps=2)
+    moves = []
+    for _ in range(3):
+        before = weight.detach().clone()
+        weight.grad = -torch.ones(2, 3)  # every entry would move by +1
+        optimizer.step()
+        moves.append(weight.detach() - before)
+    assert torch.equal(moves[0][mask], torch.full((2,), 0.5)) and torch.equal(moves[0][~mask], torch.ones(4))
+    assert torch.equal(moves[1], torch.ones(2, 3)) and torch.equal(moves[2], torch.ones(2, 3))  # ramp over
+
+
+def test_regrown_masks_mark_what_the_growth_brought_back(tool):
+    import torch
+
+    import amgp_fx
+
+    model = tool.Mlp(4, 8, 2)
+    graph = amgp_fx.analyze(model, (torch.randn(2, 4),))
+    first = graph.prunable_groups(("hidden",))[0]
+    record = amgp_fx.shrink_(graph, {first.id: [0, 1, 2, 3]})
+    amgp_fx.grow_(graph, record)
+    masks = tool.regrown_masks(graph, record)
+    assert masks and all(mask.any() and not mask.all() for mask in masks.values())
+    counts = sorted(int(mask.sum()) for mask in masks.values())
+    assert counts == sorted(int(m.numel() // 2) for m in masks.values())  # half of each touched tensor came back

@@ -41,7 +41,43 @@ class Mlp(nn.Module):
         return self.net(x)
 
 
-def run(width: int, policy: str, args, seed: int, rewarm: int = 0) -> dict:
+def regrown_masks(graph, record) -> dict[torch.Tensor, torch.Tensor]:
+    """Parameter -> bool mask of its entries that a growth of ``record`` brought back."""
+    params = dict(graph.module.named_parameters())
+    masks = {}
+    for surgery in record.tensors:
+        if surgery.name in params:
+            param = params[surgery.name]
+            mask = torch.zeros(param.shape, dtype=torch.bool)
+            for dim, _, removed, _ in surgery.steps:
+                mask.index_fill_(dim, removed, True)
+            masks[param] = mask
+    return masks
+
+
+def ramp_regrown_updates(optimizer, masks, steps: int):
+    """For ``steps`` optimizer steps, each regrown entry moves by k/steps of its update (k = 1, 2, ...):
+    a learning-rate warm-up of the regrown units alone; the kept ones train at the full rate."""
+    state = {"k": 0, "old": {}}
+
+    def before(opt, args, kwargs):
+        state["old"] = {p: p.detach().clone() for p in masks}
+
+    def after(opt, args, kwargs):
+        state["k"] += 1
+        share = state["k"] / steps
+        with torch.no_grad():
+            for p, mask in masks.items():
+                old = state["old"][p]
+                p.copy_(torch.where(mask, old + share * (p - old), p))
+        if state["k"] >= steps:
+            handles[0].remove()
+            handles[1].remove()
+
+    handles = [optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)]
+
+
+def run(width: int, policy: str, args, seed: int, rewarm: int = 0, unit_rewarm: int = 0) -> dict:
     """Held-out loss at every step from ``args.grow_at - 5`` to the end, for one width and policy."""
     torch.manual_seed(seed)
     teacher = Mlp(args.inputs, 256, 2)
@@ -59,6 +95,8 @@ def run(width: int, policy: str, args, seed: int, rewarm: int = 0) -> dict:
             with torch.no_grad():
                 before = nn.functional.mse_loss(graph.module(held_out), target_held_out).item()
             amgp_fx.grow_(graph, record, optimizer, init="fresh", optimizer_state=policy)
+            if unit_rewarm:
+                ramp_regrown_updates(optimizer, regrown_masks(graph, record), unit_rewarm)
             with torch.no_grad():
                 after = nn.functional.mse_loss(graph.module(held_out), target_held_out).item()
         x = torch.randn(args.batch_size, args.inputs)
@@ -74,7 +112,7 @@ def run(width: int, policy: str, args, seed: int, rewarm: int = 0) -> dict:
             with torch.no_grad():
                 losses[step + 1] = nn.functional.mse_loss(graph.module(held_out), target_held_out).item()
     after_steps = [losses[s] for s in range(args.grow_at + 1, min(args.grow_at + 31, args.steps + 1))]
-    return {"width": width, "policy": policy, "rewarm": rewarm, "seed": seed, "loss_before_growth": before, "loss_at_growth": after,
+    return {"width": width, "policy": policy, "rewarm": rewarm, "unit_rewarm": unit_rewarm, "seed": seed, "loss_before_growth": before, "loss_at_growth": after,
             "worst_in_30_steps": max(after_steps), "jump": max(after_steps) / before - 1.0,
             "final": losses[args.steps], "curve": losses}
 
@@ -86,6 +124,8 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--rewarm", nargs="+", type=int, default=[0],
                         help="after the growth, the rate rises linearly back over this many steps (0: off)")
+    parser.add_argument("--unit-rewarm", nargs="+", type=int, default=[0],
+                        help="after the growth, only the regrown entries' updates ramp up over this many steps")
     parser.add_argument("--inputs", type=int, default=32)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=2048)
@@ -107,10 +147,11 @@ def main(argv=None) -> list[dict]:
     results = []
     for width in args.widths:
         for policy in args.policies:
-            for rewarm, seed in ((r, s) for r in args.rewarm for s in range(args.seeds)):
-                result = run(width, policy, args, seed, rewarm)
+            for rewarm, unit, seed in ((r, u, s) for r in args.rewarm for u in args.unit_rewarm
+                                       for s in range(args.seeds)):
+                result = run(width, policy, args, seed, rewarm, unit)
                 results.append(result)
-                print(f"width {width:5d} {policy:7s} rewarm {rewarm:3d} seed {seed}: loss {result['loss_before_growth']:.5f} -> "
+                print(f"width {width:5d} {policy:7s} rewarm {rewarm:3d} unit-rewarm {unit:3d} seed {seed}: loss {result['loss_before_growth']:.5f} -> "
                       f"{result['loss_at_growth']:.5f} at the growth, worst {result['worst_in_30_steps']:.5f} "
                       f"in 30 steps ({result['jump']:+.1%}), final {result['final']:.5f}", flush=True)
     atomic_write_json(args.out, {"command": "python tools/probe_growth_jump.py " + " ".join(
