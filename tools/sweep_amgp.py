@@ -72,6 +72,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "grow-late-noramp": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True),
     "grow-late-zero-mean": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
                                 optimizer_state="mean"),  # no ramp; regrown units' Adam v from the kept ones
+    "grow-late-zero-rewarm": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
+                                  rewarm=0.1),  # no ramp; the dense rate re-warmed over a tenth of the pruned phase
     "grow-late-2step": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
                             grow_ramp=0.25, rewarm=0.1),
     "grow-late-80": dict(fractions=dict(warmup=0.0, pruned=0.8, cycles=1, final=0.2), preserve_growth=True,
