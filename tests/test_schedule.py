@@ -162,3 +162,11 @@ def test_grow_late_recipe_resolves_its_ramp_as_a_share_of_the_pruned_phase():
     assert config.preserve_growth and config.grow_ramp_steps == 150
     assert AmgpConfig.from_recipe_name("amgp-grow-late", 1000, grow_ramp_steps=10).grow_ramp_steps == 10
     assert config.width_at(599) == 0.5 and config.width_at(600) == 1.0
+
+
+def test_grow_late_rewarm_recipe_resolves_its_rewarm_for_the_run_length():
+    config = AmgpConfig.from_recipe_name("amgp-grow-late-rewarm", total_steps=1000)
+    assert config.preserve_growth and config.grow_ramp_steps == 0
+    assert config.schedule.pruned_steps == 600 and config.rewarm_steps == 60  # a tenth of the pruned phase
+    assert AmgpConfig.from_recipe_name("amgp-grow-late-rewarm", total_steps=100).rewarm_steps == 6
+    assert AmgpConfig.from_recipe_name("amgp-grow-late-rewarm", total_steps=1000, rewarm_steps=5).rewarm_steps == 5
