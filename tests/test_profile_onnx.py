@@ -46,3 +46,12 @@ def test_profiles_a_small_dlrm_on_the_cpu(tool, tmp_path):
 def test_unknown_variant_is_refused(tool, tmp_path):
     with pytest.raises(SystemExit, match="unknown variant"):
         tool.main(["--config", "dlrm:small", "--variant", "sparse", "--out", str(tmp_path / "p.json")])
+
+
+def test_pair_gather_profile_has_no_gather_nd(tool, tmp_path):
+    plain = tool.main(["--config", "dlrm:small", "--batch-size", "32", "--device", "cpu", "--iters", "2",
+                       "--warmup", "1", "--out", str(tmp_path / "plain.json")])
+    pairs = tool.main(["--config", "dlrm:small", "--batch-size", "32", "--device", "cpu", "--iters", "2",
+                       "--warmup", "1", "--pair-gather", "--out", str(tmp_path / "pairs.json")])
+    assert "GatherND" in plain["ort"]["ms_by_op_type"] and "GatherND" not in pairs["ort"]["ms_by_op_type"]
+    assert pairs["pair_gather"] and not plain["pair_gather"]

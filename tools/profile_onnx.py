@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from amgp_fx import models  # noqa: E402
 from amgp_fx.bench import OPT_LEVELS, make_ort_session, ort_feeds, tf32_matmuls  # noqa: E402
 from amgp_fx.export import export_onnx  # noqa: E402
+from amgp_fx.passes import default_passes  # noqa: E402
+from amgp_fx.passes.pair_gather import PAIR_GATHER_PASS  # noqa: E402
 from amgp_fx.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from bench_onnx import amgp_pruned  # noqa: E402
 
@@ -128,6 +130,8 @@ def parse_args(argv=None):
     parser.add_argument("--ort-opt-level", choices=tuple(OPT_LEVELS), default="all")
     parser.add_argument("--ort-tunable-ops", action="store_true",
                         help="CUDA: ORT's TunableOp picks each GEMM's kernel by timing (during the warm-up runs)")
+    parser.add_argument("--pair-gather", action="store_true",
+                        help="export with the opt-in pass gather_pairs_from_flat (interaction pairs as one Gather)")
     parser.add_argument("--out", required=True, help="JSON result; the markdown table goes beside it (.md)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.iters < 1 or args.warmup < 0:
@@ -143,13 +147,15 @@ def main(argv=None) -> dict:
     inputs = tuple(x.cpu() for x in model.example_inputs(args.batch_size))
     with tempfile.TemporaryDirectory() as tmp, tf32_matmuls(False):
         path = Path(tmp) / "model.onnx"
-        export_onnx(model, inputs, path, dynamic_batch=False, parity=False)
+        passes = default_passes().with_pass(PAIR_GATHER_PASS) if args.pair_gather else None
+        export_onnx(model, inputs, path, dynamic_batch=False, parity=False, passes=passes)
         ort_result = profile_ort(path, inputs, device.type, args.warmup, args.iters, args.ort_opt_level, Path(tmp),
                                  args.ort_tunable_ops)
         torch_result = profile_torch(model, inputs, device, args.warmup, args.iters)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     result = {"config": args.config, "variant": args.variant, "batch_size": args.batch_size, "device": name,
               "torch": torch_result, "ort": ort_result, "iters": args.iters, "warmup": args.warmup,
+              "pair_gather": args.pair_gather,
               "command": "python tools/profile_onnx.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     out = Path(args.out)
     atomic_write_json(out, result)
