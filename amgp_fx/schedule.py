@@ -523,9 +523,10 @@ RECIPES: dict[str, dict[str, Any]] = {
                                 preserve_growth=True),
     # grow late, keep what the small model learned, and re-warm the rate after the growth: regrown units come back
     # with zero Adam moments while the step count is late, so their first updates are ~lr-sized sign steps that all
-    # push the next layer the same way, a push that grows with width (tools/probe_growth_jump.py, 3 seeds: the held-out
-    # loss rises 0.6x-14x at width 256 and 29x-54x at 1024 after the growth; re-warmed over 20 steps, 4%-67%). Best on the 2x CPU proxy on every
-    # seed (+0.0016 vs amgp-grow-late-zero, +0.0026 vs amgp-grow-late); not yet measured on the GPU
+    # push the next layer the same way, a push that grows with width (tools/probe_growth_jump.py, 3 seeds: the
+    # held-out loss rises 0.6x-14x at width 256 and 29x-54x at 1024 after the growth; re-warmed over 20 steps,
+    # 4%-67%). Best on the 2x CPU proxy on every seed (+0.0016 vs amgp-grow-late-zero, +0.0026 vs
+    # amgp-grow-late); not yet measured on the GPU
     # (docs/benchmarks.md "Growth without a ramp on the GPU")
     "amgp-grow-late-rewarm": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), ratio=0.5,
                                   preserve_growth=True, rewarm_share=0.1),

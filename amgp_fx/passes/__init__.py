@@ -32,6 +32,7 @@ __all__ = [
     "PassRegistry",
     "PassResult",
     "apply_passes",
+    "attribute_tensor",
     "default_passes",
     "flatten_outputs",
 ]
@@ -123,6 +124,16 @@ def default_passes() -> PassRegistry:
     from amgp_fx.passes.noop_squeeze import NOOP_SQUEEZE_PASS
 
     return PassRegistry([EMBEDDING_BAG_PASS, NOOP_SQUEEZE_PASS])
+
+
+def attribute_tensor(graph_module: fx.GraphModule, node) -> torch.Tensor | None:
+    """The tensor a ``get_attr`` node reads (a parameter, buffer or constant), or None for anything else."""
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        return None
+    value = graph_module
+    for part in str(node.target).split("."):
+        value = getattr(value, part, None)
+    return value if isinstance(value, torch.Tensor) else None
 
 
 def flatten_outputs(outputs) -> list[torch.Tensor]:

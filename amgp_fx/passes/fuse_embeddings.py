@@ -33,22 +33,13 @@ from collections import defaultdict
 import torch
 from torch import fx
 
-from amgp_fx.passes import ExportPass
+from amgp_fx.passes import ExportPass, attribute_tensor
 
 logger = logging.getLogger(__name__)
 
 aten = torch.ops.aten
 
 __all__ = ["FUSE_EMBEDDINGS_PASS", "fuse_embedding_lookups"]
-
-
-def _parameter(graph_module: fx.GraphModule, node) -> torch.Tensor | None:
-    if not isinstance(node, fx.Node) or node.op != "get_attr":
-        return None
-    value = graph_module
-    for part in str(node.target).split("."):
-        value = getattr(value, part, None)
-    return value if isinstance(value, torch.Tensor) else None
 
 
 def _lookup_key(graph_module: fx.GraphModule, node: fx.Node):
@@ -60,7 +51,7 @@ def _lookup_key(graph_module: fx.GraphModule, node: fx.Node):
         return None  # padding rows have special gradients; forward is the same, but keep it simple
     # scale_grad_by_freq and sparse only change the backward pass: fine for an inference export
     weight, ids = node.args[0], node.args[1]
-    table = _parameter(graph_module, weight)
+    table = attribute_tensor(graph_module, weight)
     ids_value = ids.meta.get("val") if isinstance(ids, fx.Node) else None
     if table is None or table.dim() != 2 or ids_value is None or ids_value.dim() != 1:
         return None
@@ -125,7 +116,7 @@ def _fuse_group(graph_module: fx.GraphModule, lookups: list[fx.Node], index: int
         logger.info("embedding lookups %s: a result is used before the last ids exist; not fused",
                     [node.name for node in lookups])
         return False
-    tables = [_parameter(graph_module, node.args[0]) for node in lookups]
+    tables = [attribute_tensor(graph_module, node.args[0]) for node in lookups]
     rows = torch.tensor([0] + [t.shape[0] for t in tables[:-1]], device=tables[0].device).cumsum(0)
     weight_name, offsets_name = f"_fused_embedding_weight_{index}", f"_fused_embedding_offsets_{index}"
     graph_module.register_buffer(weight_name, torch.cat([t.detach() for t in tables]))  # (R, D)

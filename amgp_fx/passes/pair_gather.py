@@ -31,17 +31,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from amgp_fx.passes import ExportPass
-
-
-def _constant(graph_module: fx.GraphModule, node) -> torch.Tensor | None:
-    """The tensor behind a ``get_attr`` node, or None."""
-    if not isinstance(node, fx.Node) or node.op != "get_attr":
-        return None
-    value = graph_module
-    for part in str(node.target).split("."):
-        value = getattr(value, part, None)
-    return value if isinstance(value, torch.Tensor) else None
+from amgp_fx.passes import ExportPass, attribute_tensor
 
 
 def _flat_index(graph_module: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
@@ -51,7 +41,7 @@ def _flat_index(graph_module: fx.GraphModule, node: fx.Node) -> torch.Tensor | N
     value = source.meta.get("val") if isinstance(source, fx.Node) else None
     if not isinstance(value, torch.Tensor) or value.dim() != 3 or len(indices) != 3 or indices[0] is not None:
         return None
-    rows, cols = _constant(graph_module, indices[1]), _constant(graph_module, indices[2])
+    rows, cols = attribute_tensor(graph_module, indices[1]), attribute_tensor(graph_module, indices[2])
     n, m = value.shape[1], value.shape[2]
     if rows is None or cols is None or not isinstance(n, int) or not isinstance(m, int):
         return None
@@ -76,8 +66,7 @@ def gather_pairs_from_flat(graph_module: fx.GraphModule) -> int:
         name = f"_pair_gather_index_{rewritten}"
         while hasattr(graph_module, name):
             name += "_"
-        graph_module.register_buffer(name, flat_index.to(_constant(graph_module, node.args[1][1]).device),
-                                     persistent=False)
+        graph_module.register_buffer(name, flat_index, persistent=False)  # on the index buffers' device
         with graph_module.graph.inserting_before(node):
             index = graph_module.graph.get_attr(name)
             flat = graph_module.graph.call_function(torch.ops.aten.flatten.using_ints, (node.args[0], 1, 2))
