@@ -232,7 +232,8 @@ class AmgpHook:
         self._total_flops = 0
         self._steps = 0
         self._flops_cache: dict[tuple, TrainingFlops] = {}
-        self._accounting_s = 0.0  # seconds spent counting FLOPs in the current phase
+        self._accounting_s = 0.0  # seconds of the current phase spent counting FLOPs or evaluating
+        self._eval_t0: float | None = None
         self._finished = False
         self.history: list[dict[str, Any]] = []  # one record per finished phase
         self.surgeries: list[dict[str, Any]] = []
@@ -318,6 +319,16 @@ class AmgpHook:
             self._pending_scores = self._scores(following)  # gradients of this step are still there
         if step + 1 >= self.schedule.total_steps:
             self.on_train_end(ctx)
+
+    def on_eval_start(self, ctx) -> None:
+        """Evaluation is not training: its time stays out of the phase's wall-clock, so that runs
+        evaluated at different cadences (or methods whose evaluation costs differ) compare fairly."""
+        self._eval_t0 = self._now(ctx) if self._phase_t0 is not None else None
+
+    def on_eval_end(self, ctx) -> None:
+        if self._eval_t0 is not None and self._phase_t0 is not None:
+            self._accounting_s += self._now(ctx) - self._eval_t0
+        self._eval_t0 = None
 
     def on_train_end(self, ctx) -> None:
         """Close the last phase, grow back if the run must end full-size, and log the summary."""

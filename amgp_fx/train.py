@@ -8,7 +8,8 @@ other parameter to the chosen dense one. `Optimizers.optimizers` lists them, bec
 slices each optimizer's per-parameter state in place.
 
 Hooks are objects with any of `on_train_start(ctx)`, `on_step_start(ctx)`, `on_step_end(ctx)`,
-`state_dict()` and `load_state_dict(state)`. Order of a run: build optimizers, `on_train_start`,
+`on_eval_start(ctx)`, `on_eval_end(ctx)` (around each evaluation, so a hook that times training can
+leave it out), `state_dict()` and `load_state_dict(state)`. Order of a run: build optimizers, `on_train_start`,
 then on resume: hooks' `load_state_dict` (a hook may first re-shrink the model so that shapes
 match), model and optimizer state, RNG states; then per step: `on_step_start`, forward, backward,
 optimizer step, `on_step_end`, logging, evaluation, checkpoint.
@@ -412,8 +413,10 @@ def train(
                 bar.set_postfix(loss=f"{train_loss:.4f}", samples_per_s=f"{record['samples_per_s']:.0f}")
                 window, window_start = {"loss_sum": 0.0, "steps": 0, "samples": 0}, now
             if eval_data is not None and ((config.eval_every and step % config.eval_every == 0) or finished):
+                _call_hooks(hooks, "on_eval_start", ctx)
                 eval_metrics = evaluate(model, eval_data, forward=forward, device=device,
                                         batch_size=config.eval_batch_size or config.batch_size)
+                _call_hooks(hooks, "on_eval_end", ctx)
                 metrics_logger.log({"kind": "eval", "step": step, "epoch": epoch, **eval_metrics,
                                     "wall_clock_s": time.perf_counter() - run_start})
             if config.checkpoint_dir is not None and ((config.checkpoint_every and step % config.checkpoint_every == 0) or finished):

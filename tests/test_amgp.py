@@ -109,6 +109,25 @@ def test_flops_add_up_per_phase_and_over_the_run(rows):
     assert all(p["wall_clock_s"] > 0 and p["peak_memory_bytes"] > 0 for p in phases)
 
 
+def test_evaluation_time_stays_out_of_the_phases_wall_clock(rows, monkeypatch):
+    """Evaluating every step must not make a phase look slower: runs at other eval cadences compare."""
+    import time as time_module
+    import amgp_fx.train as train_module
+
+    real_evaluate = train_module.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        time_module.sleep(0.25)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", slow_evaluate)
+    model, graph = _dcn()
+    hook, result = _run(graph, model, rows, AmgpConfig(AmgpSchedule(**SCHEDULE), ratio=0.5), eval_every=1)
+    evaluations = sum(r["kind"] == "eval" for r in result.history)
+    assert evaluations == 20 and result.wall_clock_s > 0.25 * evaluations  # the sleeps did happen
+    assert hook.summary()["wall_clock_s"] < 0.25 * 4  # but not inside the phases (20 of them sleep 5 s)
+
+
 @pytest.mark.parametrize("policy", ["restore", "reset", "mean"])
 def test_regrown_units_get_their_saved_moments_back_or_zeros(rows, policy):
     model, graph = _dcn()

@@ -207,7 +207,7 @@ def train_config(args, steps: int, device: torch.device, seed: int, metrics_path
     """The run's TrainConfig: the same for every method but its learning rate."""
     return TrainConfig(optimizer=args.optimizer, lr=args.lr, sparse_optimizer=args.sparse_optimizer,
                        sparse_lr=args.sparse_lr, batch_size=args.batch_size, steps=steps,
-                       eval_batch_size=args.eval_batch_size, log_every=0, eval_every=args.eval_every,
+                       eval_batch_size=args.eval_batch_size, log_every=args.eval_every, eval_every=args.eval_every,
                        device=str(device), seed=seed, data_on_device=True, metrics_path=metrics_path,
                        lr_schedule=args.lr_schedule, lr_warmup_steps=int(round(args.lr_warmup * steps)),
                        lr_final_ratio=args.lr_final_ratio)
