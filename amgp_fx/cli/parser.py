@@ -168,8 +168,9 @@ def _train_options(parser: argparse.ArgumentParser, steps: int) -> None:
     group.add_argument("--amgp", action="store_true", help="train with alternate growth and pruning")
     group.add_argument("--amgp-recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
                        help="AMGP schedule with --amgp (default: %(default)s: the first 60%% of the steps at half "
-                            "width, then one function-preserving growth to full size; amgp-half: 3 cycles of "
-                            "pruning and regrowth, the earlier default)")
+                            "width, then one function-preserving growth to full size, the rate re-warmed after it; "
+                            "amgp-grow-late: the same growth with a ramp and no re-warm; amgp-half: 3 cycles of "
+                            "pruning and regrowth)")
     group.add_argument("--preserve-growth", action="store_true",
                        help="with --amgp: function-preserving growth (regrown units enter with zero outgoing weights, "
                             "so the outputs stay what they were just before the growth)")
