@@ -360,6 +360,14 @@ def load_finished_runs(path: Path, args, steps: int) -> dict[tuple[str, str, flo
     return finished
 
 
+def _aggregate_all(name: str, runs: dict[tuple[str, float], list[dict]], plan: Plan, args, steps: int,
+                   device_name: str) -> list[dict]:
+    """One record per (method, rate) of ``name`` that has runs, its runs in seed order."""
+    return [aggregate(name, method, sorted(done, key=lambda r: r["seed"]), plan,
+                      argparse.Namespace(**{**vars(args), "lr": lr}), steps, device_name)
+            for (method, lr), done in runs.items() if done]
+
+
 def _command() -> str:
     return "python tools/bench_amgp.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -523,9 +531,11 @@ def main(argv=None) -> list[dict]:
         return data, recurring
 
     records: list[dict] = []  # each (model, method) at its best learning rate
-    grid_records: list[dict] = []  # every (model, method, lr)
     out = Path(args.out)
     finished = load_finished_runs(grid_path(out), args, steps) if args.resume else {}
+    # every (model, method, lr); other models' records of a resumed file are kept as they are
+    grid_records: list[dict] = [r for r in json.loads(grid_path(out).read_text()) if r["model"] not in args.models] \
+        if finished else []
     if finished:
         say(f"resuming: {sum(len(v) for v in finished.values())} runs already in {grid_path(out)}")
     incomplete = False
@@ -539,12 +549,14 @@ def main(argv=None) -> list[dict]:
         warmed = False
         grid = args.lr_grid or [args.lr]
         runs: dict[tuple[str, float], list[dict]] = {(m, lr): [] for m in args.methods for lr in grid}
+        for (model, method, lr), done in finished.items():  # every finished run stays in the file, including
+            if model == name:  # those of methods, rates or seeds this call does not ask for or does not reach
+                runs[(method, lr)] = [_resumed(dict(r), plan, method, grid_path(out)) if method in args.methods
+                                      else {k: v for k, v in r.items() if k != "_amgp_config"} for r in done]
         for seed in range(args.seeds):
             for method in args.methods:
                 for lr in grid:
-                    done = [r for r in finished.get((name, method, lr), []) if r["seed"] == seed]
-                    if done:
-                        runs[(method, lr)].append(_resumed(done[0], plan, method, grid_path(out)))
+                    if any(r["seed"] == seed for r in runs[(method, lr)]):
                         continue
                     elapsed = time.perf_counter() - start
                     if args.budget_s is not None and elapsed + 1.2 * longest > args.budget_s:
@@ -567,9 +579,8 @@ def main(argv=None) -> list[dict]:
                     say(f"{name} {method:11s} lr {lr:g} seed {seed}: auc {run['auc']:.5f} logloss "
                         f"{run['logloss']:.5f} train {run['wall_clock_s']:.2f}s flops {run['train_flops'] / 1e12:.3f}T "
                         f"(run {time.perf_counter() - began:.1f}s)")
-                    grid_records = [r for r in grid_records if r["model"] != name] + [
-                        aggregate(name, m, rs, plan, argparse.Namespace(**{**vars(args), "lr": lr_}), steps,
-                                  device_name) for (m, lr_), rs in runs.items() if rs]
+                    grid_records = [r for r in grid_records if r["model"] != name] + _aggregate_all(
+                        name, runs, plan, args, steps, device_name)
                     records = best_per_method(grid_records)
                     atomic_write_json(grid_path(out), grid_records)
                     atomic_write_json(out, records)
@@ -577,9 +588,8 @@ def main(argv=None) -> list[dict]:
                     break
             if incomplete:
                 break
-        grid_records = [r for r in grid_records if r["model"] != name] + [
-            aggregate(name, m, rs, plan, argparse.Namespace(**{**vars(args), "lr": lr_}), steps, device_name)
-            for (m, lr_), rs in runs.items() if rs]  # also when every run was resumed
+        grid_records = [r for r in grid_records if r["model"] != name] + _aggregate_all(
+            name, runs, plan, args, steps, device_name)  # also when every run was resumed
         records = best_per_method(grid_records)
         if grid_records:
             atomic_write_json(grid_path(out), grid_records)
