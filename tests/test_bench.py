@@ -153,6 +153,27 @@ def test_bench_script_cpu_smoke(tmp_path, capsys):
     assert tool.width_scaled_overrides("dlrm", "default", 0.5, keep_last=True)["bottom_mlp"] == (256, 128, 32, 16)
 
 
+def test_bench_script_pair_gather_variant_is_the_flat_gather_export(tmp_path):
+    """--pair-gather adds an ONNX-only dense variant whose interaction is one Gather (no GatherND), with parity."""
+    import onnx
+
+    tool = load_tool()
+    out = tmp_path / "latency.json"
+    status = tool.main(["--configs", "dlrm:small", "--batch-sizes", "4", "--iters", "2", "--warmup", "1",
+                        "--runtimes", "ort-cpu", "torch-eager", "--pruned-ratios", "--no-embedding-variants",
+                        "--no-fused-embeddings", "--pair-gather", "--precisions", "fp32",
+                        "--constants", _fixed_constants(tmp_path), "--workdir", str(tmp_path / "onnx"),
+                        "--out", str(out)])
+    assert status == 0
+    assert {(r.variant, r.runtime) for r in load_records(out)} == {
+        ("dense", "ort-cpu"), ("dense", "torch-eager"), ("dense-pair-gather", "ort-cpu")}
+    ops = {path.stem: {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+           for path in (tmp_path / "onnx").glob("*.onnx")}
+    assert "GatherND" in ops["dlrm-small-dense"] and "GatherND" not in ops["dlrm-small-dense-pair-gather"]
+    parity = json.loads(out.read_text())["metadata"]["precision_reports"]
+    assert any(p["variant"] == "dense-pair-gather" and p["max_abs_diff"] <= p["atol"] for p in parity)
+
+
 def _fixed_constants(tmp_path) -> str:
     from amgp_fx.latency_model import DeviceConstants
 

@@ -70,6 +70,7 @@ from amgp_fx.latency_model import QUICK_CPU_CALIBRATION, DeviceConstants, calibr
 from amgp_fx.latency_report import format_table, load_records, plot_latency, save_records  # noqa: E402
 from amgp_fx.passes import default_passes  # noqa: E402
 from amgp_fx.passes.fuse_embeddings import FUSE_EMBEDDINGS_PASS  # noqa: E402
+from amgp_fx.passes.pair_gather import PAIR_GATHER_PASS  # noqa: E402
 
 RUNTIME_ORDER = ("ort-cuda", "torch-eager", "ort-cuda-graph", "torch-compile", "ort-cpu")
 GPU_RUNTIMES = ("ort-cuda", "torch-eager", "ort-cuda-graph", "torch-compile")
@@ -112,6 +113,9 @@ def parse_args(argv):
                         help="compact model per config, saved with torch.export.save (.pt2)")
     parser.add_argument("--no-fused-embeddings", dest="fused_embeddings", action="store_false",
                         help="skip the dense-fused-emb ONNX variant")
+    parser.add_argument("--pair-gather", action="store_true",
+                        help="add the dense-pair-gather ONNX variant: DLRM's pair gather z[:, li, lj] exported as one "
+                             "flat Gather instead of Transpose-GatherND-Transpose (amgp_fx.passes.pair_gather)")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS,
                         default=["fp32", "fp16", "bf16"] if gpu else ["fp32", "fp16"],
                         help="numeric formats (default: all on a GPU; fp32 fp16 on a CPU, whose ORT has no bf16)")
@@ -229,6 +233,9 @@ def plan_config(config: str, args, compact_paths: dict, dense_model: torch.nn.Mo
     if args.fused_embeddings:
         variants.append(Variant(config, "dense-fused-emb", dense_model, factory, {}, core=False, onnx_only=True,
                                 passes=default_passes().with_pass(FUSE_EMBEDDINGS_PASS)))
+    if getattr(args, "pair_gather", False):
+        variants.append(Variant(config, "dense-pair-gather", dense_model, factory, {}, core=False, onnx_only=True,
+                                passes=default_passes().with_pass(PAIR_GATHER_PASS)))
     return variants
 
 
