@@ -275,18 +275,18 @@ def test_a_resume_keeps_the_runs_it_does_not_ask_for(tmp_path):
     """A call that asks for fewer methods, rates or seeds than the file holds (or stops on its budget before
     it reaches them) must not drop those runs from the file: they are earlier GPU calls' work."""
     out = tmp_path / "amgp.json"
-    base = [sys.executable, str(ROOT / "tools" / "bench_amgp.py"), "--tiny", "--models", "dlrm", "--samples", "3072",
-            "--out", str(out)]
-    first = subprocess.run(base + ["--methods", "dense", "amgp", "--lr-grid", "1e-2", "--seeds", "2"],
-                           capture_output=True, text=True, timeout=300, cwd=ROOT)
+    base = [sys.executable, str(ROOT / "tools" / "bench_amgp.py"), "--tiny", "--samples", "3072", "--out", str(out)]
+    first = subprocess.run(base + ["--models", "dlrm", "dcn_v2", "--methods", "dense", "amgp", "--lr-grid", "1e-2",
+                                   "--seeds", "2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert first.returncode == 0, first.stderr[-3000:]
-    by_key = lambda path: {(r["method"], r["lr"]): r["per_seed"] for r in json.loads(path.read_text())}
+    by_key = lambda path: {(r["model"], r["method"], r["lr"]): r["per_seed"] for r in json.loads(path.read_text())}
     before = by_key(tmp_path / "amgp.grid.json")
-    second = subprocess.run(base + ["--methods", "dense", "--lr-grid", "3e-3", "1e-2", "--seeds", "1", "--resume"],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    second = subprocess.run(base + ["--models", "dlrm", "--methods", "dense", "--lr-grid", "3e-3", "1e-2", "--seeds",
+                                    "1", "--resume"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert second.returncode == 0, second.stderr[-3000:]
     assert re.findall(r"lr \S+ seed \d+:", second.stdout) == ["lr 0.003 seed 0:"]  # the one missing run
     after = by_key(tmp_path / "amgp.grid.json")
-    assert {k: v for k, v in after.items() if k != ("dense", 3e-3)} == before  # amgp and dense's seed 1 kept
-    assert [r["seed"] for r in after[("dense", 3e-3)]] == [0]
+    new = ("dlrm", "dense", 3e-3)
+    assert {k: v for k, v in after.items() if k != new} == before and len(before) == 4  # dcn_v2, amgp, seed 1 kept
+    assert [r["seed"] for r in after[new]] == [0]
     assert {r["method"] for r in json.loads(out.read_text())} == {"dense", "amgp"}  # both in the table
