@@ -37,6 +37,14 @@ def test_switch_flags_set_the_config_with_shares_of_a_pruned_phase():
     assert config.grow_ramp_steps == round(0.25 * phase) and config.fade_steps == round(0.5 * phase)
 
 
+def test_rewarm_flag_sets_the_rewarm_as_a_share_of_a_pruned_phase_and_zero_turns_it_off():
+    default = _config(_args("--amgp"))  # the default recipe re-warms
+    assert default.rewarm_steps == round(0.1 * default.schedule.pruned_steps) > 0
+    assert _config(_args("--amgp", "--rewarm", "0")).rewarm_steps == 0
+    cyclic = _config(_args("--amgp", "--amgp-recipe", "amgp-half", "--rewarm", "0.5"))
+    assert cyclic.rewarm_steps == round(0.5 * cyclic.schedule.pruned_steps) > 0
+
+
 def test_fold_bias_flag_sets_the_config_and_its_absence_keeps_the_recipe():
     assert _config(_args("--amgp", "--amgp-recipe", "amgp-half", "--fold-bias")).fold_bias is True
     assert _config(_args("--amgp", "--amgp-recipe", "amgp-half")).fold_bias is False
@@ -61,6 +69,7 @@ def test_lr_schedule_flags_give_warmup_steps_as_a_share_of_the_run():
     (["--amgp-recipe", "amgp-half", "--grow-ramp", "0.2"], "--preserve-growth"),  # a ramp of a restoring growth
     (["--fade", "1.5"], "[0, 1]"),
     (["--fade", "nan"], "[0, 1]"),
+    (["--rewarm", "-0.1"], "[0, 1]"),
     (["--amgp-recipe", "amgp-grow-late", "--fade", "0.25"], "nothing to fade"),  # its one shrink is at step 0
     (["--amgp-recipe", "amgp-grow-late", "--fold-bias"], "nothing to fold"),  # the same: untrained means
 ])
@@ -77,7 +86,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("command, flags", [("train", ["--fade", "0.25"]), ("train", ["--preserve-growth"]),
                                             ("train", ["--selection", "balanced"]), ("train", ["--fold-bias"]),
-                                            ("run", ["--fold-bias"])])
+                                            ("run", ["--fold-bias"]), ("train", ["--rewarm", "0.1"])])
 def test_switch_flags_without_amgp_exit_2_with_one_line(tmp_path, command, flags):
     result = _cli(command, "--model", "dlrm", "--steps", "4", "--rows", "400", *flags, "-o", "out", cwd=tmp_path)
     lines = result.stderr.strip().splitlines()

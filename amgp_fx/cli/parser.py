@@ -179,6 +179,10 @@ def _train_options(parser: argparse.ArgumentParser, steps: int) -> None:
     group.add_argument("--fade", type=float, default=None, metavar="SHARE",
                        help="with --amgp: fade the units out over this share of a pruned phase before each shrink "
                             "(the shrink itself then changes no output)")
+    group.add_argument("--rewarm", type=float, default=None, metavar="SHARE",
+                       help="with --amgp: after each growth, re-warm the learning rate from near zero over this share "
+                            "of a pruned phase, so the regrown units' first optimizer steps do not swamp wide layers "
+                            "(default: the recipe's; 0.1 in the default recipe, 0 turns it off)")
     group.add_argument("--selection", choices=SELECTIONS, default=None,
                        help="with --amgp: which units sit out a pruned phase (default: the recipe's, score)")
     group.add_argument("--fold-bias", action="store_true",

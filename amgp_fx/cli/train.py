@@ -141,11 +141,11 @@ def lr_schedule_options(args: argparse.Namespace, steps: int) -> dict[str, Any]:
 
 def switch_overrides(args: argparse.Namespace, recipe) -> dict[str, Any]:
     """AmgpConfig fields from the switch flags (``--preserve-growth``, ``--grow-ramp``, ``--fade``,
-    ``--selection``, ``--fold-bias``) for ``recipe`` (the named recipe's AmgpConfig); shares are of
+    ``--rewarm``, ``--selection``, ``--fold-bias``) for ``recipe`` (the named recipe's AmgpConfig); shares are of
     one pruned phase, as in the recipes. Flags not given keep the recipe's values."""
     overrides: dict[str, Any] = {}
     schedule = recipe.schedule
-    ramp, fade = _share(args, "--grow-ramp"), _share(args, "--fade")
+    ramp, fade, rewarm = _share(args, "--grow-ramp"), _share(args, "--fade"), _share(args, "--rewarm")
     if getattr(args, "preserve_growth", False):
         overrides["preserve_growth"] = True
     if ramp is not None:
@@ -157,6 +157,8 @@ def switch_overrides(args: argparse.Namespace, recipe) -> dict[str, Any]:
         if fade > 0 and schedule.warmup_steps == 0 and schedule.cycles == 1:
             raise UsageError(f"--fade has nothing to fade: recipe {args.amgp_recipe} shrinks once, at step 0",
                              "Drop --fade, or choose a recipe with a warm-up (e.g. --amgp-recipe amgp-half)")
+    if rewarm is not None:
+        overrides["rewarm_steps"] = int(round(rewarm * schedule.pruned_steps))
     if getattr(args, "selection", None):
         overrides["selection"] = args.selection
     if getattr(args, "fold_bias", False):
@@ -178,11 +180,12 @@ def amgp_config(args: argparse.Namespace, steps: int):
 def check_switch_flags(args: argparse.Namespace) -> None:
     """Refuse switch and schedule flags that would do nothing or are out of range, before any work:
     the switch flags shape AMGP's shrinks and growths, so they need ``--amgp``."""
-    for flag in ("--grow-ramp", "--fade", "--lr-warmup"):
+    for flag in ("--grow-ramp", "--fade", "--rewarm", "--lr-warmup"):
         _share(args, flag)
     given = [flag for flag, value in (("--preserve-growth", getattr(args, "preserve_growth", False)),
                                       ("--grow-ramp", getattr(args, "grow_ramp", None)),
                                       ("--fade", getattr(args, "fade", None)),
+                                      ("--rewarm", getattr(args, "rewarm", None)),
                                       ("--selection", getattr(args, "selection", None)),
                                       ("--fold-bias", getattr(args, "fold_bias", False))) if value not in (None, False)]
     if given and not getattr(args, "amgp", False):
