@@ -55,3 +55,31 @@ def test_tiny_real_benchmark_writes_matched_records(tmp_path):
     for method in ("prune_only", "small_dense"):  # matched to AMGP's training FLOPs within a few %
         assert by_method[method]["train_flops"] < dense_flops
         assert by_method[method]["train_flops"] == pytest.approx(by_method["amgp"]["train_flops"], rel=0.05)
+
+
+def test_recurring_stage_trains_on_the_past_and_tests_on_the_future(tmp_path):
+    """--recurring-share holds the newest rows back, by timestamp: the offline split never sees them, and each
+    final model is scored after training on their older half; a dataset without timestamps is refused."""
+    write_fake_movielens(tmp_path / "data")
+    directory = tmp_path / "data" / "movielens100k_ctr"
+    tool = load_tool()
+    with pytest.raises(SystemExit, match="has no time.npy"):
+        tool.load_split(str(tmp_path / "data"), "movielens", None, 0.25)
+    when = torch.randperm(4096, generator=torch.Generator().manual_seed(1)).numpy() * 10  # shuffled timestamps
+    import numpy as np
+    np.save(directory / "time.npy", when)
+    rows, _ = tool.load_npy_dataset(directory)
+    train, test, _, (later, latest) = tool.load_split(str(tmp_path / "data"), "movielens", None, 0.25)
+    assert (later.num_rows, latest.num_rows) == (512, 512) and train.num_rows + test.num_rows == 3072
+    stamp = {tuple(r): t for r, t in zip(torch.cat([rows.sparse, rows.dense.mul(1e6).long()], 1).tolist(), when)}
+    key = lambda batch: [stamp[tuple(r)] for r in torch.cat([batch.sparse, batch.dense.mul(1e6).long()], 1).tolist()]
+    assert max(key(train) + key(test)) < min(key(later)) and max(key(later)) < min(key(latest))
+    out = tmp_path / "amgp_{dataset}.json"
+    tool.main(["--tiny", "--data-dir", str(tmp_path / "data"), "--methods", "dense", "amgp", "--seeds", "1",
+               "--recurring-share", "0.25", "--out", str(out)])
+    records = json.loads((tmp_path / "amgp_movielens.json").read_text())
+    for record in records:
+        assert 0.5 < record["recurring_auc_mean"] < 1 and record["recurring_share"] == 0.25
+        assert record["per_seed"][0]["recurring_steps"] == -(-512 // 256)  # one epoch of the older half, batch 256
+        assert "drift" not in record
+

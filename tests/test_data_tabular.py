@@ -28,6 +28,9 @@ def test_movielens_ctr_features_and_labels():
     batch, spec = ctr.batch, ctr.spec
     batch.validate(spec)
     assert batch.label.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0]  # rating >= 4
+    assert ctr.time.tolist() == [0, 1, 2, 3, 4]  # when each rating happened, row for row
+    ratings, users, items = _movielens_tables()
+    assert movielens_ctr({k: v for k, v in ratings.items() if k != "timestamp"}, users, items).time is None
     assert ctr.sparse_names == ("user_id", "item_id", "gender", "occupation", "age_bucket", "zip_prefix",
                                 "release_year", "genre_1", "genre_2")
     column = {name: batch.sparse[:, index].tolist() for index, name in enumerate(ctr.sparse_names)}

@@ -16,10 +16,17 @@ on a CPU it is only meaningful as a ratio to the dense run of the same invocatio
 
 Needs the .npy datasets: ``python tools/fetch_real_data.py --cache data/cache --out data``.
 
+``--recurring-share S`` adds the recurring-training stage on real time (MovieLens has timestamps,
+Adult has none): the newest share S of the rows is held back; the methods train and are scored as
+above on the older rows only, then each final model (full-size for AMGP and dense, compact for
+prune-only, small for small dense) keeps training for ``--recurring-epochs`` on the older half of
+the held-back rows and is scored on the newer half: trained on the past, tested on the future.
+
 Example:
     python tools/bench_amgp_real.py --dataset movielens          # -> docs/results/amgp_train_movielens.json
     python tools/bench_amgp_real.py --dataset adult
     python tools/bench_amgp_real.py --tiny --data-dir /tmp/fake --out /tmp/amgp_{dataset}.json
+    python tools/bench_amgp_real.py --dataset movielens --recurring-share 0.2 --out /tmp/amgp_{dataset}_recurring.json
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,6 +52,7 @@ METHODS = bench_amgp.METHODS
 DATASETS = {"movielens": "movielens100k_ctr", "adult": "adult_ctr"}
 EVAL_FRACTION = 0.2
 SPLIT_SEED = 0
+TIME_FILE = "time.npy"  # written by tools/fetch_real_data.py where the source has timestamps
 
 # dataset -> model -> architecture (widths for ~100k rows: MLPs wide enough that halving them
 # matters) and the training setup tuned once for the dense model
@@ -70,13 +79,32 @@ TINY_SPEC = dict(model="dlrm", preset="small",
 
 
 # -- data ----------------------------------------------------------------------------------------------
-def load_split(data_dir: str, dataset: str, max_rows: int | None) -> tuple[Batch, Batch, DatasetSpec]:
-    """The fixed (train, test) split every method and seed shares, so only training differs."""
-    rows, spec = load_npy_dataset(Path(data_dir) / DATASETS[dataset])
+def load_split(data_dir: str, dataset: str, max_rows: int | None, recurring_share: float = 0.0
+               ) -> tuple[Batch, Batch, DatasetSpec, tuple[Batch, Batch] | None]:
+    """The fixed (train, test) split every method and seed shares, so only training differs; with a
+    ``recurring_share``, first the newest rows are held back as (recurring train, recurring test), the
+    older half of them to train on and the newer half to test on."""
+    directory = Path(data_dir) / DATASETS[dataset]
+    rows, spec = load_npy_dataset(directory)
+    recurring = None
+    if recurring_share:
+        if not (directory / TIME_FILE).is_file():
+            raise SystemExit(f"bench_amgp_real: error: {directory} has no {TIME_FILE}, so it cannot be split by time "
+                             "(Adult has no timestamps). Re-run tools/fetch_real_data.py for MovieLens, or drop "
+                             "--recurring-share")
+        when = np.load(directory / TIME_FILE, allow_pickle=False)
+        if when.shape != (rows.num_rows,):
+            raise SystemExit(f"bench_amgp_real: error: {directory / TIME_FILE} has {when.shape} entries for "
+                             f"{rows.num_rows} rows. Re-run tools/fetch_real_data.py")
+        order = torch.from_numpy(np.argsort(when, kind="stable"))  # oldest first; ties keep the file's order
+        rows = rows[order]
+        held = round(rows.num_rows * recurring_share)
+        rows, newest = rows[: rows.num_rows - held], rows[rows.num_rows - held:]
+        recurring = (newest[: held // 2], newest[held // 2:])
     if max_rows is not None and rows.num_rows > max_rows:
         rows = rows[:max_rows]
     train_rows, test_rows = train_eval_split(rows, EVAL_FRACTION, seed=SPLIT_SEED)
-    return train_rows, test_rows, spec
+    return train_rows, test_rows, spec, recurring
 
 
 def model_spec(entry: dict[str, Any], data_spec: DatasetSpec) -> dict[str, Any]:
@@ -86,7 +114,8 @@ def model_spec(entry: dict[str, Any], data_spec: DatasetSpec) -> dict[str, Any]:
 
 
 # -- one model -----------------------------------------------------------------------------------------
-def bench_args(args, entry: dict[str, Any], steps: int, test_rows: int) -> argparse.Namespace:
+def bench_args(args, entry: dict[str, Any], steps: int, test_rows: int, recurring_steps: int = 0
+               ) -> argparse.Namespace:
     """bench_amgp's own argument namespace (so its helpers find every field they read), set to this run."""
     argv = ["--device", "cpu", "--seeds", str(args.seeds), "--optimizer", args.optimizer,
             "--lr", repr(entry["lr"]), "--sparse-optimizer", args.sparse_optimizer,
@@ -94,7 +123,8 @@ def bench_args(args, entry: dict[str, Any], steps: int, test_rows: int) -> argpa
             "--eval-batch-size", "8192",
             "--samples", str(steps * entry["batch_size"]), "--test-samples", str(test_rows),
             "--recipe", args.recipe, "--ratio", repr(args.ratio), "--eval-every", str(args.eval_every),
-            "--criterion", args.criterion, "--grow-init", args.grow_init, "--optimizer-state", args.optimizer_state]
+            "--criterion", args.criterion, "--grow-init", args.grow_init, "--optimizer-state", args.optimizer_state,
+            "--recurring-steps", str(recurring_steps)]
     return bench_amgp.parse_args(argv)
 
 
@@ -103,10 +133,12 @@ def steps_for(entry: dict[str, Any], train_rows: int) -> int:
     return entry["epochs"] * -(-train_rows // entry["batch_size"])
 
 
-def bench_model(name: str, entry: dict[str, Any], data: tuple[Batch, Batch], args, say, write) -> list[dict]:
+def bench_model(name: str, entry: dict[str, Any], data: tuple[Batch, Batch], args, say, write,
+                recurring: tuple[Batch, Batch] | None = None) -> list[dict]:
     """Plan once, then run every (seed, method) interleaved, writing the records after each run."""
     steps = steps_for(entry, data[0].num_rows)
-    bargs = bench_args(args, entry, steps, data[1].num_rows)
+    recurring_steps = args.recurring_epochs * -(-recurring[0].num_rows // entry["batch_size"]) if recurring else 0
+    bargs = bench_args(args, entry, steps, data[1].num_rows, recurring_steps)
     plan = bench_amgp.make_plan(entry, bargs, steps)
     ratios = ", ".join(f"{m} {plan.predicted[m] / plan.predicted['dense']:.3f}" for m in METHODS)
     say(f"{name}: {steps} steps of {entry['batch_size']} ({entry['epochs']} epochs, lr {entry['lr']:g}, "
@@ -119,11 +151,12 @@ def bench_model(name: str, entry: dict[str, Any], data: tuple[Batch, Batch], arg
         for method in args.methods:
             load_before = _load()
             curve = _curve_path(args, name, method, seed)
-            run = bench_amgp.run_one(entry, method, seed, plan, data, bargs, steps, curve)
+            run = bench_amgp.run_one(entry, method, seed, plan, data, bargs, steps, curve, recurring)
             run.update(load_before=load_before, load_after=_load())
             runs[method].append(run)
+            later = f", recurring auc {run['recurring_auc']:.5f}" if recurring else ""
             say(f"{name} {method:11s} seed {seed}: auc {run['auc']:.5f} logloss {run['logloss']:.5f} "
-                f"train {run['wall_clock_s']:.2f}s flops {run['train_flops'] / 1e12:.4f}T "
+                f"train {run['wall_clock_s']:.2f}s flops {run['train_flops'] / 1e12:.4f}T{later} "
                 f"(load {load_before:.1f} -> {run['load_after']:.1f})")
             records = [finish_record(bench_amgp.aggregate(name, m, rs, plan, bargs, steps, device_name),
                                      entry, args, data) for m, rs in runs.items() if rs]
@@ -134,6 +167,10 @@ def bench_model(name: str, entry: dict[str, Any], data: tuple[Batch, Batch], arg
 def finish_record(record: dict, entry: dict[str, Any], args, data: tuple[Batch, Batch]) -> dict:
     """bench_amgp's record, re-labelled for real data: dataset, true rows seen, this command."""
     record.pop("teacher", None)  # synthetic data only
+    for key in ("drift", "new_id_share"):  # the synthetic teacher's shift; real data shifts by itself, in time
+        record.pop(key, None)
+    if "recurring_auc_mean" in record:
+        record.update(recurring_share=args.recurring_share, recurring_epochs=args.recurring_epochs)
     record.pop("tf32", None)  # GPU only
     architecture = {k: list(v) if isinstance(v, tuple) else v for k, v in entry["overrides"].items()}
     record.update(dataset=DATASETS[args.dataset], command=_command(), samples=entry["epochs"] * data[0].num_rows,
@@ -209,6 +246,11 @@ def print_summary(records: list[dict]) -> None:
                 if other in by:
                     print(f"{name}: amgp - {other} AUC = {by['amgp']['auc_mean'] - by[other]['auc_mean']:+.4f} "
                           f"(std {by['amgp']['auc_std']:.4f} / {by[other]['auc_std']:.4f})")
+                if other in by and "recurring_auc_mean" in by["amgp"]:
+                    paired = [a["recurring_auc"] - b["recurring_auc"]
+                              for a, b in zip(by["amgp"]["per_seed"], by[other]["per_seed"])]
+                    print(f"{name}: recurring stage, amgp - {other} AUC per seed "
+                          + ", ".join(f"{d:+.4f}" for d in paired))
 
 
 def parse_args(argv=None):
@@ -233,6 +275,10 @@ def parse_args(argv=None):
     parser.add_argument("--optimizer-state", default="restore", choices=["restore", "reset"])
     parser.add_argument("--eval-every", type=int, default=0,
                         help="evaluate every N steps (wall-clock then includes evaluation; default: at the end only)")
+    parser.add_argument("--recurring-share", type=float, default=0.0, metavar="SHARE",
+                        help="hold back the newest SHARE of the rows (by timestamp) for the recurring stage: each "
+                             "final model trains on their older half and is scored on the newer half (default: off)")
+    parser.add_argument("--recurring-epochs", type=int, default=1, help="epochs of the recurring stage (default 1)")
     parser.add_argument("--curve-dir", default=None, help="write seed 0's metrics log per method here")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", default="docs/results/amgp_train_{dataset}.json",
@@ -240,6 +286,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.seeds = args.seeds or (2 if args.tiny else 3)
     args.max_rows = args.max_rows or (4096 if args.tiny else None)
+    if not 0.0 <= args.recurring_share < 1.0 or args.recurring_epochs < 1:
+        parser.error("--recurring-share must be in [0, 1) and --recurring-epochs at least 1")
     return args
 
 
@@ -264,9 +312,12 @@ def main(argv=None) -> list[dict]:
     def say(message: str) -> None:
         print(f"[{time.perf_counter() - start:6.1f}s] {message}", flush=True)
 
-    train_rows, test_rows, data_spec = load_split(args.data_dir, args.dataset, args.max_rows)
+    train_rows, test_rows, data_spec, recurring = load_split(args.data_dir, args.dataset, args.max_rows,
+                                                             args.recurring_share)
     say(f"{data_spec.name}: {train_rows.num_rows} train / {test_rows.num_rows} test rows, "
-        f"click rate {float(train_rows.label.mean()):.3f}, tables {list(data_spec.table_sizes)}")
+        f"click rate {float(train_rows.label.mean()):.3f}, tables {list(data_spec.table_sizes)}"
+        + (f"; recurring stage on the newest rows: {recurring[0].num_rows} train / {recurring[1].num_rows} test"
+           if recurring else ""))
     out = Path(args.out.format(dataset=args.dataset))
     done: dict[str, list[dict]] = {}
 
@@ -275,7 +326,7 @@ def main(argv=None) -> list[dict]:
         atomic_write_json(out, add_ratios([r for rs in done.values() for r in rs]))
 
     for name, entry in model_entries(args).items():
-        bench_model(name, model_spec(entry, data_spec), (train_rows, test_rows), args, say, write)
+        bench_model(name, model_spec(entry, data_spec), (train_rows, test_rows), args, say, write, recurring)
     records = add_ratios([r for rs in done.values() for r in rs])
     atomic_write_json(out, records)
     print_summary(records)

