@@ -326,7 +326,7 @@ class AmgpHook:
         self._eval_t0 = self._now(ctx) if self._phase_t0 is not None else None
 
     def on_eval_end(self, ctx) -> None:
-        if self._eval_t0 is not None and self._phase_t0 is not None:
+        if self._eval_t0 is not None:  # evaluation runs between steps: the phase open at its start still is
             self._accounting_s += self._now(ctx) - self._eval_t0
         self._eval_t0 = None
 

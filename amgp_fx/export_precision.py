@@ -309,10 +309,13 @@ def _export_bf16(model, example_inputs, target: Path, provider: str, source: Pat
     dims = header.input[0].type.tensor_type.shape.dim
     export_bf16(model, example_inputs, target, bool(dims) and bool(dims[0].dim_param),
                 [value.name for value in header.input])  # the fp32 file's input names
+    def load() -> tuple[Any, dict[str, int]]:  # types from the file without its weights: under protobuf's 2 GB
+        return onnx.load(str(target)), _value_types(onnx.load(str(target), load_external_data=False))
+
     kept = sorted(set(keep))
     bf16 = types = None
     if kept:
-        bf16, types = onnx.load(str(target)), _value_types(onnx.load(str(target), load_external_data=False))
+        bf16, types = load()
         _keep_bf16_ops_fp32(bf16, kept, types)
         _save(bf16, target)
     try:
@@ -320,7 +323,7 @@ def _export_bf16(model, example_inputs, target: Path, provider: str, source: Pat
     except Exception as error:  # noqa: BLE001
         first_error = error
     if bf16 is None:
-        bf16, types = onnx.load(str(target)), _value_types(onnx.load(str(target), load_external_data=False))
+        bf16, types = load()
     where = f"ONNX Runtime {onnxruntime.__version__} on the {provider} provider"
     ort_says = str(first_error).strip().splitlines()[-1] if str(first_error).strip() else type(first_error).__name__
     missing = [op for op in _probe_bf16_ops(bf16, types, provider, target.parent) if op not in kept]

@@ -339,15 +339,16 @@ SETTINGS_THAT_MUST_MATCH = ("steps", "batch_size", "samples", "teacher", "test_s
                             "sparse_lr", "lr_schedule", "lr_warmup", "lr_final_ratio", "tf32", "compile")
 
 
-def load_finished_runs(path: Path, args, steps: int) -> dict[tuple[str, str, float], list[dict]]:
-    """The runs of an earlier call of the same comparison, by (model, method, lr); refuses a file made
-    with other settings, since its runs would not be comparable with the new ones."""
+def load_finished_runs(path: Path, args, steps: int) -> tuple[list[dict], dict[tuple[str, str, float], list[dict]]]:
+    """The records of an earlier call of the same comparison, and their runs by (model, method, lr);
+    refuses a file made with other settings, since its runs would not be comparable with the new ones."""
     if not path.is_file():
-        return {}
+        return [], {}
+    stored = json.loads(path.read_text())
     finished: dict[tuple[str, str, float], list[dict]] = {}
     wanted = {k: getattr(args, k, None) for k in SETTINGS_THAT_MUST_MATCH}  # as aggregate() records them:
     wanted.update(steps=steps, samples=steps * args.batch_size, tf32=bool(args.tf32), compile=bool(args.compile))
-    for record in json.loads(path.read_text()):
+    for record in stored:
         differing = [k for k in SETTINGS_THAT_MUST_MATCH if record.get(k) != wanted[k]]
         if record.get("recurring_steps", 0) != args.recurring_steps:
             differing.append("recurring_steps")
@@ -357,7 +358,7 @@ def load_finished_runs(path: Path, args, steps: int) -> dict[tuple[str, str, flo
         finished[(record["model"], record["method"], record["lr"])] = [
             {**run, "device": run.get("device", record.get("device")), "_amgp_config": record.get("amgp_config")}
             for run in record["per_seed"]]
-    return finished
+    return stored, finished
 
 
 def _aggregate_all(name: str, runs: dict[tuple[str, float], list[dict]], plan: Plan, args, steps: int,
@@ -532,10 +533,9 @@ def main(argv=None) -> list[dict]:
 
     records: list[dict] = []  # each (model, method) at its best learning rate
     out = Path(args.out)
-    finished = load_finished_runs(grid_path(out), args, steps) if args.resume else {}
+    stored, finished = load_finished_runs(grid_path(out), args, steps) if args.resume else ([], {})
     # every (model, method, lr); other models' records of a resumed file are kept as they are
-    grid_records: list[dict] = [r for r in json.loads(grid_path(out).read_text()) if r["model"] not in args.models] \
-        if finished else []
+    grid_records: list[dict] = [r for r in stored if r["model"] not in args.models]
     if finished:
         say(f"resuming: {sum(len(v) for v in finished.values())} runs already in {grid_path(out)}")
     incomplete = False

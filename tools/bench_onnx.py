@@ -233,7 +233,7 @@ def plan_config(config: str, args, compact_paths: dict, dense_model: torch.nn.Mo
     if args.fused_embeddings:
         variants.append(Variant(config, "dense-fused-emb", dense_model, factory, {}, core=False, onnx_only=True,
                                 passes=default_passes().with_pass(FUSE_EMBEDDINGS_PASS)))
-    if getattr(args, "pair_gather", False):
+    if args.pair_gather:
         variants.append(Variant(config, "dense-pair-gather", dense_model, factory, {}, core=False, onnx_only=True,
                                 passes=default_passes().with_pass(PAIR_GATHER_PASS)))
     return variants
