@@ -63,6 +63,9 @@ def test_recurring_stage_trains_on_the_past_and_tests_on_the_future(tmp_path):
     write_fake_movielens(tmp_path / "data")
     directory = tmp_path / "data" / "movielens100k_ctr"
     tool = load_tool()
+    for bad in (["--recurring-share", "1.5"], ["--recurring-share", "0.2", "--recurring-epochs", "0"]):
+        with pytest.raises(SystemExit):
+            tool.parse_args(bad)
     with pytest.raises(SystemExit, match="has no time.npy"):
         tool.load_split(str(tmp_path / "data"), "movielens", None, 0.25)
     when = torch.randperm(4096, generator=torch.Generator().manual_seed(1)).numpy() * 10  # shuffled timestamps

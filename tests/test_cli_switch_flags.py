@@ -121,3 +121,15 @@ def test_the_data_aware_cyclic_recipe_trains_through_the_cli(tmp_path):
     assert [s["action"] for s in surgeries] == ["shrink", "grow"] * 3
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
     assert summary["amgp"]["recipe"] == "amgp-cycles-data" and summary["amgp"]["width_final"] == 1.0
+
+
+def test_the_rewarm_flag_reaches_the_run_and_its_summary(tmp_path):
+    """A user's --rewarm (here on the cyclic recipe, which has none) is what the run used, and the summary says so."""
+    result = _cli("train", "--model", "dlrm", "--amgp", "--amgp-recipe", "amgp-half", "--rewarm", "0.5",
+                  "--steps", "40", "--rows", "2000", "--train-batch", "64", "-q", "-o", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())["amgp"]
+    expected = _config(_args("--amgp", "--amgp-recipe", "amgp-half", "--rewarm", "0.5"), steps=40)
+    assert summary["config"]["rewarm_steps"] == expected.rewarm_steps > 0
+    assert summary["config"]["schedule"]["cycles"] == 3
+

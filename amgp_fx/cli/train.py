@@ -290,11 +290,12 @@ def progress_status(records) -> str:
 
 
 def _amgp_summary(meter, recipe: str) -> dict[str, Any]:
-    """What AMGP did: the recipe, the size the model ends at, and its training FLOPs next to the
-    same steps at full width (``flops_vs_full_width``: 0.65 = 0.65x of dense)."""
+    """What AMGP did: the recipe and the config it resolved to with the switch flags (``--rewarm``,
+    ``--fade``, ... as steps), the size the model ends at, and its training FLOPs next to the same
+    steps at full width (``flops_vs_full_width``: 0.65 = 0.65x of dense)."""
     hook = meter.hook
-    return {"recipe": recipe, "method": hook.schedule.method.value, "final": hook.schedule.final.value,
-            "width_final": hook.width(), **meter.summary()}
+    return {"recipe": recipe, "config": hook.config.to_dict(), "method": hook.schedule.method.value,
+            "final": hook.schedule.final.value, "width_final": hook.width(), **meter.summary()}
 
 
 def train_summary(result) -> dict[str, Any]:
