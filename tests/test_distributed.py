@@ -45,6 +45,7 @@ SWITCHING = AmgpSchedule(STEPS, warmup_steps=3, cycles=2, pruned_steps=5, dense_
 # pruned phases back to back: grow and shrink to the same widths at one step (same shapes, new accumulators)
 BACK_TO_BACK = AmgpSchedule(12, warmup_steps=2, cycles=3, pruned_steps=3, dense_steps=0)
 DUMP_STEPS = (2, 3, 5, 8, 10, 11, 12, 16, 20)
+CRASH_SIGNALS = {"SIGABRT", "SIGSEGV", "SIGBUS"}  # a stale DDP reducer can corrupt the heap
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # 2 ranks sum their gradients in another order than 1 process
 
 
@@ -243,14 +244,26 @@ def test_ranks_hold_identical_parameters_and_optimizer_state_through_phase_switc
     assert len(widths) == 2, f"the dumps should see both the full and the pruned model, saw {widths}"
 
 
-def test_without_the_rebuild_ddp_stops_reducing_and_the_run_fails(tmp_path):
+@pytest.mark.parametrize("case", ["no_rebuild", "shapes_only"])
+def test_without_the_rebuild_ddp_stops_reducing_and_the_run_fails(tmp_path, case):
     """The negative control of the test above: a wrapper kept across surgery (or one that looks at
-    shapes alone) stops averaging gradients; torch then refuses the next step."""
-    spawn(tmp_path, ["no_rebuild", "shapes_only"])
-    for case in ("no_rebuild", "shapes_only"):
-        for rank in range(WORLD):
-            outcome = json.loads((tmp_path / case / f"outcome_rank{rank}.json").read_text())
-            assert outcome["error"] and "finished reduction" in outcome["error"], (case, outcome)
+    shapes alone) stops averaging gradients; torch then refuses the next step on every rank.
+
+    A stale reducer is undefined behaviour inside torch: a rank that raises drops its reducer while
+    the other rank's gloo work may still write into its buckets, and about one run in ten dies of
+    heap corruption (SIGABRT/SIGSEGV) instead of raising. Both are the run failing; a run that
+    completes, or dies of anything else, fails this test.
+    """
+    try:
+        spawn(tmp_path, [case])
+    except mp.ProcessExitedException as exc:
+        assert exc.signal_name in CRASH_SIGNALS, f"{case}: a worker exited with {exc.exit_code}, not a crash"
+        logged = read_metrics(tmp_path / case / "metrics.jsonl")
+        assert any(r["kind"] == "amgp_surgery" for r in logged), f"{case}: crashed before the first surgery"
+        return
+    for rank in range(WORLD):
+        outcome = json.loads((tmp_path / case / f"outcome_rank{rank}.json").read_text())
+        assert outcome["error"] and "finished reduction" in outcome["error"], (case, outcome)
 
 
 def test_every_rank_applies_rank_0s_prune_plan(runs):
