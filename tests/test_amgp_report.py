@@ -104,6 +104,15 @@ def test_sweep_runs_each_variant_on_one_data_set_and_pairs_it_with_dense(tmp_pat
     assert (base["cycles"], one_cycle["cycles"]) == (3, 1), "a fractions variant runs its own schedule"
     assert records[1]["amgp_config"]["rescale"] is True
     assert "vs dense" in done.stdout  # the summary pairs every variant with the dense run of its lr
+    # --first-seed adds seeds to an earlier sweep: seed 1 alone is the run seed 1 was in the 2-seed sweep
+    later = tmp_path / "later.json"
+    more = subprocess.run(command[:command.index("--seeds")] + ["--seeds", "1", "--first-seed", "1", "--samples", "3072",
+                                                                 "--variants", "dense", "base", "--out", str(later)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert more.returncode == 0, more.stderr[-3000:]
+    added = json.loads(later.read_text())
+    assert [r["seeds"] for r in added] == [[1], [1]]
+    assert [r["per_seed"][0]["auc"] for r in added] == [r["per_seed"][1]["auc"] for r in records[:2]]
 
 
 def test_sweep_refuses_a_cpu_proxy_of_another_model():

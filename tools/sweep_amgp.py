@@ -155,7 +155,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
                         help="with --cpu-proxy: hidden MLP widths times this (the GPU benchmark's are 8x)")
     parser.add_argument("--curve-dir", default=None,
                         help="write each run's metrics log here, per variant and seed (with --eval-every: AUC over training)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="run seeds first-seed .. first-seed + --seeds - 1 (more seeds for an earlier sweep's file)")
     own, rest = parser.parse_known_args(argv)
+    if own.first_seed < 0:
+        parser.error("--first-seed must be >= 0")
     if own.cpu_proxy and own.model != "dlrm":
         parser.error("--cpu-proxy shrinks the DLRM benchmark; use --model dlrm")
     if own.proxy_mlp_scale != 1.0 and not (own.cpu_proxy and own.proxy_mlp_scale > 0):
@@ -192,7 +196,7 @@ def main(argv=None) -> list[dict]:
         if not records:
             bench_amgp.warm_up(spec, plan, data, args, steps)
         runs = []
-        for seed in range(base.seeds):
+        for seed in range(own.first_seed, own.first_seed + base.seeds):
             curve = None
             if own.curve_dir:
                 Path(own.curve_dir).mkdir(parents=True, exist_ok=True)
