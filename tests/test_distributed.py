@@ -250,7 +250,7 @@ def test_without_the_rebuild_ddp_stops_reducing_and_the_run_fails(tmp_path, case
     shapes alone) stops averaging gradients; torch then refuses the next step on every rank.
 
     A stale reducer is undefined behaviour inside torch: a rank that raises drops its reducer while
-    the other rank's gloo work may still write into its buckets, and about one run in ten dies of
+    the other rank's gloo work may still write into its buckets, and some runs (2 of 15 here) die of
     heap corruption (SIGABRT/SIGSEGV) instead of raising. Both are the run failing; a run that
     completes, or dies of anything else, fails this test.
     """
