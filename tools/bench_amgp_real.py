@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_amgp  # noqa: E402
+from fetch_real_data import TIME_FILE  # noqa: E402  (written where the source has timestamps)
 from amgp_fx.data import Batch, DatasetSpec, load_npy_dataset, train_eval_split  # noqa: E402
 from amgp_fx.fileio import atomic_write_json  # noqa: E402
 
@@ -52,7 +53,6 @@ METHODS = bench_amgp.METHODS
 DATASETS = {"movielens": "movielens100k_ctr", "adult": "adult_ctr"}
 EVAL_FRACTION = 0.2
 SPLIT_SEED = 0
-TIME_FILE = "time.npy"  # written by tools/fetch_real_data.py where the source has timestamps
 
 # dataset -> model -> architecture (widths for ~100k rows: MLPs wide enough that halving them
 # matters) and the training setup tuned once for the dense model
