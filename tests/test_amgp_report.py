@@ -115,6 +115,12 @@ def test_sweep_runs_each_variant_on_one_data_set_and_pairs_it_with_dense(tmp_pat
     assert [r["per_seed"][0]["auc"] for r in added] == [r["per_seed"][1]["auc"] for r in records[:2]]
 
 
+def test_sweep_refuses_a_negative_first_seed():
+    command = [sys.executable, str(ROOT / "tools" / "sweep_amgp.py"), "--tiny", "--first-seed", "-1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "--first-seed must be >= 0" in done.stderr
+
+
 def test_sweep_refuses_a_cpu_proxy_of_another_model():
     command = [sys.executable, str(ROOT / "tools" / "sweep_amgp.py"), "--cpu-proxy", "--model", "dcn_v2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
