@@ -305,3 +305,26 @@ def test_a_resume_keeps_the_runs_it_does_not_ask_for(tmp_path):
     assert {k: v for k, v in after.items() if k != new} == before and len(before) == 4  # dcn_v2, amgp, seed 1 kept
     assert [r["seed"] for r in after[new]] == [0]
     assert {r["method"] for r in json.loads(out.read_text())} == {"dense", "amgp"}  # both in the table
+
+
+def test_deterministic_flag_turns_on_deterministic_kernels_for_the_runs(monkeypatch):
+    """--deterministic: torch refuses (warns about) nondeterministic kernels while the runs train, so a
+    GPU run reproduces itself; without it nothing is changed."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import bench_amgp
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    import torch
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        for flag, expected in (([], before[0]), (["--deterministic"], True)):
+            args = bench_amgp.parse_args(["--tiny", "--samples", "512", *flag])
+            bench_amgp.prepare_data(args, 2, lambda *_: None)
+            assert torch.are_deterministic_algorithms_enabled() is expected
+        assert torch.is_deterministic_algorithms_warn_only_enabled()  # a kernel without one warns, the run goes on
+        assert bench_amgp.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])

@@ -305,7 +305,7 @@ def aggregate(name: str, method: str, runs: list[dict], plan: Plan, args, steps:
         "seeds": [r["seed"] for r in runs], "device": _devices(runs, device_name), "command": _command(),
         "optimizer": args.optimizer, "lr": args.lr, "sparse_optimizer": args.sparse_optimizer,
         "sparse_lr": args.sparse_lr, "compile": bool(args.compile), "tf32": bool(args.tf32),
-        "eval_every": args.eval_every, "teacher": args.teacher, "test_samples": args.test_samples,
+        "deterministic": bool(getattr(args, "deterministic", False)), "eval_every": args.eval_every, "teacher": args.teacher, "test_samples": args.test_samples,
         "lr_schedule": args.lr_schedule, "lr_warmup": args.lr_warmup, "lr_final_ratio": args.lr_final_ratio,
         "amgp_config": config.to_dict(), "width_scale": plan.small_scale if method == "small_dense" else None,
         "model_overrides": {k: list(v) if isinstance(v, tuple) and len(v) < 10 else v
@@ -447,6 +447,9 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the graph module (each width change recompiles; off by default)")
     parser.add_argument("--no-tf32", dest="tf32", action="store_false", help="disable TF32 matmuls on the GPU")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic CUDA kernels (torch.use_deterministic_algorithms, warn only): a run then "
+                             "reproduces itself on one GPU; the warnings name the ops that had none")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (tiny default 1)")
     parser.add_argument("--workers", type=int, default=None, help="data generation processes (default: cores)")
     parser.add_argument("--budget-s", type=float, default=None,
@@ -499,6 +502,9 @@ def prepare_data(args, steps: int, say,
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
+    if getattr(args, "deterministic", False):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS makes its first handle
+        torch.use_deterministic_algorithms(True, warn_only=True)
     return (train_rows.to(device), test_rows.to(device)), device
 
 
