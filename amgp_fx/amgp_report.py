@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from amgp_fx.paired_stats import paired_differences
 from amgp_fx.report_format import flops_scale
 
 __all__ = ["FlopsMeter", "phase_records", "phase_table", "comparison_table", "best_per_method", "plot_run",
@@ -62,7 +63,8 @@ def best_per_method(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
     The best rate is the one with the highest mean AUC over seeds; the chosen record gains
     ``lr_grid`` (every rate tried with its mean and spread) and, for other methods than dense,
     ``paired_vs_dense``: per seed, its AUC minus dense's (at dense's own best rate) on the same
-    seed, their mean and sample standard deviation, and on how many seeds it won.
+    seed, their mean, sample standard deviation, 95% interval and verdict, and on how many seeds it
+    won (:func:`amgp_fx.paired_stats.paired_differences`).
 
     Example:
         >>> runs = lambda *aucs: [{"seed": i, "auc": a} for i, a in enumerate(aucs)]
@@ -73,8 +75,6 @@ def best_per_method(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
         >>> [(r["method"], r["lr"]) for r in best], best[1]["paired_vs_dense"]["per_seed"]
         ([('dense', 0.001), ('amgp', 0.001)], [0.01, 0.0])
     """
-    import statistics
-
     chosen: dict[tuple, dict[str, Any]] = {}
     grids: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
@@ -87,12 +87,10 @@ def best_per_method(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
         dense = chosen.get((key[0], "dense"))
         if dense is None or record is dense:
             continue
-        base = {run["seed"]: run["auc"] for run in dense["per_seed"]}
-        diffs = [round(run["auc"] - base[run["seed"]], 10) for run in record["per_seed"] if run["seed"] in base]
         record["paired_vs_dense"] = {
-            "per_seed": diffs, "mean": statistics.fmean(diffs) if diffs else None,
-            "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0, "wins": sum(d > 0 for d in diffs),
-            "seeds": len(diffs), "dense_lr": dense["lr"]}
+            **paired_differences({run["seed"]: run["auc"] for run in record["per_seed"]},
+                                 {run["seed"]: run["auc"] for run in dense["per_seed"]}),
+            "dense_lr": dense["lr"]}
     return list(chosen.values())
 
 

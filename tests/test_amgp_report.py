@@ -328,3 +328,24 @@ def test_deterministic_flag_turns_on_deterministic_kernels_for_the_runs(monkeypa
         assert bench_amgp.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_paired_differences_give_students_interval_and_call_a_tie_a_tie():
+    from amgp_fx.paired_stats import describe_interval, paired_differences, t_quantile_975
+
+    tie = paired_differences({0: 0.81, 1: 0.80, 2: 0.83, 5: 0.9}, {0: 0.80, 1: 0.80, 2: 0.80, 3: 0.7})
+    assert tie["per_seed"] == pytest.approx([0.01, 0.0, 0.03]) and tie["seeds"] == 3 and tie["wins"] == 2
+    half = 4.303 * tie["std"] / 3 ** 0.5  # t(0.975, 2 dof) on the sample std of the three differences
+    assert tie["std"] == pytest.approx(0.0152753, rel=1e-5)
+    assert tie["ci95"] == pytest.approx([0.04 / 3 - half, 0.04 / 3 + half]) and tie["verdict"] == "tie"
+    assert paired_differences({0: 0.82, 1: 0.83, 2: 0.825}, {0: 0.80, 1: 0.80, 2: 0.80})["verdict"] == "above"
+    assert paired_differences({0: 0.79, 1: 0.78}, {0: 0.80, 1: 0.80})["verdict"] == "tie"  # 1 dof: t = 12.7
+    below = paired_differences({s: 0.79 + 0.001 * (s % 2) for s in range(6)}, {s: 0.80 for s in range(6)})
+    assert below["verdict"] == "below" and below["ci95"][1] < 0 and "below, 95% CI [-0.0" in describe_interval(below)
+    one = paired_differences({0: 0.9}, {0: 0.8})
+    assert one["ci95"] is None and one["verdict"] == "tie" and "one seed" in describe_interval(one)
+    with pytest.raises(ValueError, match="degree of freedom"):
+        t_quantile_975(0)
+    stats = pytest.importorskip("scipy.stats")
+    for dof in (1, 2, 3, 5, 10, 29, 30, 31, 45, 100, 1000):
+        assert t_quantile_975(dof) == pytest.approx(stats.t.ppf(0.975, dof), rel=2e-3), dof

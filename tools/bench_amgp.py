@@ -61,6 +61,7 @@ from amgp_fx.config import SyntheticConfig, TrainConfig  # noqa: E402
 from amgp_fx.data import Batch, SyntheticCriteo  # noqa: E402
 from amgp_fx.fileio import atomic_write_bytes, atomic_write_json  # noqa: E402
 from amgp_fx.flops import count_training_flops, width_scale_for_flops  # noqa: E402
+from amgp_fx.paired_stats import describe_interval  # noqa: E402
 from amgp_fx.schedule import CRITERIA, AmgpConfig  # noqa: E402
 from amgp_fx.train import train  # noqa: E402
 
@@ -621,7 +622,7 @@ def main(argv=None) -> list[dict]:
         if paired and paired["mean"] is not None:
             say(f"{record['model']} {record['method']:11s} best lr {record['lr']:g}: paired AUC vs dense (lr "
                 f"{paired['dense_lr']:g}) {paired['mean']:+.5f} +- {paired['std']:.5f}, wins {paired['wins']}/"
-                f"{paired['seeds']}; per seed {', '.join(f'{d:+.4f}' for d in paired['per_seed'])}")
+                f"{paired['seeds']} ({describe_interval(paired)}); per seed {', '.join(f'{d:+.4f}' for d in paired['per_seed'])}")
     try:
         print(comparison_table(records), flush=True)
     except ImportError as error:  # tabulate missing: the JSON file has everything

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from amgp_fx.amgp_report import best_per_method, plot_auc_vs_flops  # noqa: E402
 from amgp_fx.fileio import atomic_write_json  # noqa: E402
+from amgp_fx.paired_stats import describe_interval, paired_differences  # noqa: E402
 
 # the plot's series: sweep_amgp's variants by the method they run, a FLOPs level per point
 # (NAME-80: 80% of the steps pruned instead of 60%)
@@ -45,14 +46,6 @@ def load_records(paths: list[str]) -> list[dict[str, Any]]:
     return [record for _, record in chosen.values()]
 
 
-def paired(values: dict[int, float], base: dict[int, float]) -> dict[str, Any]:
-    """Per-seed differences on the seeds both have, with mean, spread and wins."""
-    diffs = [round(values[s] - base[s], 10) for s in sorted(values) if s in base]
-    return {"per_seed": diffs, "mean": statistics.fmean(diffs) if diffs else None,
-            "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0, "wins": sum(d > 0 for d in diffs),
-            "seeds": len(diffs)}
-
-
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """best_per_method's choice per variant, plus recurring-stage pairs, FLOPs relative to dense
     and whether the grid brackets the chosen rate (a best rate at either end of the grid is not)."""
@@ -67,7 +60,7 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if record is not dense and "recurring_auc" in record["per_seed"][0] and "recurring_auc" in dense["per_seed"][0]:
             ours = {run["seed"]: run["recurring_auc"] for run in record["per_seed"]}
             base = {run["seed"]: run["recurring_auc"] for run in dense["per_seed"]}
-            record["recurring_paired_vs_dense"] = paired(ours, base)
+            record["recurring_paired_vs_dense"] = paired_differences(ours, base)
             record["recurring_flops_vs_dense"] = (statistics.fmean(run["recurring_flops"] for run in record["per_seed"])
                                                   / statistics.fmean(run["recurring_flops"] for run in dense["per_seed"]))
     return best
@@ -93,7 +86,7 @@ def table(best: list[dict[str, Any]]) -> str:
         pair = r.get("paired_vs_dense")
         vs = (f"{pair['mean']:+.4f} +- {pair['std']:.4f} ({', '.join(f'{d:+.4f}' for d in pair['per_seed'])})"
               if pair else "0")
-        wins = f"{pair['wins']}/{pair['seeds']}" if pair else ""
+        wins = f"{pair['wins']}/{pair['seeds']}, {describe_interval(pair)}" if pair and "ci95" in pair else ""
         rec = r.get("recurring_paired_vs_dense")
         recurring = (f"{rec['mean']:+.4f} ({', '.join(f'{d:+.4f}' for d in rec['per_seed'])})" if rec
                      else (f"{r['recurring_auc_mean']:.4f}" if "recurring_auc_mean" in r else ""))
@@ -101,7 +94,7 @@ def table(best: list[dict[str, Any]]) -> str:
                      f"{r['auc_mean']:.4f} +- {r['auc_std']:.4f}", vs, wins,
                      f"{r.get('flops_vs_dense', float('nan')):.2f}", recurring,
                      f"{r['recurring_flops_vs_dense']:.2f}" if "recurring_flops_vs_dense" in r else "", final_size(r)])
-    headers = ["variant", "best lr", "mean AUC per lr", "test AUC", "paired vs dense (per seed)", "wins",
+    headers = ["variant", "best lr", "mean AUC per lr", "test AUC", "paired vs dense (per seed)", "wins, verdict",
                "FLOPs vs dense", "recurring stage vs dense (per seed)", "recurring FLOPs vs dense", "model after"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
