@@ -349,3 +349,38 @@ def test_paired_differences_give_students_interval_and_call_a_tie_a_tie():
     stats = pytest.importorskip("scipy.stats")
     for dof in (1, 2, 3, 5, 10, 29, 30, 31, 45, 100, 1000):
         assert t_quantile_975(dof) == pytest.approx(stats.t.ppf(0.975, dof), rel=2e-3), dof
+
+
+def test_init_jitter_perturbs_the_run_by_its_size_and_resume_refuses_another_jitter(tmp_path):
+    """--init-jitter: the same seed with another jitter seed starts from weights that differ by about EPS
+    relative (a butterfly test), jitter seed 0 twice starts identically, and a resume with another jitter is
+    refused rather than mixed."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import bench_amgp
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    import torch
+
+    def weights(jitter_seed):
+        model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 1))
+        torch.manual_seed(0)
+        for p in model.parameters():
+            torch.nn.init.normal_(p)
+        bench_amgp.jitter_(model, 1e-4, jitter_seed)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    torch.manual_seed(0)
+    plain = torch.cat([torch.nn.init.normal_(torch.empty(s)).flatten() for s in ((64, 64), (64,), (1, 64), (1,))])
+    first, again, other = weights(1), weights(1), weights(2)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    relative = ((first - plain) / plain).std().item()
+    assert 0.5e-4 < relative < 2e-4  # the perturbation has the size asked for
+    out = tmp_path / "j.json"
+    base = [sys.executable, str(ROOT / "tools" / "bench_amgp.py"), "--tiny", "--models", "dlrm", "--methods", "dense",
+            "--seeds", "1", "--samples", "1024", "--out", str(out)]
+    runs = [subprocess.run(base + extra, capture_output=True, text=True, timeout=300, cwd=ROOT)
+            for extra in (["--init-jitter", "1e-3", "--jitter-seed", "1"], ["--resume"])]
+    assert runs[0].returncode == 0, runs[0].stderr[-2000:]
+    assert json.loads(out.read_text())[0]["init_jitter"] == 1e-3
+    assert runs[1].returncode != 0 and "init_jitter" in runs[1].stderr + runs[1].stdout

@@ -220,6 +220,8 @@ def run_one(spec: dict[str, Any], method: str, seed: int, plan: Plan, data: tupl
     torch.manual_seed(seed)
     with device:
         model = build(spec, plan.small_overrides if method == "small_dense" else None)
+    if getattr(args, "init_jitter", 0.0):
+        jitter_(model, args.init_jitter, args.jitter_seed)
     graph = amgp_fx.analyze(model, model.example_inputs(4))
     config = {"dense": plan.dense, "small_dense": plan.dense, "amgp": plan.amgp, "prune_only": plan.prune_only}[method]
     probe = data[1][: args.probe_rows] if args.probe_rows else None  # held-out rows: switch jumps
@@ -246,6 +248,16 @@ def run_one(spec: dict[str, Any], method: str, seed: int, plan: Plan, data: tupl
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return record
+
+
+def jitter_(model: torch.nn.Module, eps: float, seed: int) -> None:
+    """Multiply each parameter by ``1 + eps * N(0, 1)`` from its own generator (seeded by ``seed``), so
+    that the same seed's run differs only by a perturbation of relative size ``eps``."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
+            parameter.mul_((1 + eps * noise).to(parameter.dtype).to(parameter.device))
 
 
 def recurring_stage(model: torch.nn.Module, graph, data: tuple[Batch, Batch], args, device: torch.device,
@@ -306,7 +318,9 @@ def aggregate(name: str, method: str, runs: list[dict], plan: Plan, args, steps:
         "seeds": [r["seed"] for r in runs], "device": _devices(runs, device_name), "command": _command(),
         "optimizer": args.optimizer, "lr": args.lr, "sparse_optimizer": args.sparse_optimizer,
         "sparse_lr": args.sparse_lr, "compile": bool(args.compile), "tf32": bool(args.tf32),
-        "deterministic": bool(getattr(args, "deterministic", False)), "eval_every": args.eval_every, "teacher": args.teacher, "test_samples": args.test_samples,
+        "deterministic": bool(getattr(args, "deterministic", False)),
+        "init_jitter": getattr(args, "init_jitter", 0.0), "jitter_seed": getattr(args, "jitter_seed", 0),
+        "eval_every": args.eval_every, "teacher": args.teacher, "test_samples": args.test_samples,
         "lr_schedule": args.lr_schedule, "lr_warmup": args.lr_warmup, "lr_final_ratio": args.lr_final_ratio,
         "amgp_config": config.to_dict(), "width_scale": plan.small_scale if method == "small_dense" else None,
         "model_overrides": {k: list(v) if isinstance(v, tuple) and len(v) < 10 else v
@@ -353,6 +367,9 @@ def load_finished_runs(path: Path, args, steps: int) -> tuple[list[dict], dict[t
         differing = [k for k in SETTINGS_THAT_MUST_MATCH if record.get(k) != wanted[k]]
         if record.get("recurring_steps", 0) != args.recurring_steps:
             differing.append("recurring_steps")
+        for key in ("init_jitter", "jitter_seed"):  # absent from files made before the flag: no jitter
+            if record.get(key, 0) != getattr(args, key, 0):
+                differing.append(key)
         if differing:
             raise SystemExit(f"bench_amgp: error: {path} was made with other settings ({', '.join(differing)}). "
                              f"Use another --out, or drop --resume to start over.")
@@ -448,6 +465,10 @@ def parse_args(argv=None):
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the graph module (each width change recompiles; off by default)")
     parser.add_argument("--no-tf32", dest="tf32", action="store_false", help="disable TF32 matmuls on the GPU")
+    parser.add_argument("--init-jitter", type=float, default=0.0, metavar="EPS",
+                        help="multiply every initial parameter by (1 + EPS * N(0, 1)) drawn from --jitter-seed: "
+                             "a butterfly test of how much a method amplifies tiny numeric differences")
+    parser.add_argument("--jitter-seed", type=int, default=0, help="generator seed of --init-jitter's noise")
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic CUDA kernels (torch.use_deterministic_algorithms, warn only): a run then "
                              "reproduces itself on one GPU; the warnings name the ops that had none")
