@@ -227,13 +227,15 @@ class _Choice:
 def _member_table(graph: DependencyGraph, chosen: Sequence[Group], keep: Mapping[str, Sequence[int]]) -> dict:
     """Per group: every member tensor dim with its size before and after all of the plan's groups shrink."""
     shapes = {name: tuple(t.shape) for name, t in [*graph.module.named_parameters(), *graph.module.named_buffers()]}
-    removed: dict[tuple[str, int], int] = {}
-    for group in chosen:
+    gone: dict[tuple[str, int], set[int]] = {}  # positions, not counts: two groups can share a position
+    for group in chosen:  # (heads x head_dim of one projection), which goes once when either drops it
         dropped = np.ones(group.full_size, dtype=bool)
         dropped[list(keep[group.id])] = False
         for member in group.members:
-            gone = int(dropped[member.channels[member.channels >= 0]].sum())
-            removed[(member.tensor, member.dim)] = removed.get((member.tensor, member.dim), 0) + gone
+            valid = member.channels >= 0
+            positions = member.positions[valid][dropped[member.channels[valid]]]
+            gone.setdefault((member.tensor, member.dim), set()).update(positions.tolist())
+    removed = {key: len(positions) for key, positions in gone.items()}
     return {g.id: tuple(vars(m) for m in member_sizes(g, shapes, removed)) for g in chosen}
 
 
