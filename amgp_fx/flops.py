@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = ["OPTIMIZER_FLOPS_PER_ELEMENT", "TrainingFlops", "count_training_flops", "optimizer_flops_per_element",
            "mlp_training_flops", "graph_step_flops", "width_scale_for_flops"]
@@ -104,6 +105,20 @@ def _resize_batch(example_inputs: Any, batch_size: int | None) -> Any:
     return pytree.tree_map(meta, example_inputs)
 
 
+class _OnMeta(TorchDispatchMode):
+    """Keeps the count on meta: a tensor the module makes on a real device (``torch.zeros(n, 8)``,
+    ``torch.arange(L)`` in ``forward``: a ``device=cpu`` a traced graph spells out) or holds as a
+    constant is made or taken as a meta tensor, so it mixes with the meta parameters and inputs."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if isinstance(kwargs.get("device"), (torch.device, str)) and torch.device(kwargs["device"]).type != "meta":
+            kwargs["device"] = torch.device("meta")
+        args, kwargs = pytree.tree_map(
+            lambda v: v.to("meta") if isinstance(v, torch.Tensor) and not v.is_meta else v, (args, kwargs))
+        return func(*args, **kwargs)
+
+
 def _as_args(example_inputs: Any) -> tuple:
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
@@ -154,9 +169,9 @@ def count_training_flops(module: nn.Module, example_inputs: Any, *, batch_size: 
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.random.fork_rng(devices=[]):  # dropout on meta tensors still draws from the CPU generator
-        with FlopCounterMode(display=False) as forward_counter:
+        with FlopCounterMode(display=False) as forward_counter, _OnMeta():
             output = torch.func.functional_call(module, {**params, **buffers}, inputs)
-        with FlopCounterMode(display=False) as backward_counter:
+        with FlopCounterMode(display=False) as backward_counter, _OnMeta():
             grads = torch.autograd.grad(_outputs_sum(output), [params[n] for n in trainable], allow_unused=True)
     by_operator: dict[str, int] = {}
     for counter in (forward_counter, backward_counter):
