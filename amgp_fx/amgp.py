@@ -547,7 +547,9 @@ class AmgpHook:
         was_training = module.training
         module.eval()
         try:
-            logits = module(self.probe.dense, self.probe.sparse)
+            from amgp_fx.train import logits_of
+
+            logits = logits_of(module(self.probe.dense, self.probe.sparse))
         finally:
             module.train(was_training)
         label = self.probe.label.reshape(logits.shape).to(logits.dtype)

@@ -57,7 +57,7 @@ from .metrics import MetricsLogger, ctr_metrics
 from .lr_schedule import lr_factor, set_learning_rates
 from .optim import RowWiseAdagrad
 
-__all__ = ["Optimizers", "TrainContext", "TrainResult", "build_optimizers", "default_forward", "evaluate", "train"]
+__all__ = ["Optimizers", "TrainContext", "TrainResult", "build_optimizers", "default_forward", "evaluate", "logits_of", "train"]
 
 logger = logging.getLogger(__name__)
 Forward = Callable[[nn.Module, Batch], torch.Tensor]
@@ -209,7 +209,23 @@ class TrainResult:
     checkpoint: str | None = None
 
 
+def logits_of(output: Any) -> torch.Tensor:
+    """The model's output as one logits tensor: itself, or a multi-task model's tuple, list or dict
+    of per-task logits ((B,) or (B, k) each) side by side as (B, T), tasks in the order of the
+    output's leaves (a dict's in its key order)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    from torch.utils import _pytree as pytree
+
+    leaves = pytree.tree_leaves(output)
+    if not leaves or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in leaves):
+        raise ValueError(f"model returned {type(output).__name__} of {[type(t).__name__ for t in leaves]}, not "
+                         "logits: return a (B,) or (B, T) tensor, or a tuple or dict of per-task (B,) tensors")
+    return leaves[0] if len(leaves) == 1 else torch.cat([t.reshape(t.shape[0], -1) for t in leaves], dim=1)
+
+
 def _loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    logits = logits_of(logits)
     if logits.shape != label.shape:
         if logits.numel() != label.numel():
             raise ValueError(f"model returned logits {tuple(logits.shape)} for labels {tuple(label.shape)}")
@@ -239,7 +255,7 @@ def evaluate(
     logits_parts, label_parts = [], []
     try:
         for batch in loader.epoch(0):
-            logits = forward(model, batch)
+            logits = logits_of(forward(model, batch))
             logits_parts.append(logits.reshape(batch.label.shape).float().cpu())
             label_parts.append(batch.label.cpu())
     finally:

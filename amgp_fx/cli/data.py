@@ -32,8 +32,14 @@ def data_shape(loaded) -> dict[str, Any]:
             or inputs[0].dim() != 2 or inputs[1].dim() != 2:
         raise UsageError("training needs a model taking (dense (B, D) float32, sparse (B, F) int64), got "
                          f"{len(inputs)} inputs", "Train it from Python with amgp_fx.train.train")
+    from amgp_fx.train import logits_of
+
     with torch.no_grad():
-        output = module(*inputs)
+        try:
+            output = logits_of(module(*inputs))
+        except ValueError as error:
+            raise UsageError(f"cannot train this model: {error}", "Train it from Python with amgp_fx.train.train "
+                             "and a forward that returns its logits") from None
     tasks = 1 if output.dim() == 1 else int(output.shape[1])
     known = loaded.metadata.get("data") or {}
     table_sizes = getattr(module, "table_sizes", None) or known.get("table_sizes") or \
