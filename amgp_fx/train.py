@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as functional
 from torch import nn
+from torch.utils import _pytree as pytree
 from tqdm import tqdm
 
 from .checkpoint import (
@@ -215,8 +216,6 @@ def logits_of(output: Any) -> torch.Tensor:
     output's leaves (a dict's in its key order)."""
     if isinstance(output, torch.Tensor):
         return output
-    from torch.utils import _pytree as pytree
-
     leaves = pytree.tree_leaves(output)
     if not leaves or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in leaves):
         raise ValueError(f"model returned {type(output).__name__} of {[type(t).__name__ for t in leaves]}, not "

@@ -86,7 +86,7 @@ def table(best: list[dict[str, Any]]) -> str:
         pair = r.get("paired_vs_dense")
         vs = (f"{pair['mean']:+.4f} +- {pair['std']:.4f} ({', '.join(f'{d:+.4f}' for d in pair['per_seed'])})"
               if pair else "0")
-        wins = f"{pair['wins']}/{pair['seeds']}, {describe_interval(pair)}" if pair and "ci95" in pair else ""
+        wins = f"{pair['wins']}/{pair['seeds']}, {describe_interval(pair)}" if pair else ""
         rec = r.get("recurring_paired_vs_dense")
         recurring = (f"{rec['mean']:+.4f} ({', '.join(f'{d:+.4f}' for d in rec['per_seed'])})" if rec
                      else (f"{r['recurring_auc_mean']:.4f}" if "recurring_auc_mean" in r else ""))
