@@ -66,10 +66,12 @@ class PruneScope(str, enum.Enum):
 
 
 class GrowInit(str, enum.Enum):
-    """Values of regrown units: the saved ones, or fresh function-preserving ones."""
+    """Values of regrown units: the saved ones, fresh function-preserving ones, or copies of kept
+    units whose outgoing weights they share (``amgp_fx.net2wider``, also function-preserving)."""
 
     RESTORE = "restore"
     FRESH = "fresh"
+    SPLIT = "split"
 
 
 class OptimizerStatePolicy(str, enum.Enum):
@@ -317,7 +319,9 @@ class AmgpConfig:
             "activation" (each unit's expected squared contribution to its consumers on the step's
             training batch, so that units silent on the data go first; ``amgp_fx.importance``).
         round_to: kept widths are rounded to a multiple of this (tensor cores like 8); 1 = exact.
-        grow_init: "restore" (saved values) or "fresh" (random in, zero out: same function).
+        grow_init: "restore" (saved values), "fresh" (random in, zero out: same function) or "split"
+            (Net2WiderNet: each regrown unit copies a kept unit and its optimizer state, and the
+            two share the source's outgoing weights in random shares: same function, useful at once).
         optimizer_state: "restore" (saved moments of regrown units), "reset" (zeros) or "mean"
             (first moments zero, second moments the kept units' mean). Adam's bias correction counts
             the tensor's steps, not the slot's: a regrown slot with zero (or step-0) moments late in
@@ -429,6 +433,9 @@ class AmgpConfig:
                      f"AmgpConfig.{name} must be an integer in [0, total_steps], got {value!r}")
         _require(self.grow_ramp_steps == 0 or self.preserve_growth,
                  "AmgpConfig.grow_ramp_steps ramps a function-preserving growth: set preserve_growth=True")
+        _require(self.grow_ramp_steps == 0 or self.grow_init is not GrowInit.SPLIT,
+                 "AmgpConfig.grow_init='split' leaves nothing to ramp (the copies share their sources' outgoing "
+                 "weights at once): set grow_ramp_steps=0")
         _require(isinstance(self.fold_bias, bool),
                  f"AmgpConfig.fold_bias must be true or false, got {self.fold_bias!r}")
         _require(self.selection in SELECTIONS, f"AmgpConfig.selection must be one of {SELECTIONS}, "

@@ -14,8 +14,9 @@ options of `amgp_fx.schedule.AmgpConfig`:
   change in every consumer's mean output (the removed units' mean, the rescale's shift of the kept
   units' mean) goes into its bias, measured on a batch of real inputs (``stats``); the fold is given
   back where the rescale is divided out.
-* growth: ``surgery.grow_`` (restored or fresh values) with the rescale divided out; or, with
-  ``preserve_growth``, function-preserving: kept units keep their current weights, regrown units
+* growth: ``surgery.grow_`` (restored or fresh values) with the rescale divided out; with
+  ``grow_init="split"``, copies of kept units that share their outgoing weights (``amgp_fx.net2wider``,
+  function-preserving, the rescale split along); or, with ``preserve_growth``, function-preserving: kept units keep their current weights, regrown units
   enter with zero outgoing weights, and ``grow_ramp_steps`` phases their saved outgoing weights
   back in while undoing the rescale.
 
@@ -40,10 +41,11 @@ from amgp_fx.bias_fold import add_to_biases_, fold_change, mean_outputs, sum_fol
 from amgp_fx.groups.analyze import DependencyGraph
 from amgp_fx.groups.model import Group, Role
 from amgp_fx.importance import channel_energy
+from amgp_fx.net2wider import split_grow_
 from amgp_fx.rescale import consumer_scales, member_slices
 from amgp_fx.schedule import AmgpConfig, GrowInit, Method, PruneScope
 from amgp_fx.segments import group_segments, keep_channels, resolve_policy
-from amgp_fx.surgery import SurgeryRecord, grow_, shrink_
+from amgp_fx.surgery import SurgeryRecord, grow_, optimizer_list, shrink_
 
 __all__ = ["SwitchPolicy", "plan_keep", "round_width", "removed_overlap"]
 
@@ -341,9 +343,19 @@ class SwitchPolicy:
         config = self.config
         self.ramp = None
         before = {g.id: g.alive.copy() for g in self.groups}
-        grow_(self.graph, record, optimizers, init=config.grow_init.value,
-              optimizer_state=config.optimizer_state.value, generator=generator)
+        split = config.grow_init is GrowInit.SPLIT
+        grow_(self.graph, record, optimizers, init="fresh" if split else config.grow_init.value,
+              optimizer_state=config.optimizer_state.value,
+              generator=torch.Generator().manual_seed(0) if split else generator)  # split overwrites the values
         regrown = {g.id: np.nonzero(g.alive & ~before[g.id])[0] for g in self.groups}
+        if split:  # copies of kept units sharing their outgoing weights: the function is unchanged
+            generator = generator or torch.Generator().manual_seed(config.seed)
+            for g in self.groups:
+                if regrown[g.id].size:
+                    split_grow_(self.graph, g, np.nonzero(before[g.id])[0], regrown[g.id],
+                                optimizer_list(optimizers), generator)
+            self._forget()
+            return
         restore = config.grow_init is GrowInit.RESTORE
         faded = self.faded_outgoing if restore else {}  # restored units come back as they were before their fade
         if not config.preserve_growth:

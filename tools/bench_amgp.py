@@ -432,7 +432,7 @@ def parse_args(argv=None):
                         help="importance at each shrink (activation: measured on the step's batch)")
     parser.add_argument("--fold-bias", action="store_true",
                         help="fold the removed units' mean output into the consumers' biases (AmgpConfig.fold_bias)")
-    parser.add_argument("--grow-init", default="restore", choices=["restore", "fresh"])
+    parser.add_argument("--grow-init", default="restore", choices=["restore", "fresh", "split"])
     parser.add_argument("--optimizer-state", default="restore", choices=["restore", "reset", "mean"])
     parser.add_argument("--no-rescale", dest="rescale", action="store_false",
                         help="do not compensate the kept units' output scale at a shrink (amgp_fx.rescale)")

@@ -74,6 +74,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                 optimizer_state="mean"),  # no ramp; regrown units' Adam v from the kept ones
     "grow-late-zero-rewarm": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
                                   rewarm=0.1),  # no ramp; the dense rate re-warmed over a tenth of the pruned phase
+    "grow-late-split-rewarm": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), grow_init="split",
+                                   rewarm=0.1),  # Net2WiderNet: regrown units are copies of kept ones (amgp_fx.net2wider)
     # the same FLOPs level spent narrower-for-less or wider-for-longer: a milder prune held for more of the run
     # before the one growth (0.6 width for 71% of the steps, 0.7 width for 90%); small dense is the limit of
     # this line (0.73 width all the way, no growth)
