@@ -5,7 +5,8 @@
 # *.whl in $WHEELS (default .whl/: torch-pruning, ...), and onnxruntime-gpu from $ORT_WHEEL when
 # that file exists (its CUDA execution provider is then tested too). Runs pytest with $WORKERS
 # workers and writes a JSON summary (commit, versions, passed/failed/skipped, the failures' names)
-# to $GPU_CHECK_JSON (default docs/results/gpu_check.json). Exit code: pytest's.
+# to $GPU_CHECK_JSON (default docs/results/gpu_check.json). Exit code: pytest's. Without pytest arguments the
+# gpu-marked tests run first, on their own, then the rest.
 #
 #   tools/gpu_check.sh                               # everything
 #   COMMIT=$(git rev-parse HEAD) tools/gpu_check.sh -k gpu   # pass pytest arguments after the options
@@ -31,17 +32,30 @@ export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -m pip install -q --no-deps --no-build-isolation --no-index --target "$SITE/project" . >/dev/null 2>&1 \
   && export PATH="$SITE/project/bin:$PATH"
 
-xml=$(mktemp --suffix=.xml)
-"$PY" -m pytest -q -n "$WORKERS" -p no:cacheprovider --junitxml="$xml" "$@"
-status=$?
-COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)} "$PY" - "$xml" "$GPU_CHECK_JSON" "$status" "$*" <<'PY'
+run_pytest() {  # run_pytest XML [pytest args...]
+  local xml=$1; shift
+  "$PY" -m pytest -q -n "$WORKERS" -p no:cacheprovider --junitxml="$xml" "$@"
+}
+if [ $# -eq 0 ]; then
+  # the gpu-marked tests first, alone: a call cut short by its time limit has still run them
+  first=$(mktemp --suffix=.xml); rest=$(mktemp --suffix=.xml)
+  run_pytest "$first" -m gpu; first_status=$?
+  run_pytest "$rest" -m "not gpu"; status=$?
+  [ "$first_status" -ne 0 ] && [ "$first_status" -ne 5 ] && status=$first_status  # 5: none collected
+  xmls="$first,$rest"
+else
+  xmls=$(mktemp --suffix=.xml)
+  run_pytest "$xmls" "$@"; status=$?
+fi
+COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)} "$PY" - "$xmls" "$GPU_CHECK_JSON" "$status" "$*" <<'PY'
 import json, os, platform, sys, xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 
 import torch
 
-xml_path, out_path, status, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-cases = list(ET.parse(xml_path).getroot().iter("testcase")) if os.path.getsize(xml_path) else []
+xml_paths, out_path, status, extra = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+cases = [case for path in xml_paths if os.path.isfile(path) and os.path.getsize(path)
+         for case in ET.parse(path).getroot().iter("testcase")]
 def name(case):
     return f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
 failed = [name(c) for c in cases if c.find("failure") is not None or c.find("error") is not None]
