@@ -353,8 +353,8 @@ def test_paired_differences_give_students_interval_and_call_a_tie_a_tie():
 
 def test_init_jitter_perturbs_the_run_by_its_size_and_resume_refuses_another_jitter(tmp_path):
     """--init-jitter: the same seed with another jitter seed starts from weights that differ by about EPS
-    relative (a butterfly test), jitter seed 0 twice starts identically, and a resume with another jitter is
-    refused rather than mixed."""
+    relative (a butterfly test), jitter seed 0 twice starts identically, and a resume with another jitter, or
+    with other kernels (--deterministic), is refused rather than mixed."""
     sys.path.insert(0, str(ROOT / "tools"))
     try:
         import bench_amgp
@@ -380,7 +380,10 @@ def test_init_jitter_perturbs_the_run_by_its_size_and_resume_refuses_another_jit
     base = [sys.executable, str(ROOT / "tools" / "bench_amgp.py"), "--tiny", "--models", "dlrm", "--methods", "dense",
             "--seeds", "1", "--samples", "1024", "--out", str(out)]
     runs = [subprocess.run(base + extra, capture_output=True, text=True, timeout=300, cwd=ROOT)
-            for extra in (["--init-jitter", "1e-3", "--jitter-seed", "1"], ["--resume"])]
+            for extra in (["--init-jitter", "1e-3", "--jitter-seed", "1"], ["--resume"],
+                          ["--init-jitter", "1e-3", "--jitter-seed", "1", "--deterministic", "--resume"])]
     assert runs[0].returncode == 0, runs[0].stderr[-2000:]
     assert json.loads(out.read_text())[0]["init_jitter"] == 1e-3
     assert runs[1].returncode != 0 and "init_jitter" in runs[1].stderr + runs[1].stdout
+    # deterministic and default kernels do not mix in one grid either (a run on other kernels is another measurement)
+    assert runs[2].returncode != 0 and "(deterministic)" in runs[2].stderr + runs[2].stdout

@@ -367,8 +367,8 @@ def load_finished_runs(path: Path, args, steps: int) -> tuple[list[dict], dict[t
         differing = [k for k in SETTINGS_THAT_MUST_MATCH if record.get(k) != wanted[k]]
         if record.get("recurring_steps", 0) != args.recurring_steps:
             differing.append("recurring_steps")
-        for key in ("init_jitter", "jitter_seed"):  # absent from files made before the flag: no jitter
-            if record.get(key, 0) != getattr(args, key, 0):
+        for key, absent in (("init_jitter", 0), ("jitter_seed", 0), ("deterministic", False)):
+            if record.get(key, absent) != getattr(args, key, absent):  # absent from files made before the flag
                 differing.append(key)
         if differing:
             raise SystemExit(f"bench_amgp: error: {path} was made with other settings ({', '.join(differing)}). "
