@@ -321,7 +321,8 @@ class AmgpConfig:
         round_to: kept widths are rounded to a multiple of this (tensor cores like 8); 1 = exact.
         grow_init: "restore" (saved values), "fresh" (random in, zero out: same function) or "split"
             (Net2WiderNet: each regrown unit copies a kept unit and its optimizer state, and the
-            two share the source's outgoing weights in random shares: same function, useful at once).
+            two share the source's outgoing weights in random shares: same function, useful at once;
+            on the 2x CPU proxy below "restore" in both stages, docs/benchmarks.md "Growth by splitting").
         optimizer_state: "restore" (saved moments of regrown units), "reset" (zeros) or "mean"
             (first moments zero, second moments the kept units' mean). Adam's bias correction counts
             the tensor's steps, not the slot's: a regrown slot with zero (or step-0) moments late in
