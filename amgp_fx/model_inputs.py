@@ -226,9 +226,19 @@ def batch_size_of(inputs) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
+def _id_range(tensor: torch.Tensor) -> tuple[float, float]:
+    """``low..high`` for an integer input: from the smallest id seen to the smallest column's largest
+    id + 1 (a column: a position after the batch dim), so that ids drawn from it fit every column's
+    table, and a concatenated table's offsets too."""
+    columns = tensor.reshape(tensor.shape[0], -1) if tensor.dim() >= 2 and tensor.shape[0] else tensor.reshape(-1, 1)
+    return float(tensor.min()), float(columns.amax(dim=0).min()) + 1
+
+
 def spec_of(inputs) -> tuple[TensorSpec, ...]:
-    """Specs describing ``inputs`` (dim 0 as B; integer ranges ``min..max+1`` of the values seen);
-    with paths unless ``inputs`` are plain positional tensors."""
+    """Specs describing ``inputs`` (dim 0 as B; integer ranges of the values seen, valid in every
+    column, ``_id_range``); with paths unless ``inputs`` are plain positional tensors. ``make_inputs``
+    of the result gives inputs the model takes: the text ``analyze`` prints can be pasted into
+    ``--input-shape``."""
     inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     plain = all(isinstance(x, torch.Tensor) for x in inputs)
     if plain:
@@ -244,7 +254,7 @@ def spec_of(inputs) -> tuple[TensorSpec, ...]:
         dims = ("B", *tensor.shape[1:]) if tensor.dim() else ()
         spec = TensorSpec(dtype, tuple(dims), path=path)
         if spec.dtype in DTYPES and spec.is_integer and tensor.numel():
-            spec = TensorSpec(dtype, tuple(dims), float(tensor.min()), float(tensor.max()) + 1, path)
+            spec = TensorSpec(dtype, tuple(dims), *_id_range(tensor), path)
         specs.append(spec)
     return tuple(specs)
 

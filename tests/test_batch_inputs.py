@@ -12,7 +12,8 @@ from amgp_fx.amgp import AmgpHook
 from amgp_fx.batch_inputs import FlatInputs, InputMapError, Source, bind_inputs, input_paths, parse_input_map
 from amgp_fx.config import TrainConfig
 from amgp_fx.data.batch import Batch
-from amgp_fx.model_inputs import arrange_by_paths, format_input_spec, parse_input_spec, resize_batch, spec_of
+from amgp_fx.model_inputs import (arrange_by_paths, format_input_spec, make_inputs, parse_input_spec, resize_batch,
+                                   spec_of)
 from amgp_fx.schedule import AmgpConfig, AmgpSchedule
 from amgp_fx.train import train
 from tests.fixtures import own_models, torchrec_like
@@ -146,3 +147,30 @@ def test_source_format_parses_back(columns):
                    Source("sparse", (columns[0],), single=True), Source("sparse", tuple(columns), jagged="values")):
         text = source.format()
         assert parse_input_map(f"x={text}")["x"].format() == text
+
+
+def test_the_input_line_of_a_batch_makes_inputs_every_table_takes():
+    """``analyze`` prints ``spec_of(saved batch)``; pasted into ``--input-shape`` it must give ids that fit
+    every column's table. A (B, 2) id tensor into tables of 10 and 1000 rows: the overall range seen
+    (0..~1000) would index table 0 out of range; the printed range stops at the smaller column's ids."""
+
+    class TwoTables(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.small, self.large = torch.nn.Embedding(10, 4), torch.nn.Embedding(1000, 4)
+
+        def forward(self, ids):
+            return (self.small(ids[:, 0]) * self.large(ids[:, 1])).sum(-1)
+
+    generator = torch.Generator().manual_seed(0)
+    saved = torch.stack([torch.randint(0, 10, (64,), generator=generator),
+                         torch.randint(0, 1000, (64,), generator=generator)], dim=1)
+    assert int(saved.max()) >= 10  # the overall range would not fit the small table
+    text = format_input_spec(spec_of((saved,)))
+    (spec,) = parse_input_spec(text)
+    assert spec.low == 0 and spec.high <= 10, text
+    (ids,) = make_inputs(parse_input_spec(text), 512, seed=3)
+    assert TwoTables()(ids).shape == (512,)
+    offsets = saved + torch.tensor([0, 10])  # one concatenated table, ids offset per column: still in range
+    (spec,) = spec_of((offsets,))
+    assert spec.low == 0 and spec.high <= 10
