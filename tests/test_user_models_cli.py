@@ -131,3 +131,22 @@ def test_multitask_model_returning_a_tuple_or_dict_trains(workspace, name):
                       "-o", f"t-{name}-one"], workspace)  # one label for two outputs: the counts error
     assert result.returncode == 9 and "has 2 outputs" in result.stderr, result.stderr
     assert not (workspace / f"t-{name}-one").exists()
+
+
+def test_a_parameter_the_trace_never_uses_is_not_offered_for_pruning():
+    """The optional-dict model traced without its optional key: that key's table stays in the module but
+    no traced op reads it, so its groups are frozen with a reason instead of offered (pruning them saves
+    nothing the trace can see); the tables it does read stay prunable."""
+    model = models.build("optional_dict")
+    graph = analyze(model, models.dict_batch(4, context=False))
+    unused = {name for name, _ in model.named_parameters()} - {
+        n.target for n in graph.module.graph.nodes if n.op == "get_attr" and n.users}
+    assert unused, "the fixture must hold a parameter this trace leaves out"
+    by_tensor = {}
+    for group in graph.groups:
+        for member in group.members:
+            by_tensor.setdefault(member.tensor, []).append(group)
+    for name in unused:
+        assert by_tensor[name] and all(not g.prunable and "not used by the traced forward" in g.reason
+                                       for g in by_tensor[name]), name
+    assert any(g.prunable for g in graph.groups)

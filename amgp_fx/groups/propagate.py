@@ -63,6 +63,7 @@ def propagate(module: fx.GraphModule, registry: RuleRegistry) -> Propagation:
     param_names: dict = {}
     label_of_tensor: dict = {}  # id(tensor) -> its label, shared by every alias
     result = Propagation(atoms, labels, tensors, roles)
+    used = {id(_fetch_attr(module, node.target)) for node in module.graph.nodes if node.op == "get_attr" and node.users}
 
     for node in module.graph.nodes:
         ctx = RuleContext(node, atoms, labels, roles, param_names)
@@ -86,6 +87,9 @@ def propagate(module: fx.GraphModule, registry: RuleRegistry) -> Propagation:
             label_of_tensor[id(tensor)] = labels[node]
             if not tensor.dtype.is_floating_point:
                 ctx.freeze(labels[node], f"integer tensor '{name}' holds ids or positions")
+            if id(tensor) not in used:  # e.g. the table of an optional input this trace left out
+                ctx.freeze(labels[node], f"'{name}' is not used by the traced forward: pruning it saves nothing "
+                                         "the trace can see")
         elif node.op == "call_function":
             labels[node] = _apply(ctx, node, registry, result)
         elif node.op == "output":
