@@ -39,7 +39,7 @@ from torch import fx
 
 from amgp_fx.groups.analyze import DependencyGraph
 
-__all__ = ["ConsumerInput", "PlainConsumer", "PLAIN_CONSUMERS", "WEIGHT_DIM", "consumer_inputs", "uses_of"]
+__all__ = ["ConsumerInput", "PlainConsumer", "PLAIN_CONSUMERS", "WEIGHT_DIM", "consumer_inputs", "plain_consumer_nodes", "uses_of"]
 
 _aten = torch.ops.aten
 
@@ -107,7 +107,7 @@ def _parameter_target(node: Any, parameters: Mapping[str, torch.nn.Parameter]) -
     return None
 
 
-def _watched(module: fx.GraphModule) -> dict[fx.Node, tuple[str, str | None, int]]:
+def plain_consumer_nodes(module: fx.GraphModule) -> dict[fx.Node, tuple[str, str | None, int]]:
     """Plain consumer nodes -> (weight FQN, bias FQN or None, input dim)."""
     parameters = dict(module.named_parameters())
     watched = {}
@@ -162,7 +162,7 @@ def consumer_inputs(graph: DependencyGraph, inputs: tuple) -> dict[str, Consumer
             names the node that failed.
     """
     module = graph.module
-    recorder = _InputRecorder(module, _watched(module))
+    recorder = _InputRecorder(module, plain_consumer_nodes(module))
     was_training = module.training
     module.eval()
     try:

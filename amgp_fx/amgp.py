@@ -50,7 +50,7 @@ from amgp_fx.groups.analyze import DependencyGraph
 from amgp_fx.groups.model import Group
 from amgp_fx.importance import DATA_CRITERIA, score
 from amgp_fx.lr_schedule import BASE_LR_KEY, LR_SCALE_KEY
-from amgp_fx.schedule import AmgpConfig, AmgpSchedule, FinalState, Method, Phase, PruneScope
+from amgp_fx.schedule import AmgpConfig, AmgpSchedule, FinalState, GrowInit, Method, Phase, PruneScope
 from amgp_fx.surgery import SurgeryRecord, optimizer_list, shrink_
 from amgp_fx.switch import SwitchPolicy, plan_keep, round_width, target_sizes
 
@@ -528,12 +528,38 @@ class AmgpHook:
         start = self._now(ctx)
         before, loss_before = self.sizes(), self._probe_loss(ctx)
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + 7919 * (self._plan + 1))
-        self.switch.grow(self._record, _optimizers(ctx), generator=generator)
+        probe, reduce = self._gradient_probe(ctx) if self.config.grow_init is GrowInit.GRADMAX else (None, None)
+        self.switch.grow(self._record, _optimizers(ctx), generator=generator, probe=probe, reduce=reduce)
         self._record = None
         self._keeps = []
         self._plan = -1
         self._last_growth_step = int(ctx.step) if ctx is not None else 0
         self._log_surgery(ctx, "grow", before, start, 0, loss_before, {})
+
+    def _gradient_probe(self, ctx):
+        """(inputs, loss function) of this step's batch (else the probe's) for a gradmax growth, and
+        the mean over data-parallel ranks, so that every rank aims the regrown units alike."""
+        from amgp_fx.batch_inputs import batch_inputs_for
+        from amgp_fx.distributed import all_reduce_sum, is_distributed  # torch.distributed only when pruning
+        from amgp_fx.train import logits_of
+
+        batch = getattr(ctx, "batch", None) if ctx is not None else None
+        batch = batch if batch is not None else self.probe
+        if batch is None:
+            raise AmgpError("grow_init='gradmax' measures gradients on a batch: the training context has no .batch "
+                            "and the hook no probe")
+        batch = batch.to(_device(ctx))
+
+        def loss_of(output):
+            logits = logits_of(output)
+            label = batch.label.reshape(logits.shape).to(logits.dtype)
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, label)
+
+        reduce = None
+        if is_distributed():
+            world = torch.distributed.get_world_size()
+            reduce = lambda t: all_reduce_sum(t.clone()) / world  # noqa: E731
+        return (batch_inputs_for(self, self.graph.traced.args)(batch), loss_of), reduce
 
     @torch.no_grad()
     def _probe_loss(self, ctx) -> float | None:

@@ -66,12 +66,14 @@ class PruneScope(str, enum.Enum):
 
 
 class GrowInit(str, enum.Enum):
-    """Values of regrown units: the saved ones, fresh function-preserving ones, or copies of kept
-    units whose outgoing weights they share (``amgp_fx.net2wider``, also function-preserving)."""
+    """Values of regrown units: the saved ones, fresh function-preserving ones, copies of kept units
+    whose outgoing weights they share (``amgp_fx.net2wider``), or incoming weights along the largest
+    gradient directions of the batch (``amgp_fx.gradmax``; with ``preserve_growth``)."""
 
     RESTORE = "restore"
     FRESH = "fresh"
     SPLIT = "split"
+    GRADMAX = "gradmax"
 
 
 class OptimizerStatePolicy(str, enum.Enum):
@@ -322,7 +324,9 @@ class AmgpConfig:
         grow_init: "restore" (saved values), "fresh" (random in, zero out: same function) or "split"
             (Net2WiderNet: each regrown unit copies a kept unit and its optimizer state, and the
             two share the source's outgoing weights in random shares: same function, useful at once;
-            on the 2x CPU proxy below "restore" in both stages, docs/benchmarks.md "Growth by splitting").
+            on the 2x CPU proxy below "restore" in both stages, docs/benchmarks.md "Growth by splitting"),
+            or "gradmax" (with preserve_growth: the regrown units' incoming weights along the top
+            eigenvectors of the step batch's gradient moments, so their zero outgoing weights learn fastest).
         optimizer_state: "restore" (saved moments of regrown units), "reset" (zeros) or "mean"
             (first moments zero, second moments the kept units' mean). Adam's bias correction counts
             the tensor's steps, not the slot's: a regrown slot with zero (or step-0) moments late in
@@ -434,6 +438,9 @@ class AmgpConfig:
                      f"AmgpConfig.{name} must be an integer in [0, total_steps], got {value!r}")
         _require(self.grow_ramp_steps == 0 or self.preserve_growth,
                  "AmgpConfig.grow_ramp_steps ramps a function-preserving growth: set preserve_growth=True")
+        _require(self.grow_init is not GrowInit.GRADMAX or (self.preserve_growth and self.grow_ramp_steps == 0),
+                 "AmgpConfig.grow_init='gradmax' picks the incoming weights of units that enter with zero outgoing "
+                 "weights: set preserve_growth=True and grow_ramp_steps=0")
         _require(self.grow_ramp_steps == 0 or self.grow_init is not GrowInit.SPLIT,
                  "AmgpConfig.grow_init='split' leaves nothing to ramp (the copies share their sources' outgoing "
                  "weights at once): set grow_ramp_steps=0")

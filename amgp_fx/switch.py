@@ -40,6 +40,7 @@ from amgp_fx.activations import ConsumerInput
 from amgp_fx.bias_fold import add_to_biases_, fold_change, mean_outputs, sum_folds
 from amgp_fx.groups.analyze import DependencyGraph
 from amgp_fx.groups.model import Group, Role
+from amgp_fx.gradmax import GradientProbe, gradmax_incoming_, record_linear_gradients
 from amgp_fx.importance import channel_energy
 from amgp_fx.net2wider import split_grow_
 from amgp_fx.rescale import consumer_scales, member_slices
@@ -226,6 +227,7 @@ class SwitchPolicy:
         self.kept: dict[str, np.ndarray] = {}  # the channels the shrink in effect kept (full-size ids)
         self.faded_outgoing: dict[str, list[torch.Tensor]] = {}  # what a fade zeroed, given back at growth
         self.folds: dict[str, torch.Tensor] = {}  # bias FQN -> what the shrink in effect folded into it
+        self.gradmax_groups: list[str] = []  # the groups the last gradmax growth re-aimed
 
     # -- selection ---------------------------------------------------------------------------
     def choose(self, scores: Mapping[str, torch.Tensor], amount: float) -> dict[str, list[int]]:
@@ -338,13 +340,20 @@ class SwitchPolicy:
         return record, {"overlap": float(np.mean(overlaps)) if overlaps else None, "faded": fade is not None}
 
     # -- growth ------------------------------------------------------------------------------
-    def grow(self, record: SurgeryRecord, optimizers, generator: torch.Generator | None = None) -> None:
-        """Bring ``record``'s channels back, as the config says (see the module docstring)."""
+    def grow(self, record: SurgeryRecord, optimizers, generator: torch.Generator | None = None,
+             probe: GradientProbe | None = None, reduce=None) -> None:
+        """Bring ``record``'s channels back, as the config says (see the module docstring); ``probe``
+        (inputs, loss function) is the batch a ``gradmax`` growth measures its gradients on, ``reduce``
+        averages them over data-parallel ranks."""
         config = self.config
         self.ramp = None
         before = {g.id: g.alive.copy() for g in self.groups}
         split = config.grow_init is GrowInit.SPLIT
-        grow_(self.graph, record, optimizers, init="fresh" if split else config.grow_init.value,
+        gradmax = config.grow_init is GrowInit.GRADMAX
+        if gradmax and probe is None:
+            raise ValueError("grow_init='gradmax' measures gradients on a batch: pass probe=(inputs, loss function)")
+        init = "fresh" if split else "restore" if gradmax else config.grow_init.value  # gradmax: restore, then re-aim
+        grow_(self.graph, record, optimizers, init=init,
               optimizer_state=config.optimizer_state.value,
               generator=torch.Generator().manual_seed(0) if split else generator)  # split overwrites the values
         regrown = {g.id: np.nonzero(g.alive & ~before[g.id])[0] for g in self.groups}
@@ -372,6 +381,12 @@ class SwitchPolicy:
                 if config.grow_ramp_steps:
                     targets[g.id] = faded.get(g.id) or _take_outgoing(self.graph, g, regrown[g.id])
                 _scale_outgoing_(self.graph, g, regrown[g.id], 0.0, normalized=True)
+        if gradmax:  # the regrown units' outgoing weights are zero now: the gradients do not see them
+            self.gradmax_groups = []
+            for g in self.groups:  # one group at a time: a later layer's inputs see an earlier one's new aim
+                if regrown[g.id].size and gradmax_incoming_(self.graph, g, regrown[g.id],
+                                                            record_linear_gradients(self.graph, probe), reduce):
+                    self.gradmax_groups.append(g.id)
         if config.grow_ramp_steps:
             self.ramp = _Ramp(regrown, dict(self.kept), targets, dict(self.scales), config.grow_ramp_steps,
                               folds=dict(self.folds))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -111,20 +112,50 @@ def build(spec: dict[str, Any], overrides: dict[str, Any] | None = None) -> torc
 
 
 # -- data --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _generator(config_json: str) -> SyntheticCriteo:
+    """One generator per config in each worker process: building and calibrating the teacher costs
+    as much as ~30k rows, and a worker serves several chunks."""
+    return SyntheticCriteo(SyntheticConfig.from_dict(json.loads(config_json)))
+
+
 def _rows_worker(args: tuple) -> tuple:
-    config_dict, start, stop = args
-    batch = SyntheticCriteo(SyntheticConfig.from_dict(config_dict)).rows(start, stop)
+    config_json, start, stop = args
+    batch = _generator(config_json).rows(start, stop)
     return batch.dense.numpy(), batch.sparse.numpy(), batch.label.numpy()
 
 
+@contextlib.contextmanager
+def _unset_variables_set(**values: str):
+    """``os.environ`` with those of ``values`` that are unset, set for the block (then removed)."""
+    added = {name: value for name, value in values.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
 def make_rows(config: SyntheticConfig, start: int, count: int, workers: int) -> Batch:
-    """Rows [start, start + count), generated in parallel processes (rows depend only on their index)."""
+    """Rows [start, start + count), generated in parallel processes (rows depend only on their index).
+
+    Each worker's OpenBLAS starts a thread per core, and its idle threads spin (for ~0.1 s) between
+    the teacher's matrix products: ``workers`` processes then keep workers x cores threads busy
+    on the cores, and generation took ~5x the CPU time of one thread per worker (2 workers with 16
+    threads each on 2 cores: 206 vs 41 us a row). ``OPENBLAS_THREAD_TIMEOUT=4`` (16 cycles) puts
+    idle threads to sleep at once; the thread count, and so BLAS's rounding and every bit of the
+    rows and logits, stay as they are (a thread count other than the core count would change the
+    logits' last bits).
+    """
     if workers <= 1 or count <= 65_536:
         return SyntheticCriteo(config).rows(start, start + count)
     chunk = 131_072
-    jobs = [(config.to_dict(), s, min(s + chunk, start + count)) for s in range(start, start + count, chunk)]
+    config_json = json.dumps(config.to_dict(), sort_keys=True)
+    jobs = [(config_json, s, min(s + chunk, start + count)) for s in range(start, start + count, chunk)]
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with _unset_variables_set(OPENBLAS_THREAD_TIMEOUT="4"), \
+            concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:  # workers start here
         parts = list(pool.map(_rows_worker, jobs))
     return Batch(*(torch.from_numpy(np.concatenate([p[i] for p in parts])) for i in range(3)))
 
@@ -432,7 +463,7 @@ def parse_args(argv=None):
                         help="importance at each shrink (activation: measured on the step's batch)")
     parser.add_argument("--fold-bias", action="store_true",
                         help="fold the removed units' mean output into the consumers' biases (AmgpConfig.fold_bias)")
-    parser.add_argument("--grow-init", default="restore", choices=["restore", "fresh", "split"])
+    parser.add_argument("--grow-init", default="restore", choices=["restore", "fresh", "split", "gradmax"])
     parser.add_argument("--optimizer-state", default="restore", choices=["restore", "reset", "mean"])
     parser.add_argument("--no-rescale", dest="rescale", action="store_false",
                         help="do not compensate the kept units' output scale at a shrink (amgp_fx.rescale)")

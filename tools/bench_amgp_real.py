@@ -271,7 +271,7 @@ def parse_args(argv=None):
     parser.add_argument("--recipe", default="amgp-half")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--criterion", default="l2", choices=["l2", "l1", "taylor", "random"])
-    parser.add_argument("--grow-init", default="restore", choices=["restore", "fresh", "split"])
+    parser.add_argument("--grow-init", default="restore", choices=["restore", "fresh", "split", "gradmax"])
     parser.add_argument("--optimizer-state", default="restore", choices=["restore", "reset"])
     parser.add_argument("--eval-every", type=int, default=0,
                         help="evaluate every N steps (wall-clock then includes evaluation; default: at the end only)")

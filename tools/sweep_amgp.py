@@ -74,6 +74,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                 optimizer_state="mean"),  # no ramp; regrown units' Adam v from the kept ones
     "grow-late-zero-rewarm": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
                                   rewarm=0.1),  # no ramp; the dense rate re-warmed over a tenth of the pruned phase
+    "grow-late-gradmax-rewarm": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
+                                     grow_init="gradmax", rewarm=0.1),  # regrown units aimed by GradMax (amgp_fx.gradmax)
     "grow-late-split-rewarm": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), grow_init="split",
                                    rewarm=0.1),  # Net2WiderNet: regrown units are copies of kept ones (amgp_fx.net2wider)
     # the same FLOPs level spent narrower-for-less or wider-for-longer: a milder prune held for more of the run
