@@ -50,6 +50,18 @@ def test_fold_bias_flag_sets_the_config_and_its_absence_keeps_the_recipe():
     assert _config(_args("--amgp", "--amgp-recipe", "amgp-half")).fold_bias is False
 
 
+def test_grow_init_flag_sets_the_config_and_refuses_what_it_cannot_do():
+    assert _config(_args("--amgp")).grow_init.value == "restore"  # the recipe's
+    assert _config(_args("--amgp", "--grow-init", "gradmax")).grow_init.value == "gradmax"  # the default preserves
+    assert _config(_args("--amgp", "--grow-init", "split")).grow_init.value == "split"
+    with pytest.raises(UsageError, match="--preserve-growth"):
+        _config(_args("--amgp", "--amgp-recipe", "amgp-half", "--grow-init", "gradmax"))
+    with pytest.raises(UsageError, match="nothing to ramp"):
+        _config(_args("--amgp", "--amgp-recipe", "amgp-grow-late", "--grow-init", "split"))  # its growth ramps
+    ramp_off = _config(_args("--amgp", "--amgp-recipe", "amgp-grow-late", "--grow-init", "split", "--grow-ramp", "0"))
+    assert ramp_off.grow_init.value == "split" and ramp_off.grow_ramp_steps == 0
+
+
 def test_flags_not_given_keep_the_recipe():
     plain = _config(_args("--amgp", "--amgp-recipe", "amgp-grow-late"))
     recipe = AmgpConfig.from_recipe_name("amgp-grow-late", total_steps=200)
@@ -86,7 +98,8 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("command, flags", [("train", ["--fade", "0.25"]), ("train", ["--preserve-growth"]),
                                             ("train", ["--selection", "balanced"]), ("train", ["--fold-bias"]),
-                                            ("run", ["--fold-bias"]), ("train", ["--rewarm", "0.1"])])
+                                            ("run", ["--fold-bias"]), ("train", ["--rewarm", "0.1"]),
+                                            ("train", ["--grow-init", "gradmax"])])
 def test_switch_flags_without_amgp_exit_2_with_one_line(tmp_path, command, flags):
     result = _cli(command, "--model", "dlrm", "--steps", "4", "--rows", "400", *flags, "-o", "out", cwd=tmp_path)
     lines = result.stderr.strip().splitlines()

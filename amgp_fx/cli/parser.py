@@ -183,6 +183,11 @@ def _train_options(parser: argparse.ArgumentParser, steps: int) -> None:
                        help="with --amgp: after each growth, re-warm the learning rate from near zero over this share "
                             "of a pruned phase, so the regrown units' first optimizer steps do not swamp wide layers "
                             "(default: the recipe's; 0.1 in the default recipe, 0 turns it off)")
+    group.add_argument("--grow-init", choices=("restore", "fresh", "split", "gradmax"), default=None,
+                       help="with --amgp: how regrown units start (default: the recipe's, restore: their saved values; "
+                            "fresh: new random incoming weights; split: copies of kept units sharing their outgoing "
+                            "weights; gradmax: incoming weights along the batch's largest gradient directions, with a "
+                            "function-preserving growth). Measured in docs/benchmarks.md: none beats restore")
     group.add_argument("--selection", choices=SELECTIONS, default=None,
                        help="with --amgp: which units sit out a pruned phase (default: the recipe's, score)")
     group.add_argument("--fold-bias", action="store_true",

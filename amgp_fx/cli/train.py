@@ -141,7 +141,7 @@ def lr_schedule_options(args: argparse.Namespace, steps: int) -> dict[str, Any]:
 
 def switch_overrides(args: argparse.Namespace, recipe) -> dict[str, Any]:
     """AmgpConfig fields from the switch flags (``--preserve-growth``, ``--grow-ramp``, ``--fade``,
-    ``--rewarm``, ``--selection``, ``--fold-bias``) for ``recipe`` (the named recipe's AmgpConfig); shares are of
+    ``--rewarm``, ``--selection``, ``--grow-init``, ``--fold-bias``) for ``recipe`` (the named recipe's AmgpConfig); shares are of
     one pruned phase, as in the recipes. Flags not given keep the recipe's values."""
     overrides: dict[str, Any] = {}
     schedule = recipe.schedule
@@ -161,6 +161,17 @@ def switch_overrides(args: argparse.Namespace, recipe) -> dict[str, Any]:
         overrides["rewarm_steps"] = int(round(rewarm * schedule.pruned_steps))
     if getattr(args, "selection", None):
         overrides["selection"] = args.selection
+    grow_init = getattr(args, "grow_init", None)
+    if grow_init:
+        preserving = overrides.get("preserve_growth") or recipe.preserve_growth
+        ramped = overrides.get("grow_ramp_steps", recipe.grow_ramp_steps if preserving else 0)
+        if grow_init == "gradmax" and not preserving:
+            raise UsageError("--grow-init gradmax aims units that enter with zero outgoing weights",
+                             "Add --preserve-growth, or use a recipe that has it (the default does)")
+        if grow_init in ("split", "gradmax") and ramped:
+            raise UsageError(f"--grow-init {grow_init} leaves nothing to ramp: the regrown units are set at once",
+                             "Add --grow-ramp 0, or choose another --grow-init")
+        overrides["grow_init"] = grow_init
     if getattr(args, "fold_bias", False):
         if schedule.warmup_steps == 0 and schedule.cycles == 1:  # folds the means of an untrained model, once
             raise UsageError(f"--fold-bias has nothing to fold: recipe {args.amgp_recipe} shrinks once, at step 0",
@@ -187,6 +198,7 @@ def check_switch_flags(args: argparse.Namespace) -> None:
                                       ("--fade", getattr(args, "fade", None)),
                                       ("--rewarm", getattr(args, "rewarm", None)),
                                       ("--selection", getattr(args, "selection", None)),
+                                      ("--grow-init", getattr(args, "grow_init", None)),
                                       ("--fold-bias", getattr(args, "fold_bias", False))) if value not in (None, False)]
     if given and not getattr(args, "amgp", False):
         raise UsageError(f"{', '.join(given)}: switch options of AMGP training", "Add --amgp, or drop them")
