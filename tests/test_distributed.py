@@ -152,6 +152,8 @@ SCENARIOS = {
     # each rank measures its own rows: the activation scores and the bias fold must come from all of them (a
     # fade folds at steps without a DDP rebuild, whose broadcast of rank 0's parameters would hide a difference)
     "fold": lambda root: run_amgp(root / "fold2", criterion="activation", fold_bias=True, fade_steps=2),
+    # GradMax measures gradients on each rank's rows and must aim the regrown units alike on every rank
+    "gradmax": lambda root: run_amgp(root / "gradmax2", preserve_growth=True, grow_init="gradmax"),
     "no_rebuild": _no_rebuild,
     "shapes_only": _shapes_only,
 }
@@ -195,7 +197,7 @@ def runs(tmp_path_factory):
     run_amgp(root / "amgp1", checkpoint_every=6)
     run_dense(root / "dense1")
     _keep_checkpoint(root / "amgp1", root / "one_to_two", 12)
-    spawn(root, ["amgp", "back_to_back", "dense", "dense_as_dense", "resume_from_one", "plan", "fold"])
+    spawn(root, ["amgp", "back_to_back", "dense", "dense_as_dense", "resume_from_one", "plan", "fold", "gradmax"])
     return root
 
 
@@ -232,7 +234,8 @@ def _losses(path: Path) -> list[float]:
 # -- ranks stay identical -------------------------------------------------------------------------------
 @pytest.mark.parametrize("run, steps, builds", [("amgp2", DUMP_STEPS, [0, 3, 8, 11, 16]),
                                                ("back2", (2, 5, 8, 11, 12), [0, 2, 5, 8, 11]),
-                                               ("fold2", DUMP_STEPS, [0, 3, 8, 11, 16])])
+                                               ("fold2", DUMP_STEPS, [0, 3, 8, 11, 16]),
+                                               ("gradmax2", DUMP_STEPS, [0, 3, 8, 11, 16])])
 def test_ranks_hold_identical_parameters_and_optimizer_state_through_phase_switches(runs, run, steps, builds):
     records = read_metrics(runs / run / "metrics.jsonl")
     assert [r["step"] for r in records if r["kind"] == "ddp_build"] == builds, "one DDP build per surgery step"
