@@ -140,13 +140,12 @@ def _unset_variables_set(**values: str):
 def make_rows(config: SyntheticConfig, start: int, count: int, workers: int) -> Batch:
     """Rows [start, start + count), generated in parallel processes (rows depend only on their index).
 
-    Each worker's OpenBLAS starts a thread per core, and its idle threads spin (for ~0.1 s) between
-    the teacher's matrix products: ``workers`` processes then keep workers x cores threads busy
-    on the cores, and generation took ~5x the CPU time of one thread per worker (2 workers with 16
-    threads each on 2 cores: 206 vs 41 us a row). ``OPENBLAS_THREAD_TIMEOUT=4`` (16 cycles) puts
-    idle threads to sleep at once; the thread count, and so BLAS's rounding and every bit of the
-    rows and logits, stay as they are (a thread count other than the core count would change the
-    logits' last bits).
+    Each worker's OpenBLAS starts a thread per core, and idle threads spin (~0.1 s) between the
+    teacher's matrix products, so ``workers`` processes kept workers x cores threads busy: with 2
+    workers of 16 threads on 2 cores (a 16-core host's default), 608fc95's generator spent 210 us of
+    CPU a row, 60 with ``OPENBLAS_THREAD_TIMEOUT=4`` (idle threads sleep after 16 cycles) and 48 with
+    one thread a worker. The timeout keeps the thread count, and so BLAS's rounding: rows and logits
+    stay bit for bit (another thread count changes the logits' last bits, and so could flip a label).
     """
     if workers <= 1 or count <= 65_536:
         return SyntheticCriteo(config).rows(start, start + count)

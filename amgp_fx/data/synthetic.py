@@ -11,7 +11,10 @@ pass the id terms are capped by how far the embeddings got, and this term is whe
 
 Determinism: rows are produced in fixed blocks of `BLOCK_ROWS`; block b is drawn from its own
 generator seeded by (seed, b), and the teacher's per-id vectors are hashes of (seed, feature, id).
-So row i depends only on (config, i), whatever chunk size the caller reads with.
+So row i depends only on (config, i), whatever chunk size the caller reads with. The matrix
+products keep fixed shapes for the same reason (BLAS rounds by shape); the clean logits' last bits
+still depend on the BLAS build and its thread count (OpenBLAS's default: the core count), which
+could flip a label only where its click uniform falls within that rounding.
 
 Drift (`SyntheticConfig.drift`, `new_id_share`, `drift_seed`; `SyntheticConfig.drifted`): the
 recurring-training stage's data. Every teacher weight W becomes sqrt(1-d^2) W + d W' with W' from
@@ -38,7 +41,9 @@ __all__ = ["BLOCK_ROWS", "SyntheticCriteo", "splitmix64"]
 BLOCK_ROWS = 4096
 _CALIBRATION_ROWS = 16384
 _HEAD_IDS = 2048  # teacher values of ids below this are cached (Zipf: most lookups hit them)
+_SLICE_ROWS = 256  # rows of per-row work at a time: 256 x 27 x 32 float64 field vectors are ~1.8 MB
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_SQRT3_ULP = float(np.sqrt(3.0)) * 2.0**-52  # sqrt(3) times the spacing of doubles in [1, 2)
 
 
 def splitmix64(values: np.ndarray) -> np.ndarray:
@@ -48,22 +53,42 @@ def splitmix64(values: np.ndarray) -> np.ndarray:
         >>> int(splitmix64(np.array([0], dtype=np.uint64))[0]) == 0xE220A8397B1DCDAF
         True
     """
-    mixed = values.astype(np.uint64) + _GOLDEN
-    mixed = (mixed ^ (mixed >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    mixed = (mixed ^ (mixed >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return mixed ^ (mixed >> np.uint64(31))
+    mixed = np.asarray(values).astype(np.uint64)
+    mixed += _GOLDEN
+    return _finalise_inplace(mixed)
 
 
-def _hash_uniform(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Uniform [0, 1) values, one per (key, id) pair, broadcasting `keys` against `ids`."""
-    with np.errstate(over="ignore"):
-        hashed = splitmix64(keys ^ (ids.astype(np.uint64) * _GOLDEN))
-    return (hashed >> np.uint64(11)).astype(np.float64) * 2.0**-53
+def _finalise_inplace(mixed: np.ndarray) -> np.ndarray:
+    """splitmix64's mixing steps on `mixed` (uint64, golden ratio already added), in place: the
+    teacher hashes millions of values per block, and a fresh array for each step costs more than
+    the arithmetic."""
+    scratch = np.empty_like(mixed)
+    for shift, multiplier in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+        np.right_shift(mixed, np.uint64(shift), out=scratch)
+        mixed ^= scratch
+        mixed *= np.uint64(multiplier)
+    np.right_shift(mixed, np.uint64(31), out=scratch)
+    mixed ^= scratch
+    return mixed
 
 
 def _teacher_values(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Per-(key, id) teacher values, uniform on [-sqrt(3), sqrt(3)] (unit variance), float64."""
-    return np.sqrt(3.0) * (2.0 * _hash_uniform(keys, ids) - 1.0)
+    """Per-(key, id) teacher values, uniform on [-sqrt(3), sqrt(3)] (unit variance), float64,
+    broadcasting `keys` against `ids`.
+
+    The value is sqrt(3) * (2u - 1) with u = (hash >> 11) * 2**-53. Since 2u - 1 equals
+    ((hash >> 11) - 2**52) * 2**-52 exactly, one integer subtraction, one conversion and one
+    multiplication by sqrt(3) * 2**-52 (exact: a power-of-two scaling) give bitwise the same doubles.
+    """
+    mixed = np.bitwise_xor(keys, ids.astype(np.uint64) * _GOLDEN)
+    mixed += _GOLDEN
+    _finalise_inplace(mixed)
+    mixed >>= np.uint64(11)
+    centred = mixed.view(np.int64)
+    centred -= np.int64(2**52)
+    values = centred.astype(np.float64)
+    values *= _SQRT3_ULP
+    return values
 
 
 def _zipf_ids(uniform: np.ndarray, table_sizes: np.ndarray, exponent: float) -> np.ndarray:
@@ -114,12 +139,18 @@ class SyntheticCriteo:
         """
         if not 0 <= start <= stop:
             raise ValueError(f"need 0 <= start <= stop, got start={start}, stop={stop}")
-        first_block, last_block = start // BLOCK_ROWS, max(start, stop - 1) // BLOCK_ROWS
-        parts = [self._block(block) for block in range(first_block, last_block + 1)]
-        offset = first_block * BLOCK_ROWS
-        window = slice(start - offset, stop - offset)
-        dense, sparse, label, logits = (np.concatenate([part[index] for part in parts])[window] for index in range(4))
-        if self.config.num_tasks == 1:
+        config = self.config
+        tasks = config.num_tasks
+        dense = np.empty((stop - start, config.num_dense), dtype=np.float32)
+        sparse = np.empty((stop - start, len(config.table_sizes)), dtype=np.int64)
+        label = np.empty((stop - start, tasks), dtype=np.float32)
+        logits = np.empty((stop - start, tasks), dtype=np.float64)
+        for block in range(start // BLOCK_ROWS, (stop + BLOCK_ROWS - 1) // BLOCK_ROWS):
+            low, high = max(start, block * BLOCK_ROWS), min(stop, (block + 1) * BLOCK_ROWS)
+            rows = slice(low - block * BLOCK_ROWS, high - block * BLOCK_ROWS)
+            for out, part in zip((dense, sparse, label, logits), self._block(block)):
+                out[low - start:high - start] = part[rows]
+        if tasks == 1:
             label = label[:, 0]
         batch = Batch(torch.from_numpy(dense), torch.from_numpy(sparse), torch.from_numpy(label))
         return batch, torch.from_numpy(logits)
@@ -176,7 +207,11 @@ class SyntheticCriteo:
         # hash keys: (feature, component); components 0..K-1 embed, K is the first-order weight
         self._keys = weights["keys"]
         head_ids = np.arange(_HEAD_IDS, dtype=np.int64)
-        self._head_values = self._hashed_values(np.arange(len(config.table_sizes))[:, None], head_ids[None, :])
+        head_values = self._hashed_values(np.arange(len(config.table_sizes))[:, None], head_ids[None, :])
+        # flat (feature * _HEAD_IDS + id) tables: one `take` gathers a whole block's vectors
+        self._head_embeddings = np.ascontiguousarray(head_values[..., :-1]).reshape(-1, config.teacher_dim)
+        self._head_first_order = np.ascontiguousarray(head_values[..., -1]).reshape(-1)
+        self._head_offsets = np.arange(len(config.table_sizes), dtype=np.int64) * _HEAD_IDS
         self._dense_projection = weights["dense_projection"]
         self._field_weights = weights["field_weights"]  # (T, F + 1)
         self._first_order_weights = weights["first_order_weights"]  # (T, F)
@@ -237,8 +272,11 @@ class SyntheticCriteo:
     def _hashed_values(self, features: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Teacher values of (feature, id) pairs (broadcast), (..., K + 1): sqrt(1-d^2) v + d v' under drift."""
         values = _teacher_values(self._keys[features], ids[..., None])
-        if self.config.drift > 0:
-            values = self._drift_keep * values + self.config.drift * _teacher_values(self._drift_keys[features], ids[..., None])
+        if self.config.drift > 0:  # in place, in the order sqrt(1-d^2) v + d v' rounds in
+            values *= self._drift_keep
+            drifted = _teacher_values(self._drift_keys[features], ids[..., None])
+            drifted *= self.config.drift
+            values += drifted
         return values
 
     def _calibrate(self, rng: np.random.Generator) -> None:
@@ -297,39 +335,72 @@ class SyntheticCriteo:
         return np.where(is_new, self._table_sizes - 1 - new_rank, ids)
 
     def _raw_terms(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """First-order, interaction, deep (and dense-deep) terms before normalisation, (C, N, T) float64."""
-        dim = self.config.teacher_dim
-        values = self._per_id_values(ids)
-        embeddings, first_order = values[:, :, :dim], values[:, :, dim]
+        """First-order, interaction, deep (and dense-deep) terms before normalisation, (C, N, T) float64.
+
+        Every matrix product keeps the operand shapes, dtypes and memory layouts it always had: BLAS
+        rounds differently for other shapes (even for a subset of the rows), and rows must not change.
+        """
         standardized = (dense.astype(np.float64) - self._dense_mean) / self._dense_std
         dense_vector = 1.5 * np.tanh(standardized @ self._dense_projection)  # (N, K)
-        fields = np.concatenate([embeddings, dense_vector[:, None, :]], axis=1)  # (N, F + 1, K)
-        weighted_sum = np.einsum("tp,npk->ntk", self._field_weights, fields)
-        squared_norms = np.einsum("tp,np->nt", self._field_weights**2, (fields**2).sum(-1))
-        interaction = 0.5 * ((weighted_sum**2).sum(-1) - squared_norms)  # sum over pairs p < q
+        flat_fields, first_order, interaction = self._field_terms(ids, dense_vector)
         # float32 for the one large matmul: it dominates generation time, and BLAS on a fixed
         # block shape is still deterministic
-        flat_fields = fields.reshape(len(ids), -1).astype(np.float32)
-        hidden = np.maximum(flat_fields @ self._hidden_weight + self._hidden_bias, 0.0)
+        hidden = flat_fields @ self._hidden_weight
+        hidden += self._hidden_bias
+        np.maximum(hidden, 0.0, out=hidden)
         deep = hidden.astype(np.float64) @ self._output_weight
         first = first_order @ self._first_order_weights.T
         if self._num_terms == 3:
             return np.stack([first, interaction, deep])
         hidden = standardized.astype(np.float32)
         for weight, bias in self._dense_deep_layers:
-            hidden = np.sin(hidden @ weight + bias)
+            hidden = hidden @ weight
+            hidden += bias
+            np.sin(hidden, out=hidden)
         dense_deep = hidden.astype(np.float64) @ self._dense_deep_output
         return np.stack([first, interaction, deep, dense_deep])
 
-    def _per_id_values(self, ids: np.ndarray) -> np.ndarray:
-        """Teacher values of every id, (N, F, K + 1): cached for head ids, hashed for the tail."""
-        feature_index = np.arange(ids.shape[1])[None, :]
-        values = self._head_values[feature_index, np.minimum(ids, _HEAD_IDS - 1)]
+    def _field_terms(self, ids: np.ndarray, dense_vector: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The MLP's input (N, (F + 1) K) float32 (per-id vectors, then the dense vector), the ids'
+        first-order weights (N, F) and the interaction term (N, T).
+
+        The (F + 1, K) field vectors are built `_SLICE_ROWS` rows at a time, in one buffer that
+        stays in cache; all this is per-row work, so slicing leaves every bit as it was.
+        """
+        rows, num_fields, dim = len(ids), ids.shape[1] + 1, self.config.teacher_dim
+        flat_fields = np.empty((rows, num_fields * dim), dtype=np.float32)
+        # a strided view: numpy then sums first_order @ weights in its own loop, not BLAS, as it always did
+        first_order = np.empty((rows, num_fields - 1, 2))[..., 0]
+        interaction = np.empty((rows, self.config.num_tasks))
+        buffer = np.empty((min(rows, _SLICE_ROWS), num_fields, dim))
+        for low in range(0, rows, _SLICE_ROWS):
+            part = slice(low, min(low + _SLICE_ROWS, rows))
+            fields = buffer[:part.stop - low]
+            self._id_fields(ids[part], fields, first_order[part])
+            fields[:, -1] = dense_vector[part]
+            interaction[part] = self._interaction(fields)
+            flat_fields[part] = fields.reshape(len(fields), -1)  # the float32 rounding of astype
+        return flat_fields, first_order, interaction
+
+    def _interaction(self, fields: np.ndarray) -> np.ndarray:
+        """Sum over field pairs p < q of weighted dot products, (N, T): 0.5 (|sum w v|^2 - sum w^2 |v|^2)."""
+        weighted_sum = np.einsum("tp,npk->ntk", self._field_weights, fields)
+        squared_norms = np.einsum("tp,np->nt", self._field_weights**2, np.square(fields).sum(-1))
+        return 0.5 * (np.square(weighted_sum).sum(-1) - squared_norms)
+
+    def _id_fields(self, ids: np.ndarray, fields: np.ndarray, first_order: np.ndarray) -> None:
+        """Teacher values of every id, into `fields` (N, F + 1, K; the last slot, the dense vector's,
+        is left as junk) and `first_order` (N, F): cached for head ids, hashed for the tail."""
+        index = np.zeros((len(ids), ids.shape[1] + 1), dtype=np.int64)
+        np.minimum(ids, _HEAD_IDS - 1, out=index[:, :-1])
+        index[:, :-1] += self._head_offsets
+        self._head_embeddings.take(index, axis=0, out=fields, mode="clip")  # "clip": no buffered copy
+        first_order[...] = self._head_first_order.take(index[:, :-1])
         tail_rows, tail_features = np.nonzero(ids >= _HEAD_IDS)
         if len(tail_rows):
-            tail_ids = ids[tail_rows, tail_features]
-            values[tail_rows, tail_features] = self._hashed_values(tail_features, tail_ids)
-        return values
+            values = self._hashed_values(tail_features, ids[tail_rows, tail_features])
+            fields[tail_rows, tail_features] = values[:, :-1]
+            first_order[tail_rows, tail_features] = values[:, -1]
 
     def _signal(self, terms: np.ndarray) -> np.ndarray:
         config = self.config
