@@ -120,8 +120,10 @@ def gradmax_incoming_(graph: DependencyGraph, group: Group, regrown: np.ndarray,
     values, vectors = torch.linalg.eigh(gram)  # ascending eigenvalues
     rank = int((values > RANK_TOLERANCE * values.max().clamp_min(1e-300)).sum())
     position = {int(c): int(i) for i, c in zip(index.tolist(), channel.tolist())}
-    new = [(int(c), position[int(c)]) for c in regrown if int(c) in position][:rank]
-    kept_rows = [i for c, i in position.items() if c not in set(np.asarray(regrown).tolist())]
+    regrown_ids = set(np.asarray(regrown).tolist())
+    new = [(c, position[c]) for c in regrown_ids & position.keys()]
+    new = sorted(new)[:rank]
+    kept_rows = [i for c, i in position.items() if c not in regrown_ids]
     if not new or not kept_rows:
         return False
     directions = vectors[:, -len(new):].flip(1).T  # (count, I), the largest eigenvalue first

@@ -16,15 +16,7 @@ from amgp_fx.data import SyntheticCriteo
 from amgp_fx.schedule import AmgpConfig, AmgpSchedule
 from amgp_fx.switch import SwitchPolicy
 from amgp_fx.train import train
-
-
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 1))
-
-    def forward(self, x):
-        return self.net(x).squeeze(-1)
+from tests.test_net2wider import MLP  # Linear 6 -> 32 -> 24 -> 1 with ReLUs
 
 
 def _bce(label):
