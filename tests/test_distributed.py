@@ -11,12 +11,16 @@ identical-ranks test can fail.
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
+import traceback
+import warnings
 from pathlib import Path
 
 import pytest
@@ -163,13 +167,27 @@ def _worker(rank: int, world: int, port: int, root: str, scenarios: list[str]) -
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    env = distributed.init_from_env("cpu", timeout=datetime.timedelta(seconds=60))
-    assert (env.rank, env.world_size, env.backend) == (rank, world, "gloo")
-    try:
-        for name in scenarios:
-            SCENARIOS[name](Path(root))
-    finally:
-        distributed.shutdown()
+    with open(Path(root) / f"worker_rank{rank}.log", "a") as log:
+        faulthandler.enable(log, all_threads=True)  # a crash leaves every thread's Python stack here
+        env = distributed.init_from_env("cpu", timeout=datetime.timedelta(seconds=60))
+        assert (env.rank, env.world_size, env.backend) == (rank, world, "gloo")
+        try:
+            for name in scenarios:
+                print(f"{time.strftime('%H:%M:%S')} {name}", file=log, flush=True)
+                SCENARIOS[name](Path(root))
+            print(f"{time.strftime('%H:%M:%S')} done", file=log, flush=True)
+            distributed.barrier()  # no rank tears the process group down while the other still uses it
+        except BaseException:
+            traceback.print_exc(file=log)
+            raise
+        finally:
+            distributed.shutdown()
+            faulthandler.disable()
+
+
+def _worker_logs(root: Path) -> str:
+    """The workers' logs (scenarios started, tracebacks, a crash's thread stacks), for a failure message."""
+    return "\n".join(f"--- {path.name}\n{path.read_text()[-4000:]}" for path in sorted(root.glob("worker_rank*.log")))
 
 
 def _free_port() -> int:
@@ -179,7 +197,12 @@ def _free_port() -> int:
 
 
 def spawn(root: Path, scenarios: list[str]) -> None:
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(root), scenarios), nprocs=WORLD, join=True)
+    """Run ``scenarios`` in WORLD fresh processes; a failure carries the workers' logs."""
+    try:
+        mp.spawn(_worker, args=(WORLD, _free_port(), str(root), scenarios), nprocs=WORLD, join=True)
+    except (mp.ProcessExitedException, mp.ProcessRaisedException) as exc:
+        exc.add_note(_worker_logs(root))
+        raise
 
 
 def _keep_checkpoint(source: Path, target: Path, step: int) -> None:
@@ -190,15 +213,32 @@ def _keep_checkpoint(source: Path, target: Path, step: int) -> None:
     shutil.copy(source / "metrics.jsonl", target / "metrics.jsonl")
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One-process references, then every two-process scenario in one spawn."""
-    root = tmp_path_factory.mktemp("ddp")
+SPAWNED = ["amgp", "back_to_back", "dense", "dense_as_dense", "resume_from_one", "plan", "fold", "gradmax"]
+
+
+def _all_runs(root: Path) -> Path:
     run_amgp(root / "amgp1", checkpoint_every=6)
     run_dense(root / "dense1")
     _keep_checkpoint(root / "amgp1", root / "one_to_two", 12)
-    spawn(root, ["amgp", "back_to_back", "dense", "dense_as_dense", "resume_from_one", "plan", "fold", "gradmax"])
+    spawn(root, SPAWNED)
     return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One-process references, then every two-process scenario in one spawn.
+
+    A worker killed by a crash signal (seen once in CI, a SIGABRT of rank 1, not reproduced in 25 runs
+    here) gets one fresh retry with a warning that carries both workers' logs; a Python error, a
+    wrong result or a second crash fails every test that reads the runs.
+    """
+    try:
+        return _all_runs(tmp_path_factory.mktemp("ddp"))
+    except mp.ProcessExitedException as exc:
+        if exc.signal_name not in CRASH_SIGNALS:
+            raise
+        warnings.warn(f"a DDP worker crashed ({exc}); retrying once\n" + "\n".join(getattr(exc, "__notes__", [])))
+    return _all_runs(tmp_path_factory.mktemp("ddp_retry"))
 
 
 def _load(path: Path) -> dict:
