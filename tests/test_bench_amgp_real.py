@@ -86,3 +86,26 @@ def test_recurring_stage_trains_on_the_past_and_tests_on_the_future(tmp_path):
         assert record["per_seed"][0]["recurring_steps"] == -(-512 // 256)  # one epoch of the older half, batch 256
         assert "drift" not in record
 
+
+
+def test_lr_grid_reports_each_method_at_its_best_rate_with_paired_intervals(tmp_path):
+    """--lr-grid: every (method, rate) is kept in <out>.grid.json; the main file holds each method once, at the
+    rate with its best mean AUC, and AMGP's paired per-seed differences to the others at their own best rates."""
+    write_fake_movielens(tmp_path / "data")
+    tool = load_tool()
+    tool.main(["--tiny", "--data-dir", str(tmp_path / "data"), "--methods", "dense", "amgp", "small_dense",
+               "--lr-grid", "1e-3", "3e-2", "--out", str(tmp_path / "amgp_{dataset}.json")])
+    grid = json.loads((tmp_path / "amgp_movielens.grid.json").read_text())
+    assert sorted((r["method"], r["lr"]) for r in grid) == sorted(
+        (m, lr) for m in ("dense", "amgp", "small_dense") for lr in (1e-3, 3e-2))
+    best = {r["method"]: r for r in json.loads((tmp_path / "amgp_movielens.json").read_text())}
+    assert set(best) == {"dense", "amgp", "small_dense"}
+    for method, record in best.items():
+        rates = {r["lr"]: r["auc_mean"] for r in grid if r["method"] == method}
+        assert rates[1e-3] != rates[3e-2], "the two rates should train differently"
+        assert record["lr"] == max(rates, key=rates.get) and record["auc_mean"] == max(rates.values())
+    for other in ("dense", "small_dense"):
+        paired = best["amgp"]["paired_vs"][other]["auc"]
+        expected = [a["auc"] - b["auc"] for a, b in zip(best["amgp"]["per_seed"], best[other]["per_seed"])]
+        assert paired["per_seed"] == pytest.approx(expected) and paired["seeds"] == 2
+    assert best["amgp"]["auc_vs_dense"] == pytest.approx(best["amgp"]["auc_mean"] - best["dense"]["auc_mean"])

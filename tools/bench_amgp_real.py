@@ -11,7 +11,9 @@ Every method trains the same fixed training split (``train_eval_split(rows, 0.2,
 same number of epochs (reshuffled per seed) and is scored on the same held-out 20%. Dense layers
 train with Adam, embedding tables with row-wise Adagrad (bench_amgp's default). The two learning
 rates and the epochs per (dataset, model) were tuned once for the dense model (best held-out
-AUC/logloss); see docs/benchmarks.md. Wall-clock is the AMGP hook's per-phase training time on this machine:
+AUC/logloss); see docs/benchmarks.md. ``--lr-grid`` instead runs every method at each of
+several dense rates and reports each at its own best mean AUC, with AMGP's paired per-seed
+differences (95% interval) to every other method, as ``tools/bench_amgp.py`` does on the GPU. Wall-clock is the AMGP hook's per-phase training time on this machine:
 on a CPU it is only meaningful as a ratio to the dense run of the same invocation.
 
 Needs the .npy datasets: ``python tools/fetch_real_data.py --cache data/cache --out data``.
@@ -27,6 +29,7 @@ Example:
     python tools/bench_amgp_real.py --dataset adult
     python tools/bench_amgp_real.py --tiny --data-dir /tmp/fake --out /tmp/amgp_{dataset}.json
     python tools/bench_amgp_real.py --dataset movielens --recurring-share 0.2 --out /tmp/amgp_{dataset}_recurring.json
+    python tools/bench_amgp_real.py --dataset adult --lr-grid 1e-4 3e-4 1e-3 --seeds 5 --out /tmp/amgp_{dataset}_grid.json
 """
 from __future__ import annotations
 
@@ -47,7 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_amgp  # noqa: E402
 from fetch_real_data import TIME_FILE  # noqa: E402  (written where the source has timestamps)
 from amgp_fx.data import Batch, DatasetSpec, load_npy_dataset, train_eval_split  # noqa: E402
+from amgp_fx.amgp_report import best_per_method  # noqa: E402
 from amgp_fx.fileio import atomic_write_json  # noqa: E402
+from amgp_fx.paired_stats import describe_interval, paired_differences  # noqa: E402
 
 METHODS = bench_amgp.METHODS
 DATASETS = {"movielens": "movielens100k_ctr", "adult": "adult_ctr"}
@@ -124,7 +129,8 @@ def bench_args(args, entry: dict[str, Any], steps: int, test_rows: int, recurrin
             "--samples", str(steps * entry["batch_size"]), "--test-samples", str(test_rows),
             "--recipe", args.recipe, "--ratio", repr(args.ratio), "--eval-every", str(args.eval_every),
             "--criterion", args.criterion, "--grow-init", args.grow_init, "--optimizer-state", args.optimizer_state,
-            "--recurring-steps", str(recurring_steps)]
+            "--recurring-steps", str(recurring_steps), "--lr-schedule", args.lr_schedule,
+            "--lr-warmup", repr(args.lr_warmup)]
     return bench_amgp.parse_args(argv)
 
 
@@ -135,32 +141,35 @@ def steps_for(entry: dict[str, Any], train_rows: int) -> int:
 
 def bench_model(name: str, entry: dict[str, Any], data: tuple[Batch, Batch], args, say, write,
                 recurring: tuple[Batch, Batch] | None = None) -> list[dict]:
-    """Plan once, then run every (seed, method) interleaved, writing the records after each run."""
+    """Plan once, then run every (seed, method, rate) interleaved, writing the records after each run:
+    one record per (method, rate), each method at its best rate picked by ``write``."""
     steps = steps_for(entry, data[0].num_rows)
     recurring_steps = args.recurring_epochs * -(-recurring[0].num_rows // entry["batch_size"]) if recurring else 0
-    bargs = bench_args(args, entry, steps, data[1].num_rows, recurring_steps)
-    plan = bench_amgp.make_plan(entry, bargs, steps)
+    grid = args.lr_grid or [entry["lr"]]
+    bargs = {lr: bench_args(args, {**entry, "lr": lr}, steps, data[1].num_rows, recurring_steps) for lr in grid}
+    plan = bench_amgp.make_plan(entry, bargs[grid[0]], steps)
     ratios = ", ".join(f"{m} {plan.predicted[m] / plan.predicted['dense']:.3f}" for m in METHODS)
-    say(f"{name}: {steps} steps of {entry['batch_size']} ({entry['epochs']} epochs, lr {entry['lr']:g}, "
-        f"sparse lr {entry['sparse_lr']:g}); predicted FLOPs vs dense: {ratios}; "
-        f"small-dense scale {plan.small_scale:.3f}")
+    say(f"{name}: {steps} steps of {entry['batch_size']} ({entry['epochs']} epochs, lr "
+        f"{' '.join(f'{lr:g}' for lr in grid)}, sparse lr {entry['sparse_lr']:g}, {args.lr_schedule} schedule); "
+        f"predicted FLOPs vs dense: {ratios}; small-dense scale {plan.small_scale:.3f}")
     device_name = _device_name()
-    runs: dict[str, list[dict]] = {m: [] for m in args.methods}
+    runs: dict[tuple[str, float], list[dict]] = {(m, lr): [] for m in args.methods for lr in grid}
     records: list[dict] = []
     for seed in range(args.seeds):
         for method in args.methods:
-            load_before = _load()
-            curve = _curve_path(args, name, method, seed)
-            run = bench_amgp.run_one(entry, method, seed, plan, data, bargs, steps, curve, recurring)
-            run.update(load_before=load_before, load_after=_load())
-            runs[method].append(run)
-            later = f", recurring auc {run['recurring_auc']:.5f}" if recurring else ""
-            say(f"{name} {method:11s} seed {seed}: auc {run['auc']:.5f} logloss {run['logloss']:.5f} "
-                f"train {run['wall_clock_s']:.2f}s flops {run['train_flops'] / 1e12:.4f}T{later} "
-                f"(load {load_before:.1f} -> {run['load_after']:.1f})")
-            records = [finish_record(bench_amgp.aggregate(name, m, rs, plan, bargs, steps, device_name),
-                                     entry, args, data) for m, rs in runs.items() if rs]
-            write(name, records)
+            for lr in grid:
+                load_before = _load()
+                curve = _curve_path(args, name, method, seed) if lr == grid[0] else None
+                run = bench_amgp.run_one(entry, method, seed, plan, data, bargs[lr], steps, curve, recurring)
+                run.update(load_before=load_before, load_after=_load())
+                runs[(method, lr)].append(run)
+                later = f", recurring auc {run['recurring_auc']:.5f}" if recurring else ""
+                say(f"{name} {method:11s} lr {lr:g} seed {seed}: auc {run['auc']:.5f} logloss {run['logloss']:.5f} "
+                    f"train {run['wall_clock_s']:.2f}s flops {run['train_flops'] / 1e12:.4f}T{later} "
+                    f"(load {load_before:.1f} -> {run['load_after']:.1f})")
+                records = [finish_record(bench_amgp.aggregate(name, m, rs, plan, bargs[r], steps, device_name),
+                                         entry, args, data) for (m, r), rs in runs.items() if rs]
+                write(name, records)
     return records
 
 
@@ -196,6 +205,19 @@ def _load() -> float:
         return os.getloadavg()[0]
     except OSError:
         return float("nan")
+
+
+def add_paired(records: list[dict]) -> list[dict]:
+    """AMGP's paired per-seed differences to each other method, each at its own best rate, offline and (with
+    the recurring stage) on the future rows: ``paired_vs`` -> method -> {"auc": ..., "recurring_auc": ...}."""
+    for amgp in (r for r in records if r["method"] == "amgp"):
+        others = [r for r in records if r["model"] == amgp["model"] and r["method"] != "amgp"]
+        amgp["paired_vs"] = {
+            other["method"]: {key: paired_differences({run["seed"]: run[key] for run in amgp["per_seed"]},
+                                                      {run["seed"]: run[key] for run in other["per_seed"]})
+                              for key in ("auc", "recurring_auc") if key in amgp["per_seed"][0]}
+            for other in others}
+    return records
 
 
 def add_ratios(records: list[dict]) -> list[dict]:
@@ -241,16 +263,11 @@ def print_summary(records: list[dict]) -> None:
         by = {r["method"]: r for r in records if r["model"] == name}
         if "dense" in by and "small_dense" in by:
             print(f"{name}: dense - small dense AUC = {by['dense']['auc_mean'] - by['small_dense']['auc_mean']:+.4f}")
-        if "amgp" in by:
-            for other in ("dense", "prune_only", "small_dense"):
-                if other in by:
-                    print(f"{name}: amgp - {other} AUC = {by['amgp']['auc_mean'] - by[other]['auc_mean']:+.4f} "
-                          f"(std {by['amgp']['auc_std']:.4f} / {by[other]['auc_std']:.4f})")
-                if other in by and "recurring_auc_mean" in by["amgp"]:
-                    paired = [a["recurring_auc"] - b["recurring_auc"]
-                              for a, b in zip(by["amgp"]["per_seed"], by[other]["per_seed"])]
-                    print(f"{name}: recurring stage, amgp - {other} AUC per seed "
-                          + ", ".join(f"{d:+.4f}" for d in paired))
+        for other, stages in by.get("amgp", {}).get("paired_vs", {}).items():
+            for key, paired in stages.items():
+                stage = "recurring stage, " if key == "recurring_auc" else ""
+                print(f"{name}: {stage}amgp (lr {by['amgp']['lr']:g}) - {other} (lr {by[other]['lr']:g}) AUC "
+                      f"{paired['mean']:+.4f} ({describe_interval(paired)}); per seed " + ", ".join(f"{d:+.4f}" for d in paired["per_seed"]))
 
 
 def parse_args(argv=None):
@@ -263,6 +280,11 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3, tiny 2)")
     parser.add_argument("--epochs", type=int, default=None, help="override the tuned epochs of every model")
     parser.add_argument("--lr", type=float, default=None, help="override the tuned dense lr of every model")
+    parser.add_argument("--lr-grid", type=float, nargs="+", default=None,
+                        help="run every method at each of these dense learning rates and report each at its best "
+                             "mean AUC (every rate's record in <out>.grid.json)")
+    parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "linear"])
+    parser.add_argument("--lr-warmup", type=float, default=0.0, help="share of the run for lr warm-up")
     parser.add_argument("--sparse-lr", type=float, default=None, help="override the tuned embedding lr")
     parser.add_argument("--max-rows", type=int, default=None, help="use the first N rows only (tiny: 4096)")
     parser.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw", "adagrad"])
@@ -321,13 +343,19 @@ def main(argv=None) -> list[dict]:
     out = Path(args.out.format(dataset=args.dataset))
     done: dict[str, list[dict]] = {}
 
+    def best() -> list[dict]:
+        """Each (model, method) at its best rate (the only rate without --lr-grid), with ratios to dense."""
+        return add_ratios(add_paired(best_per_method([r for rs in done.values() for r in rs])))
+
     def write(name: str, records: list[dict]) -> None:
         done[name] = records
-        atomic_write_json(out, add_ratios([r for rs in done.values() for r in rs]))
+        if args.lr_grid:
+            atomic_write_json(bench_amgp.grid_path(out), [r for rs in done.values() for r in rs])
+        atomic_write_json(out, best())
 
     for name, entry in model_entries(args).items():
         bench_model(name, model_spec(entry, data_spec), (train_rows, test_rows), args, say, write, recurring)
-    records = add_ratios([r for rs in done.values() for r in rs])
+    records = best()
     atomic_write_json(out, records)
     print_summary(records)
     say(f"wrote {out}")
