@@ -18,6 +18,7 @@ import hashlib
 
 import numpy as np
 import pytest
+import torch
 
 from amgp_fx.config import SyntheticConfig
 from amgp_fx.data import BLOCK_ROWS, SyntheticCriteo
@@ -130,3 +131,22 @@ def test_logits_bitwise_equal_the_reference(generators, name):
     assert _same_bits(logits.numpy(), expected)
     start, stop = 2 * BLOCK_ROWS - 300, 2 * BLOCK_ROWS + 200
     assert _same_bits(data.rows_with_logits(start, stop)[1].numpy(), expected[start - BLOCK_ROWS:stop - BLOCK_ROWS])
+
+
+def test_bench_amgps_parallel_rows_equal_one_process_rows(monkeypatch):
+    """tools/bench_amgp.make_rows splits a large request into chunks for spawned workers (with an OpenBLAS
+    setting in their environment): the rows must be those one process makes, and the variable must not
+    outlive the call."""
+    import os
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))  # the workers import it too
+    import bench_amgp
+    config = SyntheticConfig.from_preset("small", seed=11)
+    start, count = 3 * BLOCK_ROWS + 17, 131_072 + 2_000  # two chunks, the second short, off block edges
+    before = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    parallel = bench_amgp.make_rows(config, start, count, workers=2)
+    assert os.environ.get("OPENBLAS_THREAD_TIMEOUT") == before
+    serial = SyntheticCriteo(config).rows(start, start + count)
+    for name in ("dense", "sparse", "label"):
+        assert torch.equal(getattr(parallel, name), getattr(serial, name)), name
