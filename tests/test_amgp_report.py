@@ -121,6 +121,32 @@ def test_sweep_refuses_a_negative_first_seed():
     assert done.returncode == 2 and "--first-seed must be >= 0" in done.stderr
 
 
+def test_every_sweep_variant_resolves_to_a_valid_amgp_config(monkeypatch):
+    """A variant is a dict of bench_amgp overrides: each AMGP one must resolve to an AmgpConfig (fractions that
+    add up, known options), at the proxy's horizon, before anyone spends a CPU or GPU run on it."""
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import sweep_amgp
+
+    from amgp_fx.schedule import RECIPES, AmgpConfig
+
+    own, base = sweep_amgp.parse_args(["--cpu-proxy"])
+    monkeypatch.setattr(sweep_amgp, "RECIPES", dict(RECIPES))  # variants register recipes: keep the real one clean
+    steps = base.samples // base.batch_size
+    checked = 0
+    for name, overrides in sweep_amgp.VARIANTS.items():
+        args = sweep_amgp.variant_args(base, name, overrides)
+        if overrides.get("method", "amgp") != "amgp":
+            continue
+        monkeypatch.setitem(RECIPES, args.recipe, sweep_amgp.RECIPES[args.recipe])
+        config = AmgpConfig.from_recipe_name(args.recipe, steps, ratio=args.ratio, criterion=args.criterion,
+                                             grow_init=args.grow_init, optimizer_state=args.optimizer_state,
+                                             rescale=args.rescale, pruned_lr_scale=args.pruned_lr_scale,
+                                             **sweep_amgp.bench_amgp.switch_options(args, steps))
+        assert config.schedule.total_steps == steps, name
+        checked += 1
+    assert checked >= 40
+
+
 def test_sweep_refuses_a_cpu_proxy_of_another_model():
     command = [sys.executable, str(ROOT / "tools" / "sweep_amgp.py"), "--cpu-proxy", "--model", "dcn_v2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
