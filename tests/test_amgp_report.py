@@ -147,6 +147,24 @@ def test_every_sweep_variant_resolves_to_a_valid_amgp_config(monkeypatch):
     assert checked >= 40
 
 
+def test_the_grow_earlier_recipe_is_the_variant_that_was_measured(monkeypatch):
+    """amgp-grow-earlier-rewarm ships what the sweep measured as grow-earlier-r60 (docs/benchmarks.md)."""
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import sweep_amgp
+
+    from amgp_fx.schedule import RECIPES, AmgpConfig
+
+    own, base = sweep_amgp.parse_args(["--cpu-proxy"])
+    monkeypatch.setattr(sweep_amgp, "RECIPES", dict(RECIPES))
+    steps = base.samples // base.batch_size
+    args = sweep_amgp.variant_args(base, "grow-earlier-r60", sweep_amgp.VARIANTS["grow-earlier-r60"])
+    monkeypatch.setitem(RECIPES, args.recipe, sweep_amgp.RECIPES[args.recipe])
+    swept = AmgpConfig.from_recipe_name(args.recipe, steps, ratio=args.ratio,
+                                        **sweep_amgp.bench_amgp.switch_options(args, steps))
+    shipped = AmgpConfig.from_recipe_name("amgp-grow-earlier-rewarm", steps)
+    assert shipped.to_dict() == swept.to_dict()
+
+
 def test_sweep_refuses_a_cpu_proxy_of_another_model():
     command = [sys.executable, str(ROOT / "tools" / "sweep_amgp.py"), "--cpu-proxy", "--model", "dcn_v2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
