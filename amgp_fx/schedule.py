@@ -549,7 +549,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # training FLOPs as amgp-grow-late-rewarm on the DLRM proxy, 0.58x dense), so the regrown units join at a higher
     # point of a decaying rate. On the 2x CPU proxy (6 seeds) offline a tie with the default (-0.0002), and in the
     # recurring stage above it on 5 of 6 seeds (+0.0014) and above dense and small dense on every seed (+0.0033,
-    # +0.0039). Not yet measured on the GPU (docs/benchmarks.md "Growing earlier from a narrower start")
+    # +0.0039); at 4x the horizon below the default (recurring -0.0009 on every seed). Not yet measured on the GPU
+    # (docs/benchmarks.md "Growing earlier from a narrower start")
     "amgp-grow-earlier-rewarm": dict(fractions=dict(warmup=0.0, pruned=0.53, cycles=1, final=0.47), ratio=0.6,
                                      preserve_growth=True, rewarm_share=0.1),
     # amgp-half's cycles with the shrinks that see the data: units scored by their measured contribution to the
