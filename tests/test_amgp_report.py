@@ -121,9 +121,10 @@ def test_sweep_refuses_a_negative_first_seed():
     assert done.returncode == 2 and "--first-seed must be >= 0" in done.stderr
 
 
-def test_every_sweep_variant_resolves_to_a_valid_amgp_config(monkeypatch):
-    """A variant is a dict of bench_amgp overrides: each AMGP one must resolve to an AmgpConfig (fractions that
-    add up, known options), at the proxy's horizon, before anyone spends a CPU or GPU run on it."""
+@pytest.fixture
+def proxy_sweep(monkeypatch):
+    """(tools/sweep_amgp, a function variant name -> the AmgpConfig it runs at the CPU proxy's horizon, that
+    horizon); the recipes variants register are undone afterwards."""
     monkeypatch.syspath_prepend(str(ROOT / "tools"))
     import sweep_amgp
 
@@ -132,37 +133,35 @@ def test_every_sweep_variant_resolves_to_a_valid_amgp_config(monkeypatch):
     own, base = sweep_amgp.parse_args(["--cpu-proxy"])
     monkeypatch.setattr(sweep_amgp, "RECIPES", dict(RECIPES))  # variants register recipes: keep the real one clean
     steps = base.samples // base.batch_size
-    checked = 0
-    for name, overrides in sweep_amgp.VARIANTS.items():
-        args = sweep_amgp.variant_args(base, name, overrides)
-        if overrides.get("method", "amgp") != "amgp":
-            continue
+
+    def resolve(name: str) -> AmgpConfig:
+        args = sweep_amgp.variant_args(base, name, sweep_amgp.VARIANTS[name])
         monkeypatch.setitem(RECIPES, args.recipe, sweep_amgp.RECIPES[args.recipe])
-        config = AmgpConfig.from_recipe_name(args.recipe, steps, ratio=args.ratio, criterion=args.criterion,
-                                             grow_init=args.grow_init, optimizer_state=args.optimizer_state,
-                                             rescale=args.rescale, pruned_lr_scale=args.pruned_lr_scale,
-                                             **sweep_amgp.bench_amgp.switch_options(args, steps))
-        assert config.schedule.total_steps == steps, name
-        checked += 1
-    assert checked >= 40
+        return AmgpConfig.from_recipe_name(args.recipe, steps, ratio=args.ratio, criterion=args.criterion,
+                                           grow_init=args.grow_init, optimizer_state=args.optimizer_state,
+                                           rescale=args.rescale, pruned_lr_scale=args.pruned_lr_scale,
+                                           **sweep_amgp.bench_amgp.switch_options(args, steps))
+
+    return sweep_amgp, resolve, steps
 
 
-def test_the_grow_earlier_recipe_is_the_variant_that_was_measured(monkeypatch):
+def test_every_sweep_variant_resolves_to_a_valid_amgp_config(proxy_sweep):
+    """A variant is a dict of bench_amgp overrides: each AMGP one must resolve to an AmgpConfig (fractions that
+    add up, known options), at the proxy's horizon, before anyone spends a CPU or GPU run on it."""
+    sweep_amgp, resolve, steps = proxy_sweep
+    names = [name for name, overrides in sweep_amgp.VARIANTS.items() if overrides.get("method", "amgp") == "amgp"]
+    for name in names:
+        assert resolve(name).schedule.total_steps == steps, name
+    assert len(names) >= 40
+
+
+def test_the_grow_earlier_recipe_is_the_variant_that_was_measured(proxy_sweep):
     """amgp-grow-earlier-rewarm ships what the sweep measured as grow-earlier-r60 (docs/benchmarks.md)."""
-    monkeypatch.syspath_prepend(str(ROOT / "tools"))
-    import sweep_amgp
+    from amgp_fx.schedule import AmgpConfig
 
-    from amgp_fx.schedule import RECIPES, AmgpConfig
-
-    own, base = sweep_amgp.parse_args(["--cpu-proxy"])
-    monkeypatch.setattr(sweep_amgp, "RECIPES", dict(RECIPES))
-    steps = base.samples // base.batch_size
-    args = sweep_amgp.variant_args(base, "grow-earlier-r60", sweep_amgp.VARIANTS["grow-earlier-r60"])
-    monkeypatch.setitem(RECIPES, args.recipe, sweep_amgp.RECIPES[args.recipe])
-    swept = AmgpConfig.from_recipe_name(args.recipe, steps, ratio=args.ratio,
-                                        **sweep_amgp.bench_amgp.switch_options(args, steps))
+    _, resolve, steps = proxy_sweep
     shipped = AmgpConfig.from_recipe_name("amgp-grow-earlier-rewarm", steps)
-    assert shipped.to_dict() == swept.to_dict()
+    assert shipped.to_dict() == resolve("grow-earlier-r60").to_dict()
 
 
 def test_sweep_refuses_a_cpu_proxy_of_another_model():

@@ -15,6 +15,8 @@ the generator must leave every bit as it was. Two oracles:
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,9 +139,6 @@ def test_bench_amgps_parallel_rows_equal_one_process_rows(monkeypatch):
     """tools/bench_amgp.make_rows splits a large request into chunks for spawned workers (with an OpenBLAS
     setting in their environment): the rows must be those one process makes, and the variable must not
     outlive the call."""
-    import os
-    from pathlib import Path
-
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))  # the workers import it too
     import bench_amgp
     config = SyntheticConfig.from_preset("small", seed=11)

@@ -13,8 +13,9 @@ train with Adam, embedding tables with row-wise Adagrad (bench_amgp's default). 
 rates and the epochs per (dataset, model) were tuned once for the dense model (best held-out
 AUC/logloss); see docs/benchmarks.md. ``--lr-grid`` instead runs every method at each of
 several dense rates and reports each at its own best mean AUC, with AMGP's paired per-seed
-differences (95% interval) to every other method, as ``tools/bench_amgp.py`` does on the GPU. Wall-clock is the AMGP hook's per-phase training time on this machine:
-on a CPU it is only meaningful as a ratio to the dense run of the same invocation.
+differences (95% interval) to every other method, as ``tools/bench_amgp.py`` does on the GPU.
+Wall-clock is the AMGP hook's per-phase training time on this machine: on a CPU it is only
+meaningful as a ratio to the dense run of the same invocation.
 
 Needs the .npy datasets: ``python tools/fetch_real_data.py --cache data/cache --out data``.
 
@@ -266,8 +267,9 @@ def print_summary(records: list[dict]) -> None:
         for other, stages in by.get("amgp", {}).get("paired_vs", {}).items():
             for key, paired in stages.items():
                 stage = "recurring stage, " if key == "recurring_auc" else ""
+                per_seed = ", ".join(f"{d:+.4f}" for d in paired["per_seed"])
                 print(f"{name}: {stage}amgp (lr {by['amgp']['lr']:g}) - {other} (lr {by[other]['lr']:g}) AUC "
-                      f"{paired['mean']:+.4f} ({describe_interval(paired)}); per seed " + ", ".join(f"{d:+.4f}" for d in paired["per_seed"]))
+                      f"{paired['mean']:+.4f} ({describe_interval(paired)}); per seed {per_seed}")
 
 
 def parse_args(argv=None):
