@@ -93,6 +93,9 @@ def test_lr_grid_reports_each_method_at_its_best_rate_with_paired_intervals(tmp_
     rate with its best mean AUC, and AMGP's paired per-seed differences to the others at their own best rates."""
     write_fake_movielens(tmp_path / "data")
     tool = load_tool()
+    for bad in (["--lr-grid", "1e-3", "0"], ["--lr-grid", "1e-3", "1e-3"]):  # a rate of 0, a rate twice
+        with pytest.raises(SystemExit):
+            tool.parse_args(bad)
     tool.main(["--tiny", "--data-dir", str(tmp_path / "data"), "--methods", "dense", "amgp", "small_dense",
                "--lr-grid", "1e-3", "3e-2", "--out", str(tmp_path / "amgp_{dataset}.json")])
     grid = json.loads((tmp_path / "amgp_movielens.grid.json").read_text())

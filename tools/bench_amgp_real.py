@@ -310,6 +310,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.seeds = args.seeds or (2 if args.tiny else 3)
     args.max_rows = args.max_rows or (4096 if args.tiny else None)
+    if args.lr_grid and (min(args.lr_grid) <= 0 or len(set(args.lr_grid)) != len(args.lr_grid)):
+        parser.error(f"--lr-grid needs distinct positive rates, got {' '.join(f'{lr:g}' for lr in args.lr_grid)}")
     if not 0.0 <= args.recurring_share < 1.0 or args.recurring_epochs < 1:
         parser.error("--recurring-share must be in [0, 1) and --recurring-epochs at least 1")
     return args
