@@ -430,3 +430,59 @@ def test_init_jitter_perturbs_the_run_by_its_size_and_resume_refuses_another_jit
     assert runs[1].returncode != 0 and "init_jitter" in runs[1].stderr + runs[1].stdout
     # deterministic and default kernels do not mix in one grid either (a run on other kernels is another measurement)
     assert runs[2].returncode != 0 and "(deterministic)" in runs[2].stderr + runs[2].stdout
+
+
+def test_merge_from_joins_parts_run_in_parallel_and_refuses_a_conflicting_seed(tmp_path):
+    """One comparison split into a process per method (on one GPU, say): --merge-from joins the parts into one
+    grid with every method's runs as they were, pairs AMGP with dense, and runs nothing with --budget-s 0; a part
+    whose seed gave another result is refused rather than silently taking one of the two."""
+    base = [sys.executable, str(ROOT / "tools" / "bench_amgp.py"), "--tiny", "--models", "dlrm", "--samples", "3072",
+            "--seeds", "2"]
+    parts = {}
+    for method in ("dense", "amgp"):
+        out = tmp_path / f"part_{method}.json"
+        done = subprocess.run(base + ["--methods", method, "--out", str(out)], capture_output=True, text=True,
+                              timeout=300, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-3000:]
+        parts[method] = json.loads((tmp_path / f"part_{method}.grid.json").read_text())
+    out = tmp_path / "merged.json"
+    merge = base + ["--methods", "dense", "amgp", "--out", str(out), "--budget-s", "0", "--merge-from",
+                    str(tmp_path / "part_dense.grid.json"), str(tmp_path / "part_amgp.grid.json")]
+    merged = subprocess.run(merge, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    assert "generating" not in merged.stdout and not re.search(r"lr \S+ seed \d+:", merged.stdout)
+    grid = {r["method"]: r for r in json.loads((tmp_path / "merged.grid.json").read_text())}
+    for method, part in parts.items():
+        assert grid[method]["per_seed"] == part[0]["per_seed"]
+    amgp = {r["method"]: r for r in json.loads(out.read_text())}["amgp"]
+    dense_auc = [run["auc"] for run in parts["dense"][0]["per_seed"]]
+    expected = [run["auc"] - d for run, d in zip(parts["amgp"][0]["per_seed"], dense_auc)]
+    assert amgp["paired_vs_dense"]["per_seed"] == pytest.approx(expected)
+    # the same part twice is fine (the same runs); a part whose seed 1 gave another AUC is not
+    again = subprocess.run(merge + [str(tmp_path / "part_amgp.grid.json")], capture_output=True, text=True,
+                           timeout=300, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    parts["amgp"][0]["per_seed"][1]["auc"] += 1e-3
+    (tmp_path / "conflict.grid.json").write_text(json.dumps(parts["amgp"]))
+    conflict = subprocess.run(merge + [str(tmp_path / "conflict.grid.json")], capture_output=True, text=True,
+                              timeout=300, cwd=ROOT)
+    assert conflict.returncode != 0 and "dlrm/amgp/lr 0.01/seed 1 with another result" in conflict.stderr
+
+
+def test_a_call_cut_by_its_budget_keeps_the_later_models_finished_runs(tmp_path):
+    """A resumed call whose budget runs out on the first model must still write the other models' finished
+    runs back to the grid: they are earlier GPU calls' work, and the table must still show them."""
+    out = tmp_path / "amgp.json"
+    base = [sys.executable, str(ROOT / "tools" / "bench_amgp.py"), "--tiny", "--samples", "3072", "--out", str(out),
+            "--models", "dlrm", "dcn_v2", "--methods", "dense", "amgp"]
+    first = subprocess.run(base + ["--seeds", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {(r["model"], r["method"]): r["per_seed"] for r in json.loads((tmp_path / "amgp.grid.json").read_text())}
+    cut = subprocess.run(base + ["--seeds", "2", "--resume", "--budget-s", "0"], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert cut.returncode == 0, cut.stderr[-3000:]
+    assert "budget: skipping dlrm" in cut.stdout and not re.search(r"lr \S+ seed \d+:", cut.stdout)
+    after = {(r["model"], r["method"]): r["per_seed"] for r in json.loads((tmp_path / "amgp.grid.json").read_text())}
+    assert after == before and len(after) == 4
+    table = json.loads(out.read_text())
+    assert {(r["model"], r["method"]) for r in table} == set(before) and all(r["incomplete"] for r in table)

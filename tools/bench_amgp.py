@@ -409,6 +409,27 @@ def load_finished_runs(path: Path, args, steps: int) -> tuple[list[dict], dict[t
     return stored, finished
 
 
+def merge_finished(finished: dict[tuple[str, str, float], list[dict]], more: dict[tuple[str, str, float], list[dict]],
+                   path: Path) -> dict[tuple[str, str, float], list[dict]]:
+    """The union of two calls' finished runs, by seed: how the parts of one comparison that ran in
+    parallel processes (one per method, say) become one grid. A seed both hold must have given the
+    same result (deterministic runs do); otherwise one of them is not a re-run of the other."""
+    merged = {key: list(runs) for key, runs in finished.items()}
+    for key, runs in more.items():
+        have = {run["seed"]: run for run in merged.setdefault(key, [])}
+        for run in runs:
+            if run["seed"] not in have:
+                merged[key].append(run)
+                have[run["seed"]] = run
+            elif (have[run["seed"]]["auc"], have[run["seed"]].get("recurring_auc")) != (run["auc"],
+                                                                                      run.get("recurring_auc")):
+                model, method, lr = key
+                raise SystemExit(f"bench_amgp: error: {path} holds {model}/{method}/lr {lr:g}/seed {run['seed']} with "
+                                 f"another result than the runs already read (auc {run['auc']} vs "
+                                 f"{have[run['seed']]['auc']}). Merge only parts of one deterministic comparison.")
+    return merged
+
+
 def _aggregate_all(name: str, runs: dict[tuple[str, float], list[dict]], plan: Plan, args, steps: int,
                    device_name: str) -> list[dict]:
     """One record per (method, rate) of ``name`` that has runs, its runs in seed order."""
@@ -513,6 +534,10 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true",
                         help="keep the runs already in <out>.grid.json (same settings) and run only the missing ones")
     parser.add_argument("--plot-dir", default=None, help="write one AMGP-vs-dense PNG per model here")
+    parser.add_argument("--merge-from", nargs="+", default=None, metavar="GRID",
+                        help="also keep the finished runs of these <out>.grid.json files (same settings; runs of "
+                             "--models only): parts of one comparison run in parallel, one per method, become one "
+                             "grid; with --budget-s 0 nothing new runs")
     args = parser.parse_args(argv)
     tiny = args.tiny
     args.samples = args.samples or (12_288 if tiny else 8_388_608)
@@ -592,10 +617,14 @@ def main(argv=None) -> list[dict]:
     records: list[dict] = []  # each (model, method) at its best learning rate
     out = Path(args.out)
     stored, finished = load_finished_runs(grid_path(out), args, steps) if args.resume else ([], {})
+    for part in args.merge_from or []:
+        finished = merge_finished(finished, load_finished_runs(Path(part), args, steps)[1], Path(part))
     # every (model, method, lr); other models' records of a resumed file are kept as they are
     grid_records: list[dict] = [r for r in stored if r["model"] not in args.models]
     if finished:
-        say(f"resuming: {sum(len(v) for v in finished.values())} runs already in {grid_path(out)}")
+        read = " and ".join([str(grid_path(out))] * bool(args.resume) + [f"{len(args.merge_from)} merged grids"]
+                            * bool(args.merge_from))
+        say(f"resuming: {sum(len(v) for v in finished.values())} runs already in {read}")
     incomplete = False
     longest = 0.0  # the longest run so far, to decide whether another fits the budget
     for name in args.models:
@@ -656,8 +685,7 @@ def main(argv=None) -> list[dict]:
                 _plot(args.plot_dir, name)
             except ImportError as error:  # matplotlib missing
                 say(f"no plot: {error}")
-        if incomplete:
-            break
+        # a budget cut still goes on to the later models: their finished runs go back into the file
     for record in records:
         record["incomplete"] = incomplete
     atomic_write_json(out, records)

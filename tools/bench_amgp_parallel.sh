@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One bench_amgp comparison as one process per (model, method), side by side on one GPU, then merged.
+#
+# A deterministic run (--deterministic) leaves an H100/H200 mostly idle (its kernels serialise), so
+# several processes on one card finish a grid sooner, with the same results: a deterministic run
+# does not depend on what else runs on the card. Wall-clock fields of such runs are not a speed
+# measurement (they never are with --deterministic). Rows are generated once, before the parts start.
+#
+#   tools/bench_amgp_parallel.sh OUT "MODELS" "METHODS" [bench_amgp args...]
+#
+# Each part resumes from $PARTS/<model>_<method>.grid.json, seeded on its first call from $SEED_GRID
+# (earlier calls' runs, e.g. docs/results/amgp_train_dlrm_det.grid.json), so repeating the command on
+# a warm machine continues where the last call stopped. OUT gets the merged table and grid
+# (bench_amgp --merge-from ... --budget-s 0); the parts' logs are in $PARTS. With DEADLINE (epoch
+# seconds) set, the parts stop in time for the merge.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=$1; models=$2; methods=$3; shift 3
+PARTS=${PARTS:-/tmp/amgp-parts}
+SEED_GRID=${SEED_GRID:-}
+PY=${PYTHON:-python3}
+mkdir -p "$PARTS"
+# the rows (and the drifted rows of the recurring stage), once: every part reads them from --rows-cache
+"$PY" - "$@" <<'PY' || exit 3
+import sys
+sys.path.insert(0, "tools")
+import bench_amgp
+args = bench_amgp.parse_args(sys.argv[1:])
+steps = max(1, args.samples // args.batch_size) * args.passes
+if args.rows_cache:
+    bench_amgp.prepare_data(args, steps, print)
+    bench_amgp.prepare_recurring(args, print)
+PY
+# DEADLINE (epoch seconds): no part starts a run that would end past it, and none outlives it, so the
+# merge below still runs inside the device call
+budget=(); limit=()
+if [ -n "${DEADLINE:-}" ]; then
+  left=$(( DEADLINE - $(date +%s) ))
+  [ "$left" -gt 10 ] || { echo "bench_amgp_parallel: no time left before DEADLINE" >&2; exit 4; }
+  budget=(--budget-s "$left"); limit=(timeout "$left")
+fi
+pids=()
+for model in $models; do
+  for method in $methods; do
+    part="$PARTS/${model}_${method}"
+    if [ ! -f "$part.grid.json" ] && [ -n "$SEED_GRID" ] && [ -f "$SEED_GRID" ]; then
+      cp "$SEED_GRID" "$part.grid.json"
+    fi
+    OMP_NUM_THREADS=2 "${limit[@]}" "$PY" tools/bench_amgp.py "$@" "${budget[@]}" --models "$model" --methods "$method" \
+      --threads 2 --workers 1 --out "$part.json" --resume >"$part.log" 2>&1 &
+    pids+=($!)
+  done
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+grep -h "seed [0-9]*: auc\|budget: skipping\|error" "$PARTS"/*.log
+grids=()
+for model in $models; do for method in $methods; do
+  [ -f "$PARTS/${model}_${method}.grid.json" ] && grids+=("$PARTS/${model}_${method}.grid.json")
+done; done
+# shellcheck disable=SC2086
+"$PY" tools/bench_amgp.py "$@" --models $models --methods $methods --out "$out" --merge-from "${grids[@]}" \
+  --budget-s 0 || status=$?
+exit $status
