@@ -622,8 +622,9 @@ def main(argv=None) -> list[dict]:
     # every (model, method, lr); other models' records of a resumed file are kept as they are
     grid_records: list[dict] = [r for r in stored if r["model"] not in args.models]
     if finished:
-        read = " and ".join([str(grid_path(out))] * bool(args.resume) + [f"{len(args.merge_from)} merged grids"]
-                            * bool(args.merge_from))
+        sources = ([str(grid_path(out))] if args.resume else []) + (
+            [f"{len(args.merge_from)} merged grids"] if args.merge_from else [])
+        read = " and ".join(sources)
         say(f"resuming: {sum(len(v) for v in finished.values())} runs already in {read}")
     incomplete = False
     longest = 0.0  # the longest run so far, to decide whether another fits the budget
