@@ -24,8 +24,8 @@ from typing import Any
 from amgp_fx.paired_stats import paired_differences
 from amgp_fx.report_format import flops_scale
 
-__all__ = ["FlopsMeter", "phase_records", "phase_table", "comparison_table", "best_per_method", "plot_run",
-           "plot_auc_vs_flops"]
+__all__ = ["FlopsMeter", "phase_records", "phase_table", "comparison_table", "best_per_method", "add_paired",
+           "plot_run", "plot_auc_vs_flops"]
 
 
 def phase_records(records: Iterable[Mapping[str, Any]] | str | os.PathLike) -> list[dict[str, Any]]:
@@ -92,6 +92,21 @@ def best_per_method(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
                                  {run["seed"]: run["auc"] for run in dense["per_seed"]}),
             "dense_lr": dense["lr"]}
     return list(chosen.values())
+
+
+def add_paired(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """AMGP's paired per-seed differences to every other method of its model, each at its own best
+    rate (``best_per_method``'s records), offline and, where the runs have it, in the recurring stage:
+    ``paired_vs`` -> method -> {"auc": ..., "recurring_auc": ...}. A claim "above small dense on every
+    seed" reads ``paired_vs["small_dense"]["auc"]["wins"]``, not two means side by side."""
+    for amgp in (r for r in records if r["method"] == "amgp"):
+        others = [r for r in records if r["model"] == amgp["model"] and r["method"] != "amgp"]
+        amgp["paired_vs"] = {
+            other["method"]: {key: paired_differences({run["seed"]: run[key] for run in amgp["per_seed"]},
+                                                      {run["seed"]: run[key] for run in other["per_seed"]})
+                              for key in ("auc", "recurring_auc") if key in amgp["per_seed"][0]}
+            for other in others}
+    return records
 
 
 def comparison_table(records: Sequence[Mapping[str, Any]], tablefmt: str = "github") -> str:

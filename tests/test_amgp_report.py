@@ -458,6 +458,7 @@ def test_merge_from_joins_parts_run_in_parallel_and_refuses_a_conflicting_seed(t
     dense_auc = [run["auc"] for run in parts["dense"][0]["per_seed"]]
     expected = [run["auc"] - d for run, d in zip(parts["amgp"][0]["per_seed"], dense_auc)]
     assert amgp["paired_vs_dense"]["per_seed"] == pytest.approx(expected)
+    assert amgp["paired_vs"]["dense"]["auc"]["per_seed"] == pytest.approx(expected)
     # the same part twice is fine (the same runs); a part whose seed 1 gave another AUC is not
     again = subprocess.run(merge + [str(tmp_path / "part_amgp.grid.json")], capture_output=True, text=True,
                            timeout=300, cwd=ROOT)
@@ -486,3 +487,19 @@ def test_a_call_cut_by_its_budget_keeps_the_later_models_finished_runs(tmp_path)
     assert after == before and len(after) == 4
     table = json.loads(out.read_text())
     assert {(r["model"], r["method"]) for r in table} == set(before) and all(r["incomplete"] for r in table)
+
+
+def test_add_paired_pairs_amgp_with_every_method_of_its_model_by_seed_offline_and_recurring():
+    from amgp_fx.amgp_report import add_paired
+
+    rows = [dict(model="m", method="amgp", per_seed=[{"seed": 0, "auc": 0.80, "recurring_auc": 0.70},
+                                                     {"seed": 1, "auc": 0.82, "recurring_auc": 0.71}]),
+            dict(model="m", method="small_dense", per_seed=[{"seed": 1, "auc": 0.81, "recurring_auc": 0.69},
+                                                            {"seed": 0, "auc": 0.79, "recurring_auc": 0.72}]),
+            dict(model="other", method="dense", per_seed=[{"seed": 0, "auc": 0.5, "recurring_auc": 0.5}])]
+    paired = add_paired(rows)[0]["paired_vs"]
+    assert set(paired) == {"small_dense"}  # another model's dense is not a partner
+    assert paired["small_dense"]["auc"]["per_seed"] == pytest.approx([0.01, 0.01])  # matched by seed, not position
+    assert paired["small_dense"]["auc"]["wins"] == 2
+    assert paired["small_dense"]["recurring_auc"]["per_seed"] == pytest.approx([-0.02, 0.02])
+    assert "paired_vs" not in rows[1]

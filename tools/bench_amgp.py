@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import amgp_fx  # noqa: E402
 from amgp_fx import models  # noqa: E402
 from amgp_fx.amgp import AmgpHook, dense_config, match_prune_only, predict_train_flops  # noqa: E402
-from amgp_fx.amgp_report import best_per_method, comparison_table, plot_auc_vs_flops, plot_run  # noqa: E402
+from amgp_fx.amgp_report import add_paired, best_per_method, comparison_table, plot_auc_vs_flops, plot_run  # noqa: E402,E501
 from amgp_fx.config import SyntheticConfig, TrainConfig  # noqa: E402
 from amgp_fx.data import Batch, SyntheticCriteo  # noqa: E402
 from amgp_fx.fileio import atomic_write_bytes, atomic_write_json  # noqa: E402
@@ -669,7 +669,7 @@ def main(argv=None) -> list[dict]:
                         f"(run {time.perf_counter() - began:.1f}s)")
                     grid_records = [r for r in grid_records if r["model"] != name] + _aggregate_all(
                         name, runs, plan, args, steps, device_name)
-                    records = best_per_method(grid_records)
+                    records = add_paired(best_per_method(grid_records))
                     atomic_write_json(grid_path(out), grid_records)
                     atomic_write_json(out, records)
                 if incomplete:
@@ -678,7 +678,7 @@ def main(argv=None) -> list[dict]:
                 break
         grid_records = [r for r in grid_records if r["model"] != name] + _aggregate_all(
             name, runs, plan, args, steps, device_name)  # also when every run was resumed
-        records = best_per_method(grid_records)
+        records = add_paired(best_per_method(grid_records))
         if grid_records:
             atomic_write_json(grid_path(out), grid_records)
         if args.plot_dir and any(rs for (m, _), rs in runs.items() if m == "amgp"):
@@ -703,6 +703,12 @@ def main(argv=None) -> list[dict]:
             say(f"{record['model']} {record['method']:11s} best lr {record['lr']:g}: paired AUC vs dense (lr "
                 f"{paired['dense_lr']:g}) {paired['mean']:+.5f} +- {paired['std']:.5f}, wins {paired['wins']}/"
                 f"{paired['seeds']} ({describe_interval(paired)}); per seed {', '.join(f'{d:+.4f}' for d in paired['per_seed'])}")
+    for record in (r for r in records if "paired_vs" in r):
+        for other, by_key in record["paired_vs"].items():
+            for key, paired in by_key.items():
+                if paired["mean"] is not None:
+                    say(f"{record['model']} amgp vs {other:11s} {key:13s} {paired['mean']:+.5f}, wins {paired['wins']}/"
+                        f"{paired['seeds']} ({describe_interval(paired)})")
     try:
         print(comparison_table(records), flush=True)
     except ImportError as error:  # tabulate missing: the JSON file has everything

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_amgp  # noqa: E402
 from fetch_real_data import TIME_FILE  # noqa: E402  (written where the source has timestamps)
 from amgp_fx.data import Batch, DatasetSpec, load_npy_dataset, train_eval_split  # noqa: E402
-from amgp_fx.amgp_report import best_per_method  # noqa: E402
+from amgp_fx.amgp_report import add_paired, best_per_method  # noqa: E402
 from amgp_fx.fileio import atomic_write_json  # noqa: E402
 from amgp_fx.paired_stats import describe_interval, paired_differences  # noqa: E402
 
@@ -206,19 +206,6 @@ def _load() -> float:
         return os.getloadavg()[0]
     except OSError:
         return float("nan")
-
-
-def add_paired(records: list[dict]) -> list[dict]:
-    """AMGP's paired per-seed differences to each other method, each at its own best rate, offline and (with
-    the recurring stage) on the future rows: ``paired_vs`` -> method -> {"auc": ..., "recurring_auc": ...}."""
-    for amgp in (r for r in records if r["method"] == "amgp"):
-        others = [r for r in records if r["model"] == amgp["model"] and r["method"] != "amgp"]
-        amgp["paired_vs"] = {
-            other["method"]: {key: paired_differences({run["seed"]: run[key] for run in amgp["per_seed"]},
-                                                      {run["seed"]: run[key] for run in other["per_seed"]})
-                              for key in ("auc", "recurring_auc") if key in amgp["per_seed"][0]}
-            for other in others}
-    return records
 
 
 def add_ratios(records: list[dict]) -> list[dict]:
