@@ -60,7 +60,9 @@ def best_per_method(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
     """Each (model, method) at its own best learning rate, with paired differences to dense.
 
     ``records`` hold one entry per (model, method, lr) with ``auc_mean`` and ``per_seed`` runs.
-    The best rate is the one with the highest mean AUC over seeds; the chosen record gains
+    The best rate is the one with the highest mean AUC over the seeds that every rate of the method
+    has run (a grid cut short by a GPU call's time must not pick a rate for one lucky seed; with none
+    in common, over each rate's own seeds); the chosen record gains ``selected_on_seeds``,
     ``lr_grid`` (every rate tried with its mean and spread) and, for other methods than dense,
     ``paired_vs_dense``: per seed, its AUC minus dense's (at dense's own best rate) on the same
     seed, their mean, sample standard deviation, 95% interval and verdict, and on how many seeds it
@@ -75,15 +77,22 @@ def best_per_method(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
         >>> [(r["method"], r["lr"]) for r in best], best[1]["paired_vs_dense"]["per_seed"]
         ([('dense', 0.001), ('amgp', 0.001)], [0.01, 0.0])
     """
-    chosen: dict[tuple, dict[str, Any]] = {}
-    grids: dict[tuple, list[dict[str, Any]]] = {}
+    by_method: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in records:
-        key = (r["model"], r["method"])
-        grids.setdefault(key, []).append({"lr": r["lr"], "auc_mean": r["auc_mean"], "auc_std": r.get("auc_std", 0.0)})
-        if key not in chosen or r["auc_mean"] > chosen[key]["auc_mean"]:
-            chosen[key] = dict(r)
+        by_method.setdefault((r["model"], r["method"]), []).append(r)
+    chosen: dict[tuple, dict[str, Any]] = {}
+    for key, rates in by_method.items():
+        common = set.intersection(*({run["seed"] for run in r["per_seed"]} for r in rates))
+
+        def score(r: Mapping[str, Any]) -> float:
+            aucs = [run["auc"] for run in r["per_seed"] if run["seed"] in common]
+            return sum(aucs) / len(aucs) if aucs else r["auc_mean"]
+
+        best = max(rates, key=score)  # the first of equals, as before
+        chosen[key] = {**best, "selected_on_seeds": sorted(common) if common else None}
+        chosen[key]["lr_grid"] = sorted(({"lr": r["lr"], "auc_mean": r["auc_mean"], "auc_std": r.get("auc_std", 0.0),
+                                          "seeds": len(r["per_seed"])} for r in rates), key=lambda g: g["lr"])
     for key, record in chosen.items():
-        record["lr_grid"] = sorted(grids[key], key=lambda g: g["lr"])
         dense = chosen.get((key[0], "dense"))
         if dense is None or record is dense:
             continue

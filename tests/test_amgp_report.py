@@ -237,6 +237,19 @@ def test_best_per_method_picks_each_methods_own_rate_and_pairs_seeds_with_dense_
     assert "paired_vs_dense" not in best["dense"]
 
 
+def test_best_per_method_compares_rates_on_the_seeds_they_share():
+    """A grid cut short (rate 3e-4 ran seed 0 only): the rates are compared on seed 0, where 3e-4 is better,
+    not on means over different seeds, where 1e-4's lucky seed 1 would win."""
+    from amgp_fx.amgp_report import best_per_method
+
+    records = [_grid_record("dense", 1e-4, [0.80, 0.84]), _grid_record("dense", 3e-4, [0.81])]
+    best = best_per_method(records)[0]
+    assert best["lr"] == 3e-4 and best["selected_on_seeds"] == [0]
+    assert [(g["lr"], g["seeds"]) for g in best["lr_grid"]] == [(1e-4, 2), (3e-4, 1)]
+    complete = best_per_method([_grid_record("dense", 1e-4, [0.80, 0.84]), _grid_record("dense", 3e-4, [0.81, 0.82])])
+    assert complete[0]["lr"] == 1e-4 and complete[0]["selected_on_seeds"] == [0, 1]
+
+
 def test_auc_vs_flops_plot_is_written(tmp_path):
     from amgp_fx.amgp_report import plot_auc_vs_flops
 
