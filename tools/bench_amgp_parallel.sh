@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One bench_amgp comparison as one process per (model, method), side by side on one GPU, then merged.
 #
-# A deterministic run (--deterministic) leaves an H100/H200 mostly idle (its kernels serialise), so
-# several processes on one card finish a grid sooner, with the same results: a deterministic run
-# does not depend on what else runs on the card. Wall-clock fields of such runs are not a speed
-# measurement (they never are with --deterministic). Rows are generated once, before the parts start.
+# Every method's grid advances at once, so a device call cut short leaves each method with the same
+# seeds, and the results are those of the runs made one after another: a deterministic run
+# (--deterministic) does not depend on what else runs on the card (checked on an H100: DLRM dense
+# seed 0 gave 0.8044774853601578 beside seven other runs and alone, docs/benchmarks.md). It is not
+# faster: on that H100 the card was at 100% and eight parallel runs took about as long as eight in a
+# row. Wall-clock fields of parallel runs are not a speed measurement. Rows are generated once, first.
 #
 #   tools/bench_amgp_parallel.sh OUT "MODELS" "METHODS" [bench_amgp args...]
 #
