@@ -1,5 +1,6 @@
 """AMGP reporting: phase and comparison tables, the PNG, and the tiny benchmark's records."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -516,3 +517,29 @@ def test_add_paired_pairs_amgp_with_every_method_of_its_model_by_seed_offline_an
     assert paired["small_dense"]["auc"]["wins"] == 2
     assert paired["small_dense"]["recurring_auc"]["per_seed"] == pytest.approx([-0.02, 0.02])
     assert "paired_vs" not in rows[1]
+
+
+def test_parallel_parts_give_the_serial_runs_bit_for_bit(tmp_path):
+    """tools/bench_amgp_parallel.sh (one process per method, then --merge-from) must publish the runs that one
+    serial bench_amgp call makes: same seeds, same AUCs to the last bit, and a part seeded from an earlier grid
+    keeps that grid's runs rather than re-running them."""
+    common = ["--tiny", "--samples", "3072", "--seeds", "2", "--lr-grid", "1e-2", "--threads", "1",
+              "--rows-cache", str(tmp_path / "rows")]
+    serial = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_amgp.py"), *common, "--models", "dlrm",
+                             "--methods", "dense", "amgp", "--out", str(tmp_path / "serial.json")],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert serial.returncode == 0, serial.stderr[-3000:]
+    seed_grid = json.loads((tmp_path / "serial.grid.json").read_text())
+    for record in seed_grid:  # an earlier call's grid with seed 0 only: the parts must add seed 1
+        record["per_seed"] = record["per_seed"][:1]
+    (tmp_path / "seed.grid.json").write_text(json.dumps(seed_grid))
+    env = {**os.environ, "PARTS": str(tmp_path / "parts"), "SEED_GRID": str(tmp_path / "seed.grid.json"),
+           "PYTHON": sys.executable}
+    parallel = subprocess.run(["bash", str(ROOT / "tools" / "bench_amgp_parallel.sh"), str(tmp_path / "par.json"),
+                               "dlrm", "dense amgp", *common], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                              env=env)
+    assert parallel.returncode == 0, parallel.stdout[-3000:] + parallel.stderr[-3000:]
+    assert not re.search(r"lr \S+ seed 0:", parallel.stdout)  # seed 0 came from the seed grid
+    runs = lambda path: {(r["method"], run["seed"]): (run["auc"], run["logloss"])
+                         for r in json.loads(path.read_text()) for run in r["per_seed"]}
+    assert runs(tmp_path / "par.grid.json") == runs(tmp_path / "serial.grid.json") and len(runs(tmp_path / "par.grid.json")) == 4

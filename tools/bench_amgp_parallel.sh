@@ -48,8 +48,9 @@ for model in $models; do
     if [ ! -f "$part.grid.json" ] && [ -n "$SEED_GRID" ] && [ -f "$SEED_GRID" ]; then
       cp "$SEED_GRID" "$part.grid.json"
     fi
-    OMP_NUM_THREADS=2 "${limit[@]}" "$PY" tools/bench_amgp.py "$@" "${budget[@]}" --models "$model" --methods "$method" \
-      --threads 2 --workers 1 --out "$part.json" --resume >"$part.log" 2>&1 &
+    # two CPU threads a part unless the arguments say otherwise (later arguments win)
+    OMP_NUM_THREADS=2 "${limit[@]}" "$PY" tools/bench_amgp.py --threads 2 --workers 1 "$@" "${budget[@]}" \
+      --models "$model" --methods "$method" --out "$part.json" --resume >"$part.log" 2>&1 &
     pids+=($!)
   done
 done
