@@ -17,6 +17,10 @@
 # seconds) set, the parts stop in time for the merge.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [ $# -lt 3 ]; then
+  echo "usage: tools/bench_amgp_parallel.sh OUT \"MODELS\" \"METHODS\" [bench_amgp args...]" >&2
+  exit 2
+fi
 out=$1; models=$2; methods=$3; shift 3
 PARTS=${PARTS:-/tmp/amgp-parts}
 SEED_GRID=${SEED_GRID:-}
@@ -29,9 +33,11 @@ sys.path.insert(0, "tools")
 import bench_amgp
 args = bench_amgp.parse_args(sys.argv[1:])
 steps = max(1, args.samples // args.batch_size) * args.passes
-if args.rows_cache:
-    bench_amgp.prepare_data(args, steps, print)
-    bench_amgp.prepare_recurring(args, print)
+if not args.rows_cache:
+    sys.exit("bench_amgp_parallel: error: no --rows-cache. Give one (e.g. --rows-cache /tmp/amgp-rows): the parts "
+             "read the rows made here once instead of each generating them.")
+bench_amgp.prepare_data(args, steps, print)
+bench_amgp.prepare_recurring(args, print)
 PY
 # DEADLINE (epoch seconds): no part starts a run that would end past it, and none outlives it, so the
 # merge below still runs inside the device call
