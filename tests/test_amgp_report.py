@@ -165,6 +165,15 @@ def test_the_grow_earlier_recipe_is_the_variant_that_was_measured(proxy_sweep):
     assert shipped.to_dict() == resolve("grow-earlier-r60").to_dict()
 
 
+def test_the_dip_control_is_the_default_recipe_with_nothing_removed(proxy_sweep):
+    """dense-rewarm-dip isolates the learning-rate dip of grow-late-zero-rewarm (the default recipe's schedule):
+    the same switch steps and re-warm, ratio 0, so its only difference from dense is the dip."""
+    _, resolve, steps = proxy_sweep
+    control, amgp = resolve("dense-rewarm-dip").to_dict(), resolve("grow-late-zero-rewarm").to_dict()
+    assert control["ratio"] == 0 and amgp["ratio"] == 0.5 and control["rewarm_steps"] > 0
+    assert {k: v for k, v in control.items() if k != "ratio"} == {k: v for k, v in amgp.items() if k != "ratio"}
+
+
 def test_sweep_refuses_a_cpu_proxy_of_another_model():
     command = [sys.executable, str(ROOT / "tools" / "sweep_amgp.py"), "--cpu-proxy", "--model", "dcn_v2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)

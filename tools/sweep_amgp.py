@@ -74,6 +74,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                 optimizer_state="mean"),  # no ramp; regrown units' Adam v from the kept ones
     "grow-late-zero-rewarm": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
                                   rewarm=0.1),  # no ramp; the dense rate re-warmed over a tenth of the pruned phase
+    # control for the recurring-stage edge: dense training with grow-late-zero-rewarm's learning-rate dip at the
+    # growth step and nothing removed (ratio 0), so whatever the dip alone does is not credited to AMGP
+    "dense-rewarm-dip": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
+                             rewarm=0.1, ratio=0.0),
     "grow-late-gradmax-rewarm": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), preserve_growth=True,
                                      grow_init="gradmax", rewarm=0.1),  # regrown units aimed by GradMax (amgp_fx.gradmax)
     "grow-late-split-rewarm": dict(fractions=dict(warmup=0.0, pruned=0.6, cycles=1, final=0.4), grow_init="split",
