@@ -196,3 +196,23 @@ def test_flops_and_torch_latency_of_a_gpu_model_from_cpu_inputs():
     records = benchmark_torch(model, model.example_inputs, [1, 64], device="cuda", warmup=1, iters=3)
     assert [r.batch_size for r in records] == [1, 64]
     assert records[1].flops == flops and all(r.p50_ms > 0 for r in records)
+
+
+@pytest.mark.parametrize("grow_init", ["gradmax", "split"])
+def test_gradmax_and_split_growth_on_the_gpu_leave_the_loss_as_it_was(grow_init):
+    """GradMax (gradient probe, eigenvectors) and Net2WiderNet (copies with their sources' Adam state) build new
+    tensors at the growth: on a GPU model they must land on its device, and the growth must stay
+    function-preserving there (the CPU oracles of tests/test_gradmax.py and tests/test_net2wider.py)."""
+    data = SyntheticCriteo(SyntheticConfig.from_preset("small"))
+    rows, probe = data.rows(0, 2048), data.rows(50_000, 50_512)
+    torch.manual_seed(0)
+    model = models.build_model("dcn_v2", "small", deep_mlp=(64, 40), dropout=0.0).cuda()
+    graph = amgp_fx.analyze(model, tuple(x.cuda() for x in model.example_inputs(4)))
+    config = AmgpConfig.from_recipe_name("amgp-grow-late-rewarm", total_steps=30, grow_init=grow_init)
+    hook = AmgpHook(graph, config, probe=probe)
+    train(model, rows, None, TrainConfig(optimizer="adam", lr=1e-2, batch_size=64, steps=30, device="cuda"),
+          hooks=[hook], forward=hook.forward, progress=False)
+    (grow,) = [s for s in hook.surgeries if s["action"] == "grow"]
+    assert grow["loss_after"] == pytest.approx(grow["loss_before"], abs=1e-4)
+    assert all(g.size == g.full_size for g in hook.groups)
+    assert all(p.device.type == "cuda" for p in model.parameters())
