@@ -31,7 +31,7 @@ mkdir -p "$PARTS"
 import sys
 sys.path.insert(0, "tools")
 import bench_amgp
-args = bench_amgp.parse_args(sys.argv[1:])
+args = bench_amgp.parse_args(sys.argv[1:] + ["--device", "cpu"])  # rows only: the cache does not depend on it
 steps = max(1, args.samples // args.batch_size) * args.passes
 if not args.rows_cache:
     sys.exit("bench_amgp_parallel: error: no --rows-cache. Give one (e.g. --rows-cache /tmp/amgp-rows): the parts "
@@ -47,10 +47,11 @@ if [ -n "${DEADLINE:-}" ]; then
   [ "$left" -gt 10 ] || { echo "bench_amgp_parallel: no time left before DEADLINE" >&2; exit 4; }
   budget=(--budget-s "$left"); limit=(timeout "$left")
 fi
-pids=()
+pids=(); parts=()
 for model in $models; do
   for method in $methods; do
     part="$PARTS/${model}_${method}"
+    parts+=("$part")
     if [ ! -f "$part.grid.json" ] && [ -n "$SEED_GRID" ] && [ -f "$SEED_GRID" ]; then
       cp "$SEED_GRID" "$part.grid.json"
     fi
@@ -62,11 +63,11 @@ for model in $models; do
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
-grep -h "seed [0-9]*: auc\|budget: skipping\|error" "$PARTS"/*.log
 grids=()
-for model in $models; do for method in $methods; do
-  [ -f "$PARTS/${model}_${method}.grid.json" ] && grids+=("$PARTS/${model}_${method}.grid.json")
-done; done
+for part in "${parts[@]}"; do
+  grep -h "seed [0-9]*: auc\|budget: skipping\|error" "$part.log"
+  [ -f "$part.grid.json" ] && grids+=("$part.grid.json")
+done
 # shellcheck disable=SC2086
 "$PY" tools/bench_amgp.py "$@" --models $models --methods $methods --out "$out" --merge-from "${grids[@]}" \
   --budget-s 0 || status=$?
